@@ -1,0 +1,7 @@
+//! uvm's device models. They know nothing about the CLI or KVM: the VMM puts
+//! them on a [`bus::Bus`] and forwards guest port-I/O and MMIO accesses.
+
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice, BusError};

@@ -1,0 +1,2 @@
+//! uvm's container runtime (OCI runtime-spec data model).
+pub mod cli;

@@ -1,0 +1,1 @@
+//! The guest init (PID 1).
