@@ -1,1 +1,9 @@
+//! uvm: a KVM microVM launcher. The binary is a thin CLI over this library:
+//! cli -> vmm -> devices -> rust-vmm crates.
 
+pub mod acpi;
+pub mod check;
+pub mod cli;
+pub mod error;
+pub mod guest_image;
+pub mod vmm;

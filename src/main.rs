@@ -1,1 +1,77 @@
-fn main() {}
+use clap::Parser;
+
+use uvm::cli::{run_check, BootArgs, Cli, Command};
+use uvm::error::Error;
+use uvm::vmm::shutdown::{Outcome, EXIT_UVM_ERROR};
+use uvm::{check, vmm};
+
+fn boot(args: &BootArgs) -> Result<Outcome, Error> {
+    let cfg = args.to_config()?;
+    cfg.validate()?;
+    check::ensure_can_boot_linux()?;
+    let vm = vmm::linux::build(&cfg)?;
+    stop_on_signals(vm.shutdown())?;
+    let _raw = RawStdin::enter();
+    vm.run(cfg.timeout)
+}
+
+/// SIGINT/SIGTERM/SIGHUP end the VM like any other outcome, so the terminal
+/// is restored and the threads stopped before exit.
+fn stop_on_signals(shutdown: std::sync::Arc<vmm::shutdown::Shutdown>) -> Result<(), Error> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| Error::Io("installing signal handlers".into(), e))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                shutdown.report(Outcome::Signal(sig));
+            }
+        })
+        .map_err(|e| Error::Io("starting the signal thread".into(), e))?;
+    Ok(())
+}
+
+/// With a terminal on stdin, keys go to the guest as typed (the guest
+/// echoes them); the terminal is restored when this is dropped.
+struct RawStdin(bool);
+
+impl RawStdin {
+    fn enter() -> Self {
+        use vmm_sys_util::terminal::Terminal;
+        let stdin = std::io::stdin();
+        let lock = stdin.lock();
+        Self(std::io::IsTerminal::is_terminal(&std::io::stdin()) && lock.set_raw_mode().is_ok())
+    }
+}
+
+impl Drop for RawStdin {
+    fn drop(&mut self) {
+        use vmm_sys_util::terminal::Terminal;
+        if self.0 {
+            let _ = std::io::stdin().lock().set_canon_mode();
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check => run_check(),
+        Command::Container(args) => uvm_guest::container::cli::main(args),
+        Command::Boot(args) => match boot(&args) {
+            Ok(outcome) => {
+                let (code, message) = outcome.exit();
+                if let Some(m) = message {
+                    eprintln!("uvm: {m}");
+                }
+                code
+            }
+            Err(e) => {
+                eprintln!("uvm: {e}");
+                EXIT_UVM_ERROR
+            }
+        },
+    };
+    std::process::exit(code);
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! PID 1 of a uvm guest.
+
+fn main() {
+    uvm_guest::init::main()
+}

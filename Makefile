@@ -1,0 +1,47 @@
+# `make run`: set-up, build, boot the default microVM (nested where the host's
+# KVM cannot boot Linux) and show it beside the host.
+# `make test`: set-up, build, lint, every test (KVM boot tests included).
+SHELL := /bin/bash
+CARGO ?= cargo
+UVM := target/release/uvm
+RUNNER := tests/runner/kvm-runner
+
+.PHONY: all setup build guest lint test unit-test boot-test run clean
+
+all: build guest
+
+setup:
+	@resources/setup.sh
+
+build: setup
+	$(CARGO) build --release --locked
+
+guest: build
+	@resources/build-guest.sh
+
+lint: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+# Unit tests and host-side CLI tests: everything but the KVM boot tests.
+unit-test: guest
+	$(CARGO) test --release --locked --workspace --lib --bins
+	$(CARGO) test --release --locked -p uvm --test cli_errors
+
+# KVM boot tests: required, through the nested runner where needed; they
+# fail (never skip) when no KVM host can be had.
+boot-test: guest
+	$(CARGO) test --release --locked -p uvm --test boot -- --test-threads=8
+
+test: lint unit-test boot-test
+	@echo "make test: all suites passed"
+
+run: guest
+	$(UVM) check || true
+	@echo
+	@echo "== uvm boot: Debian's kernel in a uvm microVM =="
+	$(RUNNER) -- $(UVM) boot --vcpus 2 --mem 512M -- sh -c 'uname -sr; echo "vcpus: $$(nproc)"; grep MemTotal /proc/meminfo; echo "hostname: $$(hostname)"'
+
+clean:
+	$(CARGO) clean
+	rm -rf build

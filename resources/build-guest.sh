@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds uvm's default guest under build/guest/:
+#   vmlinuz          Debian's cloud kernel (fetched by fetch-kernels.sh)
+#   initramfs.cpio   uvm-init as /init (static Rust), busybox-static, and the
+#                    kernel modules the guest needs with their modules.dep
+# Uncompressed on purpose: the kernel copies it in less time than it would
+# take to decompress it, above all under nested virtualisation.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${UVM_CACHE:-/var/cache/uvm}
+OUT=$ROOT/build/guest
+# Modules the guest loads at boot (dependencies are resolved from modules.dep).
+MODULES=(virtio_mmio virtio_blk virtio_net pvpanic_mmio overlay)
+
+step() { echo "build-guest: $*" >&2; }
+
+"$ROOT/resources/fetch-kernels.sh"
+KROOT=$(readlink -f "$CACHE/cloud-amd64")
+KVER=$(ls "$KROOT/lib/modules")
+
+step "building uvm-init (static)"
+(cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --quiet --target x86_64-unknown-linux-gnu -p uvm-guest --bin uvm-init)
+INIT=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-init
+if ! file -b "$INIT" | grep -q "static"; then
+    echo "build-guest: $INIT is not static" >&2
+    exit 1
+fi
+
+BUSYBOX=$(command -v busybox || true)
+if [ -z "$BUSYBOX" ] || ! file -b "$(readlink -f "$BUSYBOX")" | grep -q "static"; then
+    echo "build-guest: busybox-static is missing: apt-get install busybox-static" >&2
+    exit 1
+fi
+
+step "assembling the initramfs (kernel $KVER)"
+STAGE=$(mktemp -d)
+trap 'rm -rf "$STAGE"' EXIT
+mkdir -p "$STAGE"/{bin,sbin,usr/bin,usr/sbin,etc/uvm,proc,sys,dev,run,tmp,root,mnt,lib/modules/"$KVER"}
+install -m 0755 "$INIT" "$STAGE/init"
+install -m 0755 "$BUSYBOX" "$STAGE/bin/busybox"
+for applet in $("$BUSYBOX" --list-full); do
+    [ -e "$STAGE/$applet" ] || ln -s /bin/busybox "$STAGE/$applet"
+done
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$STAGE/etc/passwd"
+printf 'root:x:0:\ntty:x:5:\n' >"$STAGE/etc/group"
+
+MODDIR=$KROOT/lib/modules/$KVER
+mapfile -t KOS < <("$ROOT/resources/module-closure.sh" "$KROOT" "$KVER" "${MODULES[@]}")
+for ko in "${KOS[@]}"; do
+    mkdir -p "$STAGE/lib/modules/$KVER/$(dirname "$ko")"
+    cp "$MODDIR/$ko" "$STAGE/lib/modules/$KVER/$ko"
+done
+# Only the lines of the modules shipped, so the init never looks for others.
+grep -F -f <(printf '%s:\n' "${KOS[@]}") "$MODDIR/modules.dep" >"$STAGE/lib/modules/$KVER/modules.dep"
+printf '%s\n' "${MODULES[@]}" >"$STAGE/etc/uvm/modules"
+
+mkdir -p "$OUT"
+(cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$OUT/initramfs.cpio.tmp"
+mv "$OUT/initramfs.cpio.tmp" "$OUT/initramfs.cpio"
+ln -sfn "$KROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+step "$OUT/vmlinuz -> $(readlink "$OUT/vmlinuz"), initramfs $(du -h "$OUT/initramfs.cpio" | cut -f1)"

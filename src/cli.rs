@@ -1,0 +1,183 @@
+//! The command line: `uvm boot`, `uvm check`, `uvm container`, `uvm bench`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Error;
+use crate::vmm::linux::{LinuxVmConfig, DEFAULT_CMDLINE};
+use crate::vmm::memory::parse_size;
+use crate::{check, guest_image};
+
+pub const EXIT_CODES: &str = "\
+Exit status of `uvm boot`:
+  0-255  the guest command's own exit status (128+N if it died of signal N)
+  2      invalid command line
+  124    the guest crashed: kernel panic, triple fault, a reset before the
+         guest's init started, a KVM error, or --timeout expired
+  125    uvm could not start the VM (bad kernel/initrd, bad size, no usable KVM)
+  128+N  uvm was stopped by signal N (130 for SIGINT, 143 for SIGTERM)
+Without a command, the guest runs a shell on the console; powering off or
+rebooting the guest ends uvm with status 0.";
+
+#[derive(Debug, Parser)]
+#[command(name = "uvm", version, about = "KVM microVMs and containers, side by side", after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a Linux microVM; with `-- CMD ARGS...`, run CMD in it and exit with its status.
+    #[command(after_help = EXIT_CODES)]
+    Boot(BootArgs),
+    /// Report what this host can do (KVM flavour, nested runner, tun, cgroups, namespaces).
+    Check,
+    /// The container runtime on this host.
+    Container(uvm_guest::container::cli::ContainerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BootArgs {
+    /// Kernel image (bzImage or ELF vmlinux) [default: the guest set-up prepared]
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs [default: uvm's initramfs when --kernel is not given]
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command line, appended to uvm's defaults
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Number of vCPUs
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Guest memory (e.g. 512M, 2G, 3.5G)
+    #[arg(long, default_value = "512M", value_parser = parse_size)]
+    pub mem: u64,
+    /// Stop the VM after this many seconds (exit status 124)
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Command to run in the guest, with its arguments
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+impl BootArgs {
+    pub fn to_config(&self) -> Result<LinuxVmConfig, Error> {
+        let (kernel, initrd) = match (&self.kernel, &self.initrd) {
+            (Some(k), i) => (k.clone(), i.clone()),
+            (None, i) => (
+                guest_image::default_file(guest_image::KERNEL)?,
+                match i {
+                    Some(i) => Some(i.clone()),
+                    None => Some(guest_image::default_file(guest_image::INITRD)?),
+                },
+            ),
+        };
+        let mut cmdline = vec![DEFAULT_CMDLINE.to_string()];
+        if !self.command.is_empty() {
+            cmdline.push(uvm_guest::protocol::encode_command(&self.command));
+        }
+        cmdline.push(self.cmdline.clone());
+        let timeout = match self.timeout {
+            Some(t) if !(t > 0.0 && t.is_finite()) => {
+                return Err(Error::Cmdline(format!(
+                    "--timeout {t}: must be a positive number of seconds"
+                )))
+            }
+            t => t.map(Duration::from_secs_f64),
+        };
+        Ok(LinuxVmConfig {
+            kernel,
+            initrd,
+            cmdline,
+            vcpus: self.vcpus,
+            mem_size: self.mem,
+            timeout,
+        })
+    }
+}
+
+pub fn run_check() -> i32 {
+    if check::report() {
+        0
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("uvm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn boot_flags_and_command() {
+        let cli = parse(&[
+            "boot",
+            "--vcpus",
+            "2",
+            "--mem",
+            "3.5G",
+            "--kernel",
+            "/k",
+            "--cmdline",
+            "foo=1",
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ])
+        .unwrap();
+        let Command::Boot(b) = cli.command else {
+            panic!()
+        };
+        assert_eq!(b.vcpus, 2);
+        assert_eq!(b.mem, 7 << 29);
+        assert_eq!(b.command, ["sh", "-c", "exit 7"]);
+        let cfg = b.to_config().unwrap();
+        assert_eq!(cfg.kernel, PathBuf::from("/k"));
+        assert_eq!(cfg.initrd, None);
+        assert_eq!(cfg.cmdline[0], DEFAULT_CMDLINE);
+        assert!(cfg.cmdline[1].starts_with("uvm.cmd="));
+        assert_eq!(
+            cfg.cmdline[2], "foo=1",
+            "user's command line goes last, verbatim"
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let Command::Boot(b) = parse(&["boot", "--kernel", "/k"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!((b.vcpus, b.mem), (1, 512 << 20));
+        assert!(b.command.is_empty());
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        assert!(parse(&["boot", "--mem", "12XB"]).is_err());
+        assert!(parse(&["boot", "--vcpus", "-1"]).is_err());
+        assert!(parse(&["boot", "--vcpus", "many"]).is_err());
+        assert!(parse(&["frobnicate"]).is_err());
+        let Command::Boot(b) = parse(&["boot", "--kernel", "/k", "--timeout=-3"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert!(b.to_config().is_err());
+    }
+
+    #[test]
+    fn help_documents_exit_codes() {
+        let help = parse(&["boot", "--help"]).unwrap_err().to_string();
+        assert!(help.contains("124") && help.contains("125"), "{help}");
+    }
+}

@@ -1,0 +1,124 @@
+//! The builder: from a plain description of a Linux VM to a running one.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use uvm_devices::legacy::{
+    i8042::I8042, power::AcpiPower, pvpanic::PvPanic, serial::SerialDevice, status::StatusPort,
+};
+
+use super::console::ConsoleInput;
+use super::layout::{ACPI_TABLES, COM1, PVPANIC_PORT, RSDP, SERIAL_IRQ};
+use super::shutdown::Outcome;
+use super::{boot, regs, Vm};
+use crate::acpi::{self, AcpiConfig, AcpiDevice};
+use crate::error::Error;
+
+/// What uvm always tells the kernel. The console is the first UART; a reset
+/// goes through the i8042 so it reaches the VMM; a panic resets at once so
+/// a crashed guest ends the VM instead of hanging it; nothing probes for
+/// hardware that is not there (PCI, more UARTs, an i8042 mouse).
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet 8250.nr_uarts=1";
+
+/// A Linux VM, as the CLI (or later an API) describes it.
+#[derive(Debug, Clone)]
+pub struct LinuxVmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Command-line fragments, in order (uvm's defaults come first).
+    pub cmdline: Vec<String>,
+    pub vcpus: u32,
+    pub mem_size: u64,
+    pub timeout: Option<Duration>,
+}
+
+impl LinuxVmConfig {
+    /// Checks everything that can be checked without KVM, so that bad input
+    /// gets its own error on any host.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.vcpus == 0 || self.vcpus > super::MAX_VCPUS {
+            return Err(Error::Vcpus(self.vcpus, super::MAX_VCPUS));
+        }
+        super::memory::validate_size(self.mem_size, super::memory::host_memory())?;
+        boot::check_kernel(&self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            boot::check_initrd(initrd)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the VM with its devices and boot state, ready to run.
+pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
+    let mut vm = Vm::new(cfg.mem_size, cfg.vcpus)?;
+
+    let sink = vm.event_sink();
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        vm.irq_line(SERIAL_IRQ)?,
+        std::io::stdout(),
+    )));
+    vm.add_pio_device(serial.clone(), COM1, 8)?;
+    vm.add_pio_device(Arc::new(Mutex::new(I8042::new(sink.clone()))), 0x60, 5)?;
+    vm.add_pio_device(
+        Arc::new(Mutex::new(AcpiPower::new(sink.clone(), acpi::RESET_VALUE))),
+        acpi::SLEEP_CONTROL_PORT,
+        uvm_devices::legacy::power::WINDOW_LEN,
+    )?;
+    vm.add_pio_device(
+        Arc::new(Mutex::new(StatusPort::new(sink.clone()))),
+        uvm_devices::legacy::status::PORT,
+        4,
+    )?;
+    vm.add_pio_device(Arc::new(Mutex::new(PvPanic::new(sink))), PVPANIC_PORT, 1)?;
+    vm.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+        std::io::stdin(),
+        serial,
+    ))));
+
+    let mem = vm.memory();
+    let kernel = boot::load_kernel(mem, &cfg.kernel)?;
+    let initrd = cfg
+        .initrd
+        .as_deref()
+        .map(|p| boot::load_initrd(mem, p, &kernel))
+        .transpose()?;
+    let parts: Vec<&str> = cfg.cmdline.iter().map(String::as_str).collect();
+    let cmdline = boot::cmdline(&parts)?;
+    boot::write_boot_params(mem, &kernel, initrd.as_ref(), &cmdline, vm.mem_size())?;
+    regs::write_boot_tables(mem)?;
+    let devices = vec![
+        AcpiDevice::Serial {
+            port: COM1,
+            irq: SERIAL_IRQ,
+        },
+        AcpiDevice::Pvpanic { port: PVPANIC_PORT },
+    ];
+    acpi::create_acpi_tables(
+        mem,
+        vm_memory::GuestAddress(RSDP),
+        vm_memory::GuestAddress(ACPI_TABLES),
+        &AcpiConfig {
+            vcpus: u8::try_from(cfg.vcpus)
+                .map_err(|_| Error::Vcpus(cfg.vcpus, super::MAX_VCPUS))?,
+            devices,
+        },
+    )?;
+
+    vm.configure_vcpus()?;
+    let bsp = &vm.vcpus()[0];
+    let sregs = bsp
+        .get_sregs()
+        .map_err(|e| Error::Kvm("KVM_GET_SREGS", e))?;
+    bsp.set_sregs(&regs::sregs(sregs))
+        .map_err(|e| Error::Kvm("KVM_SET_SREGS", e))?;
+    bsp.set_regs(&regs::regs(kernel.entry.0))
+        .map_err(|e| Error::Kvm("KVM_SET_REGS", e))?;
+    bsp.set_fpu(&regs::fpu())
+        .map_err(|e| Error::Kvm("KVM_SET_FPU", e))?;
+    Ok(vm)
+}
+
+pub fn boot(cfg: &LinuxVmConfig) -> Result<Outcome, Error> {
+    build(cfg)?.run(cfg.timeout)
+}

@@ -1,0 +1,236 @@
+//! The VMM: a KVM virtual machine, its devices on two buses, its vCPU threads
+//! and the event loop thread, and the builder that boots Linux in it.
+
+pub mod boot;
+pub mod console;
+pub mod cpuid;
+pub mod layout;
+pub mod linux;
+pub mod memory;
+pub mod regs;
+pub mod shutdown;
+pub mod vcpu;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use uvm_devices::legacy::{EventSink, GuestEvent};
+use uvm_devices::{Bus, BusDevice};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::error::Error;
+use shutdown::{Outcome, Shutdown};
+
+/// uvm's ceiling on vCPUs: APIC ids must fit the xAPIC's 8 bits, minus the
+/// broadcast id, and the MADT lists them as u8.
+pub const MAX_VCPUS: u32 = 254;
+
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+    mem: GuestMemoryMmap,
+    mem_size: u64,
+    vcpus: Vec<VcpuFd>,
+    pio: Bus,
+    mmio: Bus,
+    shutdown: Arc<Shutdown>,
+    events: EventManager<Subscriber>,
+}
+
+impl Vm {
+    /// A VM with `mem_size` bytes of RAM, an in-kernel irqchip and PIT, and
+    /// `vcpus` vCPUs (not yet configured).
+    pub fn new(mem_size: u64, vcpus: u32) -> Result<Self, Error> {
+        memory::validate_size(mem_size, memory::host_memory())?;
+        let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+        let max = u32::try_from(kvm.get_max_vcpus())
+            .unwrap_or(u32::MAX)
+            .min(MAX_VCPUS);
+        if vcpus == 0 || vcpus > max {
+            return Err(Error::Vcpus(vcpus, max));
+        }
+        let fd = kvm
+            .create_vm()
+            .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
+        let mem = memory::create(mem_size)?;
+        for (slot, region) in (0u32..).zip(mem.iter()) {
+            let region_desc = kvm_userspace_memory_region {
+                slot,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which the
+            // returned Vm keeps for as long as the VM fd exists.
+            unsafe { fd.set_user_memory_region(region_desc) }
+                .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+        }
+        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP)
+            .map_err(|e| Error::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
+        let tss = usize::try_from(layout::KVM_TSS).map_err(|_| Error::BootSetup("TSS address"))?;
+        fd.set_tss_address(tss)
+            .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
+        fd.create_irq_chip()
+            .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
+        // The PC speaker port is answered in the kernel too.
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
+        let vcpus = (0..vcpus)
+            .map(|i| fd.create_vcpu(u64::from(i)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
+        let events =
+            EventManager::new().map_err(|e| Error::Device(format!("event loop: {e:?}")))?;
+        Ok(Self {
+            kvm,
+            fd,
+            mem,
+            mem_size,
+            vcpus,
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            shutdown: Arc::new(Shutdown::default()),
+            events,
+        })
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    pub fn mem_size(&self) -> u64 {
+        self.mem_size
+    }
+
+    pub fn vcpus(&self) -> &[VcpuFd] {
+        &self.vcpus
+    }
+
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    pub fn shutdown(&self) -> Arc<Shutdown> {
+        self.shutdown.clone()
+    }
+
+    /// Where devices report guest events.
+    pub fn event_sink(&self) -> EventSink {
+        let s = self.shutdown.clone();
+        Arc::new(move |e: GuestEvent| s.on_guest_event(e))
+    }
+
+    pub fn add_pio_device(
+        &mut self,
+        dev: Arc<Mutex<dyn BusDevice>>,
+        base: u16,
+        len: u16,
+    ) -> Result<(), Error> {
+        self.pio
+            .insert(dev, u64::from(base), u64::from(len))
+            .map_err(|e| Error::Device(e.to_string()))
+    }
+
+    pub fn add_mmio_device(
+        &mut self,
+        dev: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), Error> {
+        self.mmio
+            .insert(dev, base, len)
+            .map_err(|e| Error::Device(e.to_string()))
+    }
+
+    /// An EventFd that raises IOAPIC pin `gsi` when written.
+    pub fn irq_line(&self, gsi: u32) -> Result<EventFd, Error> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Io("eventfd".into(), e))?;
+        self.fd
+            .register_irqfd(&evt, gsi)
+            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+        Ok(evt)
+    }
+
+    pub fn add_subscriber(&mut self, s: Subscriber) {
+        self.events.add_subscriber(s);
+    }
+
+    /// Gives every vCPU its CPUID, boot MSRs and LAPIC wiring.
+    pub fn configure_vcpus(&self) -> Result<(), Error> {
+        let supported = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        let count = u32::try_from(self.vcpus.len()).map_err(|_| Error::BootSetup("vCPU count"))?;
+        for (i, vcpu) in (0u32..).zip(self.vcpus.iter()) {
+            let id = cpuid::for_vcpu(&supported, i, count, &cpuid::NativeCpuid);
+            vcpu.set_cpuid2(&id)
+                .map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
+            let msrs = regs::boot_msrs()?;
+            let set = vcpu
+                .set_msrs(&msrs)
+                .map_err(|e| Error::Kvm("KVM_SET_MSRS", e))?;
+            if set != msrs.as_slice().len() {
+                return Err(Error::BootSetup("KVM refused one of the boot MSRs"));
+            }
+            let lapic = vcpu
+                .get_lapic()
+                .map_err(|e| Error::Kvm("KVM_GET_LAPIC", e))?;
+            vcpu.set_lapic(&regs::lapic(lapic))
+                .map_err(|e| Error::Kvm("KVM_SET_LAPIC", e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the VM until it ends (or `timeout`), then stops every thread.
+    pub fn run(self, timeout: Option<Duration>) -> Result<Outcome, Error> {
+        vcpu::install_kick_handler()?;
+        let handlers = vcpu::ExitHandlers {
+            pio: Arc::new(self.pio),
+            mmio: Arc::new(self.mmio),
+            shutdown: self.shutdown.clone(),
+        };
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for (i, fd) in (0u32..).zip(self.vcpus) {
+            let h = handlers.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{i}"))
+                .spawn(move || vcpu::run(fd, i, h))
+                .map_err(|e| Error::Io("starting a vCPU thread".into(), e))?;
+            threads.push(t);
+        }
+        let mut events = self.events;
+        let shutdown = self.shutdown.clone();
+        let event_loop = std::thread::Builder::new()
+            .name("event-loop".into())
+            .spawn(move || {
+                while !shutdown.is_done() {
+                    if let Err(e) = events.run_with_timeout(100) {
+                        shutdown.report(Outcome::VcpuError(format!("event loop failed: {e:?}")));
+                    }
+                }
+            })
+            .map_err(|e| Error::Io("starting the event loop".into(), e))?;
+
+        let outcome = self.shutdown.wait(timeout);
+        vcpu::stop_all(threads);
+        let _ = event_loop.join();
+        // The fds (VM, vCPUs) close only now, after every thread is done.
+        drop(self.fd);
+        drop(self.mem);
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,172 @@
+//! How the VM ended, decided once, by whichever thread sees it first.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use uvm_devices::legacy::GuestEvent;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// uvm's init reported the workload's exit status.
+    Status(u8),
+    /// The guest powered off (ACPI S5) without a status from uvm's init.
+    PowerOff,
+    /// The guest reset the CPU; `ready` says whether uvm's init had started.
+    Reset { ready: bool },
+    /// The guest kernel reported a panic (pvpanic).
+    Panic,
+    /// Triple fault: the vCPU hit an exception it could not handle.
+    TripleFault,
+    /// A vCPU halted with no way to wake (no interrupt controller).
+    Halted,
+    /// KVM could not run the guest any further.
+    VcpuError(String),
+    /// uvm received this signal.
+    Signal(i32),
+    /// `--timeout` expired.
+    Timeout,
+}
+
+/// Exit statuses of `uvm boot` that are not the guest command's own.
+pub const EXIT_GUEST_CRASHED: i32 = 124;
+pub const EXIT_UVM_ERROR: i32 = 125;
+
+impl Outcome {
+    /// The process exit status and, for anything but a normal end, a line
+    /// that says what happened.
+    pub fn exit(&self) -> (i32, Option<String>) {
+        match self {
+            Outcome::Status(s) => (i32::from(*s), None),
+            Outcome::PowerOff => (0, None),
+            Outcome::Reset { ready: true } => (0, Some("the guest rebooted; uvm stops the VM on reboot".into())),
+            Outcome::Reset { ready: false } => (
+                EXIT_GUEST_CRASHED,
+                Some("the guest reset before its init started (kernel panic or failed boot; the console above says why)".into()),
+            ),
+            Outcome::Panic => (EXIT_GUEST_CRASHED, Some("the guest kernel panicked".into())),
+            Outcome::TripleFault => (EXIT_GUEST_CRASHED, Some("the guest triple-faulted (CPU shutdown)".into())),
+            Outcome::Halted => (EXIT_GUEST_CRASHED, Some("a vCPU halted with interrupts it can never receive".into())),
+            Outcome::VcpuError(e) => (EXIT_GUEST_CRASHED, Some(e.clone())),
+            Outcome::Signal(n) => (128 + n, Some(format!("stopped by signal {n}"))),
+            Outcome::Timeout => (EXIT_GUEST_CRASHED, Some("the guest did not finish within --timeout".into())),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Shutdown {
+    outcome: Mutex<Option<Outcome>>,
+    cond: Condvar,
+    done: AtomicBool,
+    ready: AtomicBool,
+    ready_at: Mutex<Option<Instant>>,
+}
+
+impl Shutdown {
+    /// Records `outcome` unless the VM already ended.
+    pub fn report(&self, outcome: Outcome) {
+        let mut slot = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(outcome);
+            self.done.store(true, Ordering::SeqCst);
+            self.cond.notify_all();
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    pub fn guest_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn ready_at(&self) -> Option<Instant> {
+        *self.ready_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Turns what a device saw into an outcome (or a note, for readiness).
+    pub fn on_guest_event(&self, event: GuestEvent) {
+        match event {
+            GuestEvent::Ready => {
+                *self.ready_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                self.ready.store(true, Ordering::SeqCst);
+            }
+            GuestEvent::ExitStatus(s) => self.report(Outcome::Status(s)),
+            GuestEvent::PowerOff => self.report(Outcome::PowerOff),
+            GuestEvent::Reset => self.report(Outcome::Reset {
+                ready: self.guest_ready(),
+            }),
+            GuestEvent::Panic => self.report(Outcome::Panic),
+        }
+    }
+
+    /// Blocks until the VM ends, or `timeout` passes.
+    pub fn wait(&self, timeout: Option<Duration>) -> Outcome {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut slot = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(o) = slot.as_ref() {
+                return o.clone();
+            }
+            match deadline {
+                None => slot = self.cond.wait(slot).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        drop(slot);
+                        self.report(Outcome::Timeout);
+                        slot = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+                        continue;
+                    }
+                    slot = self
+                        .cond
+                        .wait_timeout(slot, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn first_outcome_wins() {
+        let s = Shutdown::default();
+        s.on_guest_event(GuestEvent::ExitStatus(7));
+        s.on_guest_event(GuestEvent::PowerOff);
+        assert_eq!(s.wait(None), Outcome::Status(7));
+        assert_eq!(s.wait(None).exit(), (7, None));
+    }
+
+    #[test]
+    fn reset_before_init_is_a_crash_after_is_a_reboot() {
+        let s = Shutdown::default();
+        s.on_guest_event(GuestEvent::Reset);
+        assert_eq!(s.wait(None).exit().0, EXIT_GUEST_CRASHED);
+        let s = Shutdown::default();
+        s.on_guest_event(GuestEvent::Ready);
+        s.on_guest_event(GuestEvent::Reset);
+        assert_eq!(s.wait(None), Outcome::Reset { ready: true });
+        assert_eq!(s.wait(None).exit().0, 0);
+    }
+
+    #[test]
+    fn wait_wakes_on_report_from_another_thread_and_times_out() {
+        let s = Arc::new(Shutdown::default());
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.wait(None));
+        std::thread::sleep(Duration::from_millis(20));
+        s.report(Outcome::Panic);
+        assert_eq!(t.join().unwrap(), Outcome::Panic);
+        let s = Shutdown::default();
+        assert_eq!(s.wait(Some(Duration::from_millis(10))), Outcome::Timeout);
+        assert_eq!(Outcome::Signal(15).exit().0, 143);
+    }
+}
