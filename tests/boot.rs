@@ -249,12 +249,6 @@ fn guest_kernel_log_is_clean() {
 }
 
 #[test]
-fn arguments_arrive_byte_for_byte() {
-    let o = case("argv");
-    assert_eq!(command_lines(o), ["[a b]['q'][\"dq\"][]"]);
-}
-
-#[test]
 fn exit_statuses_of_signals_and_missing_commands() {
     assert_eq!(case("signal").rc, 128 + 9);
     let o = case("notfound");

@@ -14,6 +14,8 @@ const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
+const ECX_XSAVE: u32 = 1 << 26;
+const ECX_OSXSAVE: u32 = 1 << 27;
 const ECX_AVX: u32 = 1 << 28;
 const EBX_AVX2: u32 = 1 << 5;
 /// Leaf 7 EBX bits of the AVX-512 family (F, DQ, IFMA, PF, ER, CD, BW, VL).
@@ -56,9 +58,10 @@ const TCG_SIGNATURE: &[u8; 12] = b"TCGTCGTCGTCG";
 
 /// True when this host is itself a guest of QEMU's TCG. Its emulated SVM
 /// does not intercept a nested guest's XSETBV, so KVM here never learns the
-/// guest's XCR0 and answers CPUID 0xD with the size of x87+SSE state only,
-/// whatever the guest enabled: extended XSAVE state cannot be offered
-/// coherently (the guest kernel would warn "XSAVE consistency problem").
+/// guest's XCR0: it keeps loading XCR0 = x87 for the guest (its SSE and AVX
+/// state then go unsaved across context switches) and answers CPUID 0xD
+/// with sizes that contradict what the guest enabled. XSAVE cannot work
+/// there; without it the guest kernel uses FXSAVE, which needs no XCR0.
 fn host_is_tcg(host: &dyn HostCpuid) -> bool {
     if host.cpuid(LEAF_FEATURES, 0)[2] & ECX_HYPERVISOR == 0 {
         return false;
@@ -71,6 +74,19 @@ fn host_is_tcg(host: &dyn HostCpuid) -> bool {
     &sig == TCG_SIGNATURE
 }
 
+/// Removes XSAVE and everything that needs it (AVX and up, leaf 0xD).
+fn hide_xsave(cpuid: &mut CpuId) {
+    for e in entries_mut(cpuid, LEAF_FEATURES) {
+        e.ecx &= !(ECX_XSAVE | ECX_OSXSAVE | ECX_AVX);
+    }
+    for e in entries_mut(cpuid, LEAF_STRUCTURED).filter(|e| e.index == 0) {
+        e.ebx &= !(EBX_AVX2 | EBX_AVX512);
+    }
+    for e in entries_mut(cpuid, LEAF_XSAVE) {
+        (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
+    }
+}
+
 /// Makes the XSAVE leaf agree with what the kernel will be able to enable.
 ///
 /// Under nested virtualisation (and on some hosts) KVM can report XSAVE
@@ -80,6 +96,10 @@ fn host_is_tcg(host: &dyn HostCpuid) -> bool {
 /// component is kept only if the host reports the same size for it and its
 /// feature flag is offered; the leaf's sizes are then recomputed.
 fn make_xsave_coherent(cpuid: &mut CpuId, host: &dyn HostCpuid) {
+    if host_is_tcg(host) {
+        hide_xsave(cpuid);
+        return;
+    }
     let feature_ecx = entries_mut(cpuid, LEAF_FEATURES)
         .next()
         .map_or(0, |e| e.ecx);
@@ -100,13 +120,8 @@ fn make_xsave_coherent(cpuid: &mut CpuId, host: &dyn HostCpuid) {
     };
 
     let mut keep = mask;
-    let tcg = host_is_tcg(host);
     for bit in 2..32 {
         if mask & (1 << bit) == 0 {
-            continue;
-        }
-        if tcg {
-            keep &= !(1 << bit);
             continue;
         }
         let ours = sizes.iter().find(|(i, _, _)| *i == bit).map(|&(_, s, _)| s);
@@ -316,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn extended_xsave_state_hidden_under_tcg() {
+    fn xsave_hidden_under_tcg() {
         let sig = |s: &[u8; 12]| {
             let w = |i: usize| u32::from_le_bytes(s[i..i + 4].try_into().unwrap());
             [0x4000_0001, w(0), w(4), w(8)]
@@ -327,9 +342,9 @@ mod tests {
             (0x4000_0000, 0, sig(b"TCGTCGTCGTCG")),
         ]);
         let c = for_vcpu(&supported(true), 0, 1, &tcg);
-        assert_eq!(find(&c, 0xd, 0).eax, 0x3);
-        assert_eq!(find(&c, 0xd, 0).ebx, 576);
-        assert_eq!(find(&c, 1, 0).ecx & ECX_AVX, 0);
+        assert_eq!(find(&c, 0xd, 0).eax, 0, "no XSAVE state at all");
+        assert_eq!(find(&c, 1, 0).ecx & (ECX_AVX | ECX_XSAVE | ECX_OSXSAVE), 0);
+        assert_eq!(find(&c, 7, 0).ebx & EBX_AVX2, 0);
         // Under KVM (or on bare metal) the state stays.
         let kvm = Host(vec![
             (0xd, 2, [256, 576, 0, 0]),
