@@ -6,7 +6,7 @@ CARGO ?= cargo
 UVM := target/release/uvm
 RUNNER := tests/runner/kvm-runner
 
-.PHONY: all setup build guest lint test unit-test boot-test run clean
+.PHONY: all setup build guest lint test unit-test boot-test run bench clean
 
 all: build guest
 
@@ -26,7 +26,7 @@ lint: setup
 # Unit tests and host-side CLI tests: everything but the KVM boot tests.
 unit-test: guest
 	$(CARGO) test --release --locked --workspace --lib --bins
-	$(CARGO) test --release --locked -p uvm --test cli_errors
+	$(CARGO) test --release --locked -p uvm --test cli_errors --test exit_loop
 
 # KVM boot tests: required, through the nested runner where needed; they
 # fail (never skip) when no KVM host can be had.
@@ -41,6 +41,11 @@ run: guest
 	@echo
 	@echo "== uvm boot: Debian's kernel in a uvm microVM =="
 	$(RUNNER) -- $(UVM) boot --vcpus 2 --mem 512M -- sh -c 'uname -sr; echo "vcpus: $$(nproc)"; grep MemTotal /proc/meminfo; echo "hostname: $$(hostname)"'
+
+# Boot time and VMM memory, uvm vs QEMU microvm, same kernel and initramfs.
+bench: guest
+	$(RUNNER) -- $(UVM) bench boot --runs 5 --json /tmp/uvm-bench-boot.json --plot /tmp/uvm-bench-boot.svg
+	@echo "plot: /tmp/uvm-bench-boot.svg, samples: /tmp/uvm-bench-boot.json"
 
 clean:
 	$(CARGO) clean

@@ -9,7 +9,7 @@ CACHE=${UVM_CACHE:-/var/cache/uvm}
 mkdir -p "$CACHE/debs"
 
 resolve_abi() { # meta package -> concrete image package
-    apt-cache depends "$1" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+    apt-cache depends "$1" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ && !found {print $2; found=1}'
 }
 
 fetch() { # flavour

@@ -37,6 +37,28 @@ pub enum Command {
     Check,
     /// The container runtime on this host.
     Container(uvm_guest::container::cli::ContainerArgs),
+    /// Benchmarks, side by side with a reference (run through tests/runner/kvm-runner on a PVM host).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Boot time to the init's readiness line and VMM memory overhead, uvm vs QEMU microvm.
+    Boot {
+        /// Runs of each VMM (alternating)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Guest memory
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        mem: u64,
+        /// Also write the samples as JSON here
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also draw the results as an SVG plot here
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]

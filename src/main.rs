@@ -1,6 +1,6 @@
 use clap::Parser;
 
-use uvm::cli::{run_check, BootArgs, Cli, Command};
+use uvm::cli::{run_check, BenchCommand, BootArgs, Cli, Command};
 use uvm::error::Error;
 use uvm::vmm::shutdown::{Outcome, EXIT_UVM_ERROR};
 use uvm::{check, vmm};
@@ -58,6 +58,31 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check => run_check(),
+        Command::Bench(BenchCommand::Boot {
+            runs,
+            mem,
+            json,
+            plot,
+        }) => {
+            let bench = uvm::bench::default_paths().map(|(kernel, initrd)| uvm::bench::BootBench {
+                runs,
+                mem,
+                kernel,
+                initrd,
+                json,
+                plot,
+            });
+            match bench.and_then(|b| b.run()) {
+                Ok(table) => {
+                    print!("{table}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("uvm bench: {e}");
+                    EXIT_UVM_ERROR
+                }
+            }
+        }
         Command::Container(args) => uvm_guest::container::cli::main(args),
         Command::Boot(args) => match boot(&args) {
             Ok(outcome) => {

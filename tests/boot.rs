@@ -69,12 +69,13 @@ const CASES: &[Case] = &[
             "--",
             "sh",
             "-c",
-            "printf '[%s]' \"$@\"",
+            "printf '[%s]' \"$@\"; echo",
             "sh",
             "a b",
             "'q'",
             "\"dq\"",
             "",
+            "x\ny",
         ],
     },
     Case {
@@ -245,6 +246,23 @@ fn guest_kernel_log_is_clean() {
         command_lines(o),
         Vec::<&str>::new(),
         "warnings in the guest's dmesg"
+    );
+}
+
+#[test]
+fn arguments_arrive_byte_for_byte() {
+    let o = case("argv");
+    assert_eq!(o.rc, 0);
+    let want = "[a b]['q'][\"dq\"][][x";
+    let lines = command_lines(o);
+    let at = lines
+        .iter()
+        .position(|l| *l == want)
+        .unwrap_or_else(|| panic!("{want:?} not in {lines:?}"));
+    assert_eq!(
+        lines.get(at + 1),
+        Some(&"y]"),
+        "a newline inside an argument survives"
     );
 }
 

@@ -49,6 +49,16 @@ impl Vm {
     /// A VM with `mem_size` bytes of RAM, an in-kernel irqchip and PIT, and
     /// `vcpus` vCPUs (not yet configured).
     pub fn new(mem_size: u64, vcpus: u32) -> Result<Self, Error> {
+        Self::create(mem_size, vcpus, true)
+    }
+
+    /// The same without an interrupt controller: HLT then exits to uvm,
+    /// which is what small test programs want.
+    pub fn new_bare(mem_size: u64, vcpus: u32) -> Result<Self, Error> {
+        Self::create(mem_size, vcpus, false)
+    }
+
+    fn create(mem_size: u64, vcpus: u32, irqchip: bool) -> Result<Self, Error> {
         memory::validate_size(mem_size, memory::host_memory())?;
         let kvm = Kvm::new().map_err(Error::KvmOpen)?;
         let max = u32::try_from(kvm.get_max_vcpus())
@@ -79,15 +89,17 @@ impl Vm {
         let tss = usize::try_from(layout::KVM_TSS).map_err(|_| Error::BootSetup("TSS address"))?;
         fd.set_tss_address(tss)
             .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
-        fd.create_irq_chip()
-            .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
-        // The PC speaker port is answered in the kernel too.
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit)
-            .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
+        if irqchip {
+            fd.create_irq_chip()
+                .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
+            // The PC speaker port is answered in the kernel too.
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            fd.create_pit2(pit)
+                .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
+        }
         let vcpus = (0..vcpus)
             .map(|i| fd.create_vcpu(u64::from(i)))
             .collect::<Result<Vec<_>, _>>()
