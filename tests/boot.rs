@@ -145,6 +145,14 @@ fn session() -> &'static HashMap<&'static str, Outcome> {
                 args = args.join(" "),
             ));
         }
+        // SIGTERM to a running uvm: the VM stops and uvm exits 128+15.
+        let base = dir.join("sigterm");
+        script.push_str(&format!(
+            "echo 'boot-tests: sigterm' >&2\n{uvm} boot -- sleep 1000 </dev/null >{b}.out 2>{b}.err & pid=$!\n\
+             for i in $(seq 120); do grep -q 'uvm-init: ready' {b}.out 2>/dev/null && break; sleep 0.5; done\n\
+             kill -TERM $pid; wait $pid; echo $? >{b}.rc\n",
+            b = base.display()
+        ));
         std::fs::write(dir.join("session.sh"), &script).unwrap();
         let status = Command::new(repo().join("tests/runner/kvm-runner"))
             .args(["--", "bash", dir.join("session.sh").to_str().unwrap()])
@@ -158,9 +166,11 @@ fn session() -> &'static HashMap<&'static str, Outcome> {
         };
         let results = CASES
             .iter()
-            .map(|c| {
-                let rc = read(c.name, "rc").trim().parse().expect("status");
-                (c.name, Outcome { rc, stdout: read(c.name, "out"), stderr: read(c.name, "err") })
+            .map(|c| c.name)
+            .chain(["sigterm"])
+            .map(|name| {
+                let rc = read(name, "rc").trim().parse().expect("status");
+                (name, Outcome { rc, stdout: read(name, "out"), stderr: read(name, "err") })
             })
             .collect();
         let _ = std::fs::remove_dir_all(&dir);
@@ -297,6 +307,17 @@ fn timeout_stops_a_guest_that_does_not_finish() {
     let o = case("timeout");
     assert_eq!(o.rc, 124);
     assert!(o.stderr.contains("--timeout"), "{}", o.stderr);
+}
+
+#[test]
+fn sigterm_stops_the_vm_cleanly() {
+    let o = case("sigterm");
+    assert_eq!(o.rc, 128 + 15);
+    assert!(
+        o.stdout.contains("uvm-init: ready"),
+        "the guest was running"
+    );
+    assert_eq!(o.stderr.trim(), "uvm: stopped by signal 15");
 }
 
 #[test]

@@ -122,3 +122,33 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
 pub fn boot(cfg: &LinuxVmConfig) -> Result<Outcome, Error> {
     build(cfg)?.run(cfg.timeout)
 }
+
+#[cfg(test)]
+mod tests {
+    use uvm_devices::legacy::{power, status};
+    use uvm_guest::protocol;
+
+    /// The VMM's devices and the guest's init and ACPI tables are written in
+    /// different crates; these are the numbers both sides must agree on.
+    #[test]
+    fn both_sides_of_the_guest_protocols_agree() {
+        assert_eq!(protocol::STATUS_PORT, status::PORT);
+        for (kind, payload) in [(protocol::STATUS_READY, 0), (protocol::STATUS_EXIT, 7)] {
+            assert_eq!(
+                protocol::status_value(kind, payload),
+                status::encode(kind, payload)
+            );
+        }
+        assert_eq!(protocol::STATUS_READY, status::KIND_READY);
+        assert_eq!(protocol::STATUS_EXIT, status::KIND_EXIT);
+        assert_eq!(crate::acpi::S5_SLP_TYP, power::S5_SLP_TYP);
+        assert_eq!(
+            u64::from(crate::acpi::SLEEP_STATUS_PORT - crate::acpi::SLEEP_CONTROL_PORT),
+            power::SLEEP_STATUS
+        );
+        assert_eq!(
+            u64::from(crate::acpi::RESET_PORT - crate::acpi::SLEEP_CONTROL_PORT),
+            power::RESET
+        );
+    }
+}

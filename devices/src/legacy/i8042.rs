@@ -60,13 +60,11 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     #[test]
     fn reset_command_reports_reset() {
-        let seen = Arc::new(Mutex::new(vec![]));
-        let s = seen.clone();
-        let mut dev = I8042::new(Arc::new(move |e| s.lock().unwrap().push(e)));
+        let (sink, seen) = crate::legacy::recording_sink();
+        let mut dev = I8042::new(sink);
         dev.write(4, &[0xfe]);
         assert_eq!(*seen.lock().unwrap(), vec![GuestEvent::Reset]);
         // Other commands and the data port do not reset.

@@ -30,3 +30,11 @@ pub enum GuestEvent {
 
 /// Where devices send [`GuestEvent`]s. Cheap to clone, callable from any thread.
 pub type EventSink = Arc<dyn Fn(GuestEvent) + Send + Sync>;
+
+/// A sink that records what it is sent, for device tests.
+#[cfg(test)]
+pub(crate) fn recording_sink() -> (EventSink, Arc<std::sync::Mutex<Vec<GuestEvent>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(vec![]));
+    let s = seen.clone();
+    (Arc::new(move |e| s.lock().unwrap().push(e)), seen)
+}

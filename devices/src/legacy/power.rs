@@ -53,12 +53,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     fn device() -> (AcpiPower, Arc<Mutex<Vec<GuestEvent>>>) {
-        let seen = Arc::new(Mutex::new(vec![]));
-        let s = seen.clone();
-        (
-            AcpiPower::new(Arc::new(move |e| s.lock().unwrap().push(e)), 1),
-            seen,
-        )
+        let (sink, seen) = crate::legacy::recording_sink();
+        (AcpiPower::new(sink, 1), seen)
     }
 
     #[test]

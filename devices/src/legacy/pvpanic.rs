@@ -39,13 +39,11 @@ impl BusDevice for PvPanic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     #[test]
     fn advertises_and_reports_panics() {
-        let seen = Arc::new(Mutex::new(vec![]));
-        let s = seen.clone();
-        let mut dev = PvPanic::new(Arc::new(move |e| s.lock().unwrap().push(e)));
+        let (sink, seen) = crate::legacy::recording_sink();
+        let mut dev = PvPanic::new(sink);
         let mut caps = [0];
         dev.read(0, &mut caps);
         assert_eq!(caps, [PANICKED]);

@@ -60,13 +60,11 @@ impl BusDevice for StatusPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     #[test]
     fn decodes_ready_and_exit_and_ignores_noise() {
-        let seen = Arc::new(Mutex::new(vec![]));
-        let s = seen.clone();
-        let mut dev = StatusPort::new(Arc::new(move |e| s.lock().unwrap().push(e)));
+        let (sink, seen) = crate::legacy::recording_sink();
+        let mut dev = StatusPort::new(sink);
         dev.write(0, &encode(KIND_READY, 0).to_le_bytes());
         dev.write(0, &encode(KIND_EXIT, 7).to_le_bytes());
         dev.write(0, &[7]); // narrow write
