@@ -167,7 +167,7 @@ pub fn report() -> bool {
         }
     }
     println!(
-        "uvm container runs on this host ({}).",
+        "containers here would use {}.",
         if cg == CgroupMode::V2 {
             "cgroup v2"
         } else {

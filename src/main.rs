@@ -83,7 +83,6 @@ fn main() {
                 }
             }
         }
-        Command::Container(args) => uvm_guest::container::cli::main(args),
         Command::Boot(args) => match boot(&args) {
             Ok(outcome) => {
                 let (code, message) = outcome.exit();
