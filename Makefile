@@ -27,6 +27,8 @@ lint: setup
 unit-test: guest
 	$(CARGO) test --release --locked --workspace --lib --bins
 	$(CARGO) test --release --locked -p uvm --test cli_errors --test exit_loop
+	resources/build-rootfs.sh --install-deps
+	$(CARGO) test --release --locked -p uvm-guest --tests
 
 # KVM boot tests: required, through the nested runner where needed; they
 # fail (never skip) when no KVM host can be had.

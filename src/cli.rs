@@ -1,4 +1,4 @@
-//! The command line: `uvm boot`, `uvm check`, `uvm bench`.
+//! The command line: `uvm boot`, `uvm check`, `uvm container`, `uvm bench`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +35,8 @@ pub enum Command {
     Boot(BootArgs),
     /// Report what this host can do (KVM flavour, nested runner, tun, cgroups, namespaces).
     Check,
+    /// The container runtime on this host (the same code runs in the guest).
+    Container(uvm_guest::container::cli::ContainerArgs),
     /// Benchmarks, side by side with a reference (run through tests/runner/kvm-runner on a PVM host).
     #[command(subcommand)]
     Bench(BenchCommand),

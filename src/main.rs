@@ -58,6 +58,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check => run_check(),
+        Command::Container(args) => uvm_guest::container::cli::main(args),
         Command::Bench(BenchCommand::Boot {
             runs,
             mem,

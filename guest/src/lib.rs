@@ -3,4 +3,5 @@
 
 pub mod container;
 pub mod init;
+pub mod netlink;
 pub mod protocol;

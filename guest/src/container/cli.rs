@@ -1,20 +1,553 @@
-//! `uvm container ...`: the runtime's command line (placeholder until the runtime lands).
+//! `uvm container ...`: the runtime's command line.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+
+use super::error::{Error, Result, EXIT_RUNTIME_ERROR};
+use super::limits;
+use super::network::BridgeConfig;
+use super::runtime::{ExecOptions, Runtime};
+use super::spec::{NetMode, PortMap, RunOptions, Source, Volume};
+use super::state::{Paths, DEFAULT_ROOT};
 
 #[derive(Debug, clap::Args)]
 pub struct ContainerArgs {
+    /// Directory for container state.
+    #[arg(long, global = true, default_value = DEFAULT_ROOT, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Bridge used by --net bridge.
+    #[arg(long, global = true, default_value = "uvm0", value_name = "NAME")]
+    pub bridge: String,
+    /// Subnet of the bridge (addresses are allocated from it).
+    #[arg(
+        long,
+        global = true,
+        default_value = "10.88.0.0/16",
+        value_name = "CIDR"
+    )]
+    pub subnet: String,
+    /// Use the cgroup v2 hierarchy mounted at DIR (default: detect from
+    /// /sys/fs/cgroup: v2 if it is cgroup2, else the v1 controllers).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cgroup2_root: Option<PathBuf>,
+    /// Parent cgroup of the containers' cgroups.
+    #[arg(long, global = true, default_value = "uvm", value_name = "PATH")]
+    pub cgroup_parent: String,
     #[command(subcommand)]
     pub command: ContainerCommand,
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ContainerCommand {
-    /// Run a command in a new container.
-    Run,
+    /// Run a command in a new container and wait for it.
+    Run(Box<RunArgs>),
+    /// Run a command in a running container.
+    Exec(ExecArgs),
+    /// List containers.
+    Ps {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a signal to a container's PID 1 (default SIGKILL).
+    Kill {
+        name: String,
+        /// Signal name or number (KILL, TERM, SIGINT, 9...).
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Resource usage of a running container.
+    Stats {
+        name: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove what containers whose runtime died left behind.
+    Gc,
+    /// Build a minimal root filesystem from busybox and chosen host binaries.
+    Mkrootfs {
+        /// Directory to create (or fill).
+        dir: PathBuf,
+        /// busybox binary to use (default: the host's).
+        #[arg(long, value_name = "PATH")]
+        busybox: Option<PathBuf>,
+        /// Also copy this host binary, with the libraries it needs (repeatable).
+        #[arg(long = "with", value_name = "BINARY")]
+        with: Vec<PathBuf>,
+    },
 }
 
-/// Runs a `uvm container` command and returns the process exit status.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Root filesystem directory (read-only lower layer of an overlay).
+    #[arg(long, value_name = "DIR", conflicts_with = "bundle")]
+    pub rootfs: Option<PathBuf>,
+    /// OCI bundle directory (config.json + rootfs).
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User: UID[:GID] or a name from the rootfs' /etc/passwd.
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// Memory limit (e.g. 64m, 1g); no swap beyond it.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// CPU limit in CPUs (e.g. 0.5).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Relative CPU weight (cgroup v1 shares, 1024 = default).
+    #[arg(long, value_name = "N")]
+    pub cpu_shares: Option<String>,
+    /// Maximum number of processes.
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<String>,
+    /// Network: none, host or bridge (default: bridge; for a bundle, as its
+    /// config.json says).
+    #[arg(long)]
+    pub net: Option<String>,
+    /// Publish a port: HOST:CONTAINER[/udp] (repeatable; bridge mode).
+    #[arg(short = 'p', long = "publish", value_name = "HOST:CTR")]
+    pub publish: Vec<String>,
+    /// Bind mount: HOST:CONTAINER[:ro] (repeatable).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR[:ro]")]
+    pub volume: Vec<String>,
+    /// Mount the root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Use the rootfs directly, without an overlay (writes change the image).
+    #[arg(long, conflicts_with = "overlay")]
+    pub no_overlay: bool,
+    /// Put an overlay over a bundle's rootfs too.
+    #[arg(long)]
+    pub overlay: bool,
+    /// Keep the overlay's upper directory after exit (its path is printed).
+    #[arg(long)]
+    pub keep: bool,
+    /// Seccomp: default, or unconfined to run without a filter.
+    #[arg(long, default_value = "default", value_name = "PROFILE")]
+    pub seccomp: String,
+    /// Add a capability (e.g. CAP_NET_ADMIN; repeatable).
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (repeatable).
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Set a namespaced kernel parameter: KEY=VALUE (repeatable, e.g.
+    /// net.ipv4.ip_unprivileged_port_start=0).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub sysctl: Vec<String>,
+    /// Run a tiny init as PID 1 that forwards signals to the workload and
+    /// reaps zombies (the workload is then PID 2).
+    #[arg(long)]
+    pub init: bool,
+    /// The command and its arguments (after --).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    pub name: String,
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+fn run_options(a: RunArgs) -> Result<RunOptions> {
+    let source = match (a.rootfs, a.bundle) {
+        (Some(r), None) => Source::Rootfs(r),
+        (None, Some(b)) => Source::Bundle(b),
+        _ => {
+            return Err(Error::invalid(
+                "--rootfs",
+                "",
+                "give a root filesystem with --rootfs DIR or a bundle with --bundle DIR",
+            ))
+        }
+    };
+    let mut o = RunOptions::new(source, a.command);
+    o.name = a.name;
+    o.hostname = a.hostname;
+    o.env = a.env;
+    o.cwd = a.workdir;
+    o.user = a.user;
+    o.memory = a
+        .memory
+        .as_deref()
+        .map(|m| limits::parse_memory("--memory", m))
+        .transpose()?;
+    o.cpu_quota = a
+        .cpus
+        .as_deref()
+        .map(|c| limits::parse_cpus(c, limits::host_cpus()))
+        .transpose()?;
+    o.cpu_shares = a
+        .cpu_shares
+        .as_deref()
+        .map(limits::parse_cpu_shares)
+        .transpose()?;
+    o.pids_limit = a
+        .pids_limit
+        .as_deref()
+        .map(limits::parse_pids)
+        .transpose()?;
+    o.net = a.net.as_deref().map(NetMode::from_str).transpose()?;
+    o.ports = a
+        .publish
+        .iter()
+        .map(|p| PortMap::from_str(p))
+        .collect::<Result<_>>()?;
+    o.volumes = a
+        .volume
+        .iter()
+        .map(|v| Volume::from_str(v))
+        .collect::<Result<_>>()?;
+    o.read_only = a.read_only;
+    o.overlay = if a.no_overlay {
+        Some(false)
+    } else if a.overlay {
+        Some(true)
+    } else {
+        None
+    };
+    o.keep = a.keep;
+    o.seccomp = match a.seccomp.as_str() {
+        "default" => true,
+        "unconfined" => false,
+        other => {
+            return Err(Error::invalid(
+                "--seccomp",
+                other,
+                "expected default or unconfined",
+            ))
+        }
+    };
+    o.cap_add = a.cap_add;
+    o.cap_drop = a.cap_drop;
+    o.init = a.init;
+    o.sysctl = a
+        .sysctl
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| !k.is_empty() && !k.contains('/') && !k.contains(".."))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "--sysctl",
+                        kv,
+                        "expected KEY=VALUE, e.g. net.ipv4.ip_forward=1",
+                    )
+                })
+        })
+        .collect::<Result<_>>()?;
+    Ok(o)
+}
+
+/// Signals the runtime forwards to the container while waiting.
+fn forwarded_signals() -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        s.add(sig);
+    }
+    s
+}
+
+fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n)
+            .map_err(|_| Error::invalid("--signal", s, "unknown signal number"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    Signal::from_str(&name)
+        .map_err(|_| Error::invalid("--signal", s, "unknown signal (e.g. KILL, TERM, 9)"))
+}
+
+fn cmd_run(rt: &Runtime, a: RunArgs) -> Result<i32> {
+    let opts = run_options(a)?;
+    // Containers whose runtime was killed go first.
+    if unistd_is_root() {
+        rt.sweep();
+    }
+    let sigs = forwarded_signals();
+    sigs.thread_block()
+        .map_err(|e| Error::sys("blocking signals", e))?;
+    let r = rt.create(&opts).and_then(|c| {
+        let name = c.name().to_string();
+        let keep = c.state().overlay.clone().filter(|_| opts.keep);
+        let exit = c.wait_forwarding(&sigs)?;
+        if exit.oom_killed {
+            let limit = exit
+                .memory_limit
+                .map(|l| format!(" (memory limit {})", limits::human_bytes(l)))
+                .unwrap_or_default();
+            eprintln!(
+                "uvm container: {name}: out of memory: the kernel OOM-killed a process of the container{limit}"
+            );
+        }
+        if let Some(dir) = keep {
+            eprintln!("uvm container: {name}: upper directory kept in {}", dir.join("upper").display());
+        }
+        Ok(exit.code())
+    });
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&sigs), None);
+    r
+}
+
+fn unistd_is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn cmd_ps(rt: &Runtime, json: bool) -> Result<i32> {
+    let list = rt.list();
+    if json {
+        let v: Vec<serde_json::Value> = list
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(s).unwrap_or_default();
+                v["status"] = serde_json::Value::from(s.status());
+                v
+            })
+            .collect();
+        println!("{}", serde_json::Value::from(v));
+        return Ok(0);
+    }
+    println!(
+        "{:<20} {:<16} {:>8} {:<9} {:<15} {:<16} COMMAND",
+        "NAME", "ID", "PID", "STATUS", "IP", "PORTS"
+    );
+    for s in list {
+        let ip = s.net.as_ref().map_or("-".to_string(), |n| n.ip.to_string());
+        let ports = s
+            .net
+            .as_ref()
+            .map(|n| {
+                n.ports
+                    .iter()
+                    .map(|p| format!("{}->{}/{}", p.host, p.container, p.proto))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:<16} {:>8} {:<9} {:<15} {:<16} {}",
+            s.name,
+            s.id,
+            s.pid.map_or("-".to_string(), |p| p.to_string()),
+            s.status(),
+            ip,
+            ports,
+            s.args.join(" ")
+        );
+    }
+    Ok(0)
+}
+
+fn cmd_stats(rt: &Runtime, name: &str, json: bool) -> Result<i32> {
+    let s = rt.stats(name)?;
+    if json {
+        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+        return Ok(0);
+    }
+    let bytes = |v: Option<u64>| {
+        v.map_or("-".to_string(), |b| {
+            format!("{:.1} MiB", b as f64 / 1048576.0)
+        })
+    };
+    let num = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
+    println!(
+        "memory      {} / {} (max {})",
+        bytes(s.memory_usage),
+        bytes(s.memory_limit),
+        bytes(s.memory_max_usage)
+    );
+    println!(
+        "cpu         {:.3} s used, throttled {} of {} periods ({:.3} s)",
+        s.cpu_usage_ns.unwrap_or(0) as f64 / 1e9,
+        num(s.cpu_nr_throttled),
+        num(s.cpu_nr_periods),
+        s.cpu_throttled_ns.unwrap_or(0) as f64 / 1e9
+    );
+    println!(
+        "pids        {} / {} ({} forks refused)",
+        num(s.pids_current),
+        s.pids_limit.map_or("max".into(), |n| n.to_string()),
+        num(s.pids_rejected)
+    );
+    println!("oom kills   {}", s.oom_kills);
+    Ok(0)
+}
+
+fn dispatch(args: ContainerArgs) -> Result<i32> {
+    let mut rt = Runtime::new(Paths::new(args.root));
+    rt.bridge = BridgeConfig::with_subnet(&args.bridge, &args.subnet)?;
+    if args.cgroup_parent.is_empty()
+        || args.cgroup_parent.starts_with('/')
+        || args
+            .cgroup_parent
+            .split('/')
+            .any(|c| c == ".." || c.is_empty())
+    {
+        return Err(Error::invalid(
+            "--cgroup-parent",
+            &args.cgroup_parent,
+            "a relative cgroup path such as uvm or uvm/test",
+        ));
+    }
+    rt.cgroup_parent = args.cgroup_parent;
+    if let Some(root) = args.cgroup2_root {
+        if !root.join("cgroup.procs").exists() {
+            return Err(Error::invalid(
+                "--cgroup2-root",
+                &root.display().to_string(),
+                "no cgroup v2 hierarchy is mounted there",
+            ));
+        }
+        rt.hierarchy = Some(super::cgroups::Hierarchy::V2 { root });
+    }
+    match args.command {
+        ContainerCommand::Run(a) => cmd_run(&rt, *a),
+        ContainerCommand::Exec(a) => {
+            let sigs = forwarded_signals();
+            sigs.thread_block()
+                .map_err(|e| Error::sys("blocking signals", e))?;
+            if let Some(e) = a.env.iter().find(|e| !e.contains('=')) {
+                return Err(Error::invalid("-e", e, "expected KEY=VALUE"));
+            }
+            let opts = ExecOptions {
+                args: a.command,
+                env: a.env,
+                cwd: a.workdir,
+                forward_signals: Some(sigs),
+            };
+            let r = rt.exec(&a.name, &opts).map(|k| k.code());
+            let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&sigs), None);
+            r
+        }
+        ContainerCommand::Ps { json } => cmd_ps(&rt, json),
+        ContainerCommand::Kill { name, signal } => {
+            rt.kill(&name, parse_signal(&signal)?)?;
+            Ok(0)
+        }
+        ContainerCommand::Stats { name, json } => cmd_stats(&rt, &name, json),
+        ContainerCommand::Gc => {
+            for r in rt.gc()? {
+                println!("removed {r}");
+            }
+            Ok(0)
+        }
+        ContainerCommand::Mkrootfs { dir, busybox, with } => {
+            let copied = super::image::build_rootfs(&dir, busybox.as_deref(), &with)?;
+            println!(
+                "rootfs ready in {} ({} files copied)",
+                dir.display(),
+                copied.len()
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// Runs a `uvm container` command and returns the process exit status:
+/// the workload's for run/exec, 125 for runtime errors, 126 when the
+/// command cannot be executed, 127 when it is not found.
 pub fn main(args: ContainerArgs) -> i32 {
-    let _ = args;
-    eprintln!("uvm container: not implemented yet");
-    125
+    match dispatch(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("uvm container: {e}");
+            let code = e.exit_code();
+            if code == 0 {
+                EXIT_RUNTIME_ERROR
+            } else {
+                code
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The arguments are valid as a subcommand of a parent CLI (as `uvm container`).
+    #[test]
+    fn clap_definition_is_valid() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Top {
+            #[command(subcommand)]
+            command: Sub,
+        }
+        #[derive(clap::Subcommand)]
+        enum Sub {
+            Container(ContainerArgs),
+        }
+        Top::command().debug_assert();
+        let t = <Top as clap::Parser>::try_parse_from([
+            "uvm",
+            "container",
+            "--root",
+            "/x",
+            "run",
+            "--rootfs",
+            "/r",
+            "--memory",
+            "64m",
+            "-p",
+            "8080:80",
+            "--",
+            "sh",
+            "-c",
+            "echo hi",
+        ])
+        .unwrap();
+        let Sub::Container(a) = t.command;
+        assert_eq!(a.root, PathBuf::from("/x"));
+        let ContainerCommand::Run(r) = a.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.command, ["sh", "-c", "echo hi"]);
+        let o = run_options(*r).unwrap();
+        assert_eq!(o.memory, Some(64 << 20));
+        assert_eq!(o.ports.len(), 1);
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("sigterm").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("2").unwrap(), Signal::SIGINT);
+        assert!(parse_signal("BOGUS").is_err());
+    }
 }

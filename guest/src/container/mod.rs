@@ -1,2 +1,28 @@
-//! uvm's container runtime (OCI runtime-spec data model).
+//! uvm's container runtime, with the OCI runtime spec as its data model.
+//!
+//! Layers, each usable and tested alone:
+//! - [`spec`]: flags or a bundle's `config.json` to an OCI [`oci_spec::runtime::Spec`];
+//! - [`process`]: namespaces, PID 1, the exec handshake, exit status;
+//! - [`rootfs`]: overlay, mounts, devices, `pivot_root`, masked paths;
+//! - [`cgroups`]: limits and accounting over cgroup v1 and v2;
+//! - [`seccomp`] and capabilities (in [`process`]): privileges;
+//! - [`network`]: bridge, veth, addresses, nftables NAT and port publishing;
+//! - [`state`] and [`runtime`]: names, state on disk, run/exec/kill/ps/stats/gc;
+//! - [`image`]: building a minimal rootfs;
+//! - [`cli`]: `uvm container ...`.
+pub mod cgroups;
 pub mod cli;
+pub mod error;
+pub mod image;
+pub mod limits;
+pub mod network;
+pub mod process;
+pub mod rootfs;
+pub mod runtime;
+pub mod seccomp;
+pub mod spec;
+pub mod state;
+
+pub use error::{Error, Result};
+pub use runtime::{Container, ExecOptions, Exit, Runtime};
+pub use spec::{NetMode, PortMap, RunOptions, Source, Volume};

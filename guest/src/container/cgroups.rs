@@ -1,0 +1,671 @@
+//! Resource limits and accounting with cgroups: one interface over cgroup v2
+//! (the unified hierarchy, as in the uvm guest) and cgroup v1 (one hierarchy
+//! per controller, as on hosts in "hybrid" mode).
+//!
+//! The limit files to write are computed by pure functions
+//! ([`v1_limit_files`], [`v2_limit_files`]) so both versions are testable on
+//! any host; [`Cgroup`] applies them.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{Error, Result};
+
+/// Where cgroup hierarchies are normally mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Limits to apply, as plain numbers (from flags or the bundle's config.json).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Memory limit in bytes (no swap beyond it).
+    pub memory: Option<u64>,
+    /// CFS quota in microseconds per `cpu_period`.
+    pub cpu_quota: Option<u64>,
+    /// CFS period in microseconds (default 100000).
+    pub cpu_period: Option<u64>,
+    /// v1 cpu.shares (v2: converted to cpu.weight).
+    pub cpu_shares: Option<u64>,
+    /// Maximum number of tasks.
+    pub pids: Option<i64>,
+    /// Device access rules (v1 devices controller): (allow, "c 1:3 rwm").
+    pub devices: Vec<(bool, String)>,
+}
+
+/// Which cgroup layout this host has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hierarchy {
+    /// Unified hierarchy mounted at `root`.
+    V2 { root: PathBuf },
+    /// One mount per controller: (controller names, mount point).
+    V1 { mounts: Vec<(Vec<String>, PathBuf)> },
+}
+
+/// The controllers the runtime uses on v1.
+const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"];
+
+/// cgroup2 filesystem magic (statfs f_type).
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+impl Hierarchy {
+    /// Detects the host's layout from `/sys/fs/cgroup`: pure v2 if it is a
+    /// cgroup2 mount, otherwise the v1 controller mounts from mountinfo.
+    pub fn detect() -> Result<Self> {
+        let st = nix::sys::statfs::statfs(CGROUP_ROOT).map_err(|e| {
+            Error::Cgroup(format!(
+                "{CGROUP_ROOT} is not accessible ({e}): is cgroupfs mounted?"
+            ))
+        })?;
+        #[allow(clippy::unnecessary_cast)]
+        if st.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC {
+            return Ok(Hierarchy::V2 {
+                root: PathBuf::from(CGROUP_ROOT),
+            });
+        }
+        let info = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| Error::Cgroup(format!("reading /proc/self/mountinfo: {e}")))?;
+        let mounts = parse_v1_mounts(&info);
+        if mounts.is_empty() {
+            return Err(Error::Cgroup(format!(
+                "no cgroup v1 controllers and no cgroup2 at {CGROUP_ROOT}"
+            )));
+        }
+        Ok(Hierarchy::V1 { mounts })
+    }
+
+    pub fn version(&self) -> u8 {
+        match self {
+            Hierarchy::V2 { .. } => 2,
+            Hierarchy::V1 { .. } => 1,
+        }
+    }
+}
+
+/// The cgroup v1 mounts (controllers, mount point) in a mountinfo text.
+pub fn parse_v1_mounts(mountinfo: &str) -> Vec<(Vec<String>, PathBuf)> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        // ... mount_point ... - fstype source super_options
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut r = right.split_whitespace();
+        if r.next() != Some("cgroup") {
+            continue;
+        }
+        let opts = r.nth(1).unwrap_or("");
+        let Some(mount_point) = left.split_whitespace().nth(4) else {
+            continue;
+        };
+        let controllers: Vec<String> = opts
+            .split(',')
+            .filter(|o| V1_CONTROLLERS.contains(o))
+            .map(str::to_string)
+            .collect();
+        if !controllers.is_empty() && !out.iter().any(|(_, p)| p == Path::new(mount_point)) {
+            out.push((controllers, PathBuf::from(mount_point)));
+        }
+    }
+    out
+}
+
+/// (controller, file, value) to write on v1, in order.
+pub fn v1_limit_files(r: &Resources) -> Vec<(&'static str, &'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(m) = r.memory {
+        out.push(("memory", "memory.limit_in_bytes", m.to_string()));
+        // No swap beyond the limit (written only where swap accounting exists).
+        out.push(("memory", "memory.memsw.limit_in_bytes", m.to_string()));
+    }
+    if let Some(q) = r.cpu_quota {
+        let period = r.cpu_period.unwrap_or(super::limits::CPU_PERIOD_US);
+        out.push(("cpu", "cpu.cfs_period_us", period.to_string()));
+        out.push(("cpu", "cpu.cfs_quota_us", q.to_string()));
+    }
+    if let Some(s) = r.cpu_shares {
+        out.push(("cpu", "cpu.shares", s.to_string()));
+    }
+    if let Some(p) = r.pids {
+        out.push(("pids", "pids.max", p.to_string()));
+    }
+    for (allow, rule) in &r.devices {
+        let file = if *allow {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        };
+        out.push(("devices", file, rule.clone()));
+    }
+    out
+}
+
+/// cpu.shares (2..262144) to cpu.weight (1..10000), the conversion runc and
+/// the kernel documentation use.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    let s = shares.clamp(2, 262_144);
+    1 + ((s - 2) * 9999) / 262_142
+}
+
+/// (file, value) to write on v2, in order, and the controllers they need.
+pub fn v2_limit_files(r: &Resources) -> Vec<(&'static str, &'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(m) = r.memory {
+        out.push(("memory", "memory.max", m.to_string()));
+        out.push(("memory", "memory.swap.max", "0".to_string()));
+    }
+    if let Some(q) = r.cpu_quota {
+        let period = r.cpu_period.unwrap_or(super::limits::CPU_PERIOD_US);
+        out.push(("cpu", "cpu.max", format!("{q} {period}")));
+    }
+    if let Some(s) = r.cpu_shares {
+        out.push(("cpu", "cpu.weight", shares_to_weight(s).to_string()));
+    }
+    if let Some(p) = r.pids {
+        out.push(("pids", "pids.max", p.to_string()));
+    }
+    out
+}
+
+/// Files that may legitimately be missing (kernel without swap accounting).
+fn optional_file(file: &str) -> bool {
+    matches!(file, "memory.memsw.limit_in_bytes" | "memory.swap.max")
+}
+
+/// Usage read back from a container's cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub memory_usage: Option<u64>,
+    pub memory_max_usage: Option<u64>,
+    pub memory_limit: Option<u64>,
+    pub oom_kills: u64,
+    pub cpu_usage_ns: Option<u64>,
+    pub cpu_nr_periods: Option<u64>,
+    pub cpu_nr_throttled: Option<u64>,
+    pub cpu_throttled_ns: Option<u64>,
+    pub pids_current: Option<u64>,
+    pub pids_limit: Option<u64>,
+    /// Forks refused because the pids limit was reached.
+    pub pids_rejected: Option<u64>,
+}
+
+/// A value from a flat-keyed file (`key value` per line).
+pub fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+fn limit_value(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if t == "max" {
+        return None;
+    }
+    let v: u64 = t.parse().ok()?;
+    // v1 "unlimited" is a huge page-aligned number.
+    (v < (1u64 << 62)).then_some(v)
+}
+
+/// A container's cgroup (one directory per v1 hierarchy, or one on v2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cgroup {
+    pub version: u8,
+    /// Path relative to each hierarchy root, e.g. `uvm/3fa9c0d1e2b4`.
+    pub rel: PathBuf,
+    /// Absolute directories: (controllers, path); one entry on v2 (controllers empty).
+    pub dirs: Vec<(Vec<String>, PathBuf)>,
+}
+
+fn write_file(path: &Path, value: &str) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::Cgroup(format!("opening {}: {e}", path.display())))?;
+    f.write_all(value.as_bytes()).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EBUSY) => " (the limit is below current usage)",
+            Some(libc::EINVAL) => " (value out of range for this kernel)",
+            _ => "",
+        };
+        Error::Cgroup(format!(
+            "writing {value:?} to {}: {e}{hint}",
+            path.display()
+        ))
+    })
+}
+
+impl Cgroup {
+    /// Creates the container's cgroup `rel` (e.g. `uvm/<id>`) and applies `res`.
+    /// On error nothing is left behind.
+    pub fn create(h: &Hierarchy, rel: &Path, res: &Resources) -> Result<Cgroup> {
+        let cg = match h {
+            Hierarchy::V2 { root } => {
+                let needed: Vec<&str> = {
+                    let mut n: Vec<&str> = v2_limit_files(res).iter().map(|x| x.0).collect();
+                    n.dedup();
+                    n
+                };
+                enable_v2_controllers(root, rel, &needed)?;
+                let dir = root.join(rel);
+                mkdir(&dir)?;
+                Cgroup {
+                    version: 2,
+                    rel: rel.to_path_buf(),
+                    dirs: vec![(Vec::new(), dir)],
+                }
+            }
+            Hierarchy::V1 { mounts } => {
+                let mut dirs = Vec::new();
+                for (ctrls, mp) in mounts {
+                    let dir = mp.join(rel);
+                    if let Err(e) = mkdir(&dir) {
+                        let cg = Cgroup {
+                            version: 1,
+                            rel: rel.to_path_buf(),
+                            dirs,
+                        };
+                        cg.destroy();
+                        return Err(e);
+                    }
+                    dirs.push((ctrls.clone(), dir));
+                }
+                Cgroup {
+                    version: 1,
+                    rel: rel.to_path_buf(),
+                    dirs,
+                }
+            }
+        };
+        if let Err(e) = cg.apply(h, res) {
+            cg.destroy();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn dir_for(&self, controller: &str) -> Option<&Path> {
+        if self.version == 2 {
+            return self.dirs.first().map(|(_, p)| p.as_path());
+        }
+        self.dirs
+            .iter()
+            .find(|(c, _)| c.iter().any(|x| x == controller))
+            .map(|(_, p)| p.as_path())
+    }
+
+    fn apply(&self, h: &Hierarchy, res: &Resources) -> Result<()> {
+        let files = match h {
+            Hierarchy::V2 { .. } => v2_limit_files(res),
+            Hierarchy::V1 { .. } => v1_limit_files(res),
+        };
+        for (ctrl, file, value) in files {
+            let Some(dir) = self.dir_for(ctrl) else {
+                return Err(Error::Cgroup(format!(
+                    "the {ctrl} controller is not available on this host (needed for {file})"
+                )));
+            };
+            let path = dir.join(file);
+            if optional_file(file) && !path.exists() {
+                continue;
+            }
+            write_file(&path, &value)?;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` (0: the caller) into the cgroup.
+    pub fn add_pid(&self, pid: i32) -> Result<()> {
+        let pid = if pid == 0 {
+            std::process::id().to_string()
+        } else {
+            pid.to_string()
+        };
+        for (_, dir) in &self.dirs {
+            write_file(&dir.join("cgroup.procs"), &pid)?;
+        }
+        Ok(())
+    }
+
+    /// Process ids in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let Some((_, dir)) = self.dirs.first() else {
+            return Vec::new();
+        };
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    fn read(&self, controller: &str, file: &str) -> Option<String> {
+        fs::read_to_string(self.dir_for(controller)?.join(file)).ok()
+    }
+
+    /// How many times the kernel's OOM killer killed a task in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        if self.version == 2 {
+            self.read("memory", "memory.events")
+                .and_then(|t| keyed(&t, "oom_kill"))
+                .unwrap_or(0)
+        } else {
+            self.read("memory", "memory.oom_control")
+                .and_then(|t| keyed(&t, "oom_kill"))
+                .unwrap_or(0)
+        }
+    }
+
+    /// Usage and limits.
+    pub fn stats(&self) -> Stats {
+        let num = |c: &str, f: &str| self.read(c, f).and_then(|t| t.trim().parse().ok());
+        let mut s = Stats {
+            oom_kills: self.oom_kills(),
+            ..Stats::default()
+        };
+        if self.version == 2 {
+            s.memory_usage = num("memory", "memory.current");
+            s.memory_max_usage = num("memory", "memory.peak");
+            s.memory_limit = self
+                .read("memory", "memory.max")
+                .and_then(|t| limit_value(&t));
+            if let Some(t) = self.read("cpu", "cpu.stat") {
+                s.cpu_usage_ns = keyed(&t, "usage_usec").map(|u| u * 1000);
+                s.cpu_nr_periods = keyed(&t, "nr_periods");
+                s.cpu_nr_throttled = keyed(&t, "nr_throttled");
+                s.cpu_throttled_ns = keyed(&t, "throttled_usec").map(|u| u * 1000);
+            }
+        } else {
+            s.memory_usage = num("memory", "memory.usage_in_bytes");
+            s.memory_max_usage = num("memory", "memory.max_usage_in_bytes");
+            s.memory_limit = self
+                .read("memory", "memory.limit_in_bytes")
+                .and_then(|t| limit_value(&t));
+            s.cpu_usage_ns = num("cpuacct", "cpuacct.usage");
+            if let Some(t) = self.read("cpu", "cpu.stat") {
+                s.cpu_nr_periods = keyed(&t, "nr_periods");
+                s.cpu_nr_throttled = keyed(&t, "nr_throttled");
+                s.cpu_throttled_ns = keyed(&t, "throttled_time");
+            }
+        }
+        s.pids_current = num("pids", "pids.current");
+        s.pids_limit = self.read("pids", "pids.max").and_then(|t| limit_value(&t));
+        s.pids_rejected = self
+            .read("pids", "pids.events")
+            .and_then(|t| keyed(&t, "max"));
+        s
+    }
+
+    /// Kills what is left in the cgroup and removes its directories (retrying
+    /// while exiting tasks drain). Best effort; returns whether all went.
+    pub fn destroy(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut all = true;
+        for (_, dir) in &self.dirs {
+            loop {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == ErrorKind::NotFound => break,
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
+                        for pid in fs::read_to_string(dir.join("cgroup.procs"))
+                            .unwrap_or_default()
+                            .lines()
+                            .filter_map(|l| l.trim().parse::<i32>().ok())
+                        {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => {
+                        all = false;
+                        break;
+                    }
+                }
+            }
+        }
+        all
+    }
+
+    /// Re-opens a container's cgroup from its recorded directories.
+    pub fn exists(&self) -> bool {
+        self.dirs.iter().any(|(_, d)| d.exists())
+    }
+}
+
+fn mkdir(dir: &Path) -> Result<()> {
+    match fs::create_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::Cgroup(format!("creating {}: {e}", dir.display()))),
+    }
+}
+
+/// Enables `controllers` for the subtree from `root` down to the parent of
+/// `rel` (v2 delivers a controller to a cgroup only if every ancestor's
+/// `cgroup.subtree_control` has it).
+fn enable_v2_controllers(root: &Path, rel: &Path, controllers: &[&str]) -> Result<()> {
+    if controllers.is_empty() {
+        return Ok(());
+    }
+    let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    for c in controllers {
+        if !available.split_whitespace().any(|a| a == *c) {
+            return Err(Error::Cgroup(format!(
+                "the {c} controller is not available in the cgroup v2 hierarchy at {} \
+                 (cgroup.controllers: {:?}); on a hybrid host it is bound to v1",
+                root.display(),
+                available.trim()
+            )));
+        }
+    }
+    let mut dir = root.to_path_buf();
+    let parents: Vec<_> = rel
+        .parent()
+        .map(|p| p.components().collect())
+        .unwrap_or_default();
+    let mut level = 0;
+    loop {
+        let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+        let missing: Vec<String> = controllers
+            .iter()
+            .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !missing.is_empty() {
+            write_file(&dir.join("cgroup.subtree_control"), &missing.join(" "))?;
+        }
+        let Some(next) = parents.get(level) else {
+            break;
+        };
+        dir.push(next);
+        mkdir(&dir)?;
+        level += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_mounts_from_mountinfo() {
+        let mi = "\
+30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+34 30 0:30 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+35 30 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+36 30 0:32 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+37 30 0:33 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+38 30 0:34 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer
+";
+        let m = parse_v1_mounts(mi);
+        assert_eq!(
+            m,
+            vec![
+                (
+                    vec!["cpu".to_string(), "cpuacct".to_string()],
+                    PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")
+                ),
+                (
+                    vec!["memory".into()],
+                    PathBuf::from("/sys/fs/cgroup/memory")
+                ),
+                (vec!["pids".into()], PathBuf::from("/sys/fs/cgroup/pids")),
+            ]
+        );
+    }
+
+    fn res() -> Resources {
+        Resources {
+            memory: Some(32 << 20),
+            cpu_quota: Some(50_000),
+            cpu_period: None,
+            cpu_shares: Some(512),
+            pids: Some(20),
+            devices: vec![(false, "a".into()), (true, "c 1:3 rwm".into())],
+        }
+    }
+
+    #[test]
+    fn v1_files() {
+        let f = v1_limit_files(&res());
+        let get = |name: &str| f.iter().find(|x| x.1 == name).map(|x| x.2.clone());
+        assert_eq!(get("memory.limit_in_bytes").unwrap(), "33554432");
+        assert_eq!(get("memory.memsw.limit_in_bytes").unwrap(), "33554432");
+        assert_eq!(get("cpu.cfs_quota_us").unwrap(), "50000");
+        assert_eq!(get("cpu.cfs_period_us").unwrap(), "100000");
+        assert_eq!(get("cpu.shares").unwrap(), "512");
+        assert_eq!(get("pids.max").unwrap(), "20");
+        // The period goes before the quota; deny-all before allows.
+        let pos = |name: &str| f.iter().position(|x| x.1 == name).unwrap();
+        assert!(pos("cpu.cfs_period_us") < pos("cpu.cfs_quota_us"));
+        assert!(pos("devices.deny") < pos("devices.allow"));
+        assert!(v1_limit_files(&Resources::default()).is_empty());
+    }
+
+    #[test]
+    fn v2_files() {
+        let f = v2_limit_files(&res());
+        let get = |name: &str| f.iter().find(|x| x.1 == name).map(|x| x.2.clone());
+        assert_eq!(get("memory.max").unwrap(), "33554432");
+        assert_eq!(get("memory.swap.max").unwrap(), "0");
+        assert_eq!(get("cpu.max").unwrap(), "50000 100000");
+        assert_eq!(get("cpu.weight").unwrap(), "20");
+        assert_eq!(get("pids.max").unwrap(), "20");
+        // Devices are not a v2 file interface (that is eBPF).
+        assert!(f.iter().all(|x| !x.1.starts_with("devices")));
+    }
+
+    #[test]
+    fn weights() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10000);
+        assert_eq!(shares_to_weight(1024), 39);
+    }
+
+    #[test]
+    fn keyed_files() {
+        let t = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(keyed(t, "oom_kill"), Some(3));
+        assert_eq!(keyed(t, "nope"), None);
+        assert_eq!(limit_value("max\n"), None);
+        assert_eq!(limit_value("9223372036854771712\n"), None);
+        assert_eq!(limit_value("33554432\n"), Some(32 << 20));
+    }
+
+    /// Exercises the v2 code path on a scratch cgroup2 hierarchy: on a hybrid
+    /// host the unified mount has no controllers, so limits must fail with a
+    /// clear message and nothing left behind, while a limit-less cgroup can be
+    /// created, joined, read and removed.
+    #[test]
+    fn v2_on_unified_hierarchy() {
+        let root = PathBuf::from("/sys/fs/cgroup/unified");
+        if !nix::unistd::geteuid().is_root() || !root.join("cgroup.procs").exists() {
+            eprintln!("skipped: needs root and a cgroup2 at {}", root.display());
+            return;
+        }
+        let h = Hierarchy::V2 { root: root.clone() };
+        let rel = PathBuf::from(format!("uvm-unit-{}", std::process::id())).join("c1");
+        let controllers = fs::read_to_string(root.join("cgroup.controllers")).unwrap();
+        if !controllers.contains("pids") {
+            let err = Cgroup::create(
+                &h,
+                &rel,
+                &Resources {
+                    pids: Some(5),
+                    ..Resources::default()
+                },
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("pids controller is not available"), "{err}");
+            assert!(!root.join(&rel).exists());
+        }
+        let cg = Cgroup::create(&h, &rel, &Resources::default()).unwrap();
+        assert!(root.join(&rel).is_dir());
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        cg.add_pid(pid).unwrap();
+        assert_eq!(cg.pids(), vec![pid]);
+        let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(own.contains(&format!("0::/{}", rel.display())), "{own}");
+        assert_eq!(cg.stats().oom_kills, 0);
+        // destroy() kills what is left, then removes the directory.
+        assert!(cg.destroy());
+        assert!(!root.join(&rel).exists());
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        fs::remove_dir(root.join(rel.parent().unwrap())).unwrap();
+    }
+
+    #[test]
+    fn v1_create_limit_destroy() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let Ok(h @ Hierarchy::V1 { .. }) = Hierarchy::detect() else {
+            eprintln!("skipped: host is not cgroup v1");
+            return;
+        };
+        let rel = PathBuf::from(format!("uvm-unit-{}", std::process::id()));
+        let cg = Cgroup::create(
+            &h,
+            &rel,
+            &Resources {
+                memory: Some(64 << 20),
+                pids: Some(7),
+                ..Resources::default()
+            },
+        )
+        .unwrap();
+        let s = cg.stats();
+        assert_eq!(s.memory_limit, Some(64 << 20));
+        assert_eq!(s.pids_limit, Some(7));
+        assert_eq!(s.pids_current, Some(0));
+        assert!(cg.destroy());
+        assert!(!cg.exists());
+        // A bad value is reported with the file and nothing is left behind.
+        let err = Cgroup::create(
+            &h,
+            &rel,
+            &Resources {
+                cpu_quota: Some(5),
+                ..Resources::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cpu.cfs_quota_us"), "{err}");
+        assert!(!Path::new("/sys/fs/cgroup/cpu").join(&rel).exists());
+    }
+}

@@ -1,0 +1,598 @@
+//! The runtime's operations: create/run a container, wait for it and clean
+//! up, exec into it, kill, list, stats, and garbage-collect what a killed
+//! runtime left behind.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::{self, Pid};
+use oci_spec::runtime::Spec;
+use seccompiler::BpfProgram;
+
+use super::cgroups::{Cgroup, Hierarchy, Stats};
+use super::error::{Error, Result};
+use super::network::{self, BridgeConfig};
+use super::process::{self, ChildPlan, ExitKind, Namespaces};
+use super::rootfs::RootfsPlan;
+use super::spec::{self, NetConfig, NetMode, RunOptions};
+use super::state::{self, Paths, State};
+
+/// The runtime: where state lives, which bridge bridge-mode uses, and the
+/// host's cgroup layout.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub paths: Paths,
+    pub bridge: BridgeConfig,
+    /// Detected when `None`.
+    pub hierarchy: Option<Hierarchy>,
+    /// Cgroup (relative to each hierarchy's root) under which containers'
+    /// cgroups are made, one per container id.
+    pub cgroup_parent: String,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub kind: ExitKind,
+    /// The kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+    pub memory_limit: Option<u64>,
+}
+
+impl Exit {
+    /// Exit status as a shell reports it (128 + signal for a signal death).
+    pub fn code(&self) -> i32 {
+        self.kind.code()
+    }
+}
+
+/// A running container whose PID 1 is a child of this process. Dropping it
+/// without [`Container::wait`] kills it and cleans up.
+#[derive(Debug)]
+pub struct Container {
+    state: State,
+    paths: Paths,
+    done: bool,
+}
+
+fn require_root() -> Result<()> {
+    if unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(Error::NotRoot)
+    }
+}
+
+/// Removes everything recorded in `st` (ports, veth, cgroup, overlay, state
+/// directory). Best effort: used on success, on failure, and by gc.
+fn cleanup(paths: &Paths, st: &State) {
+    if let Some(net) = &st.net {
+        if !net.ports.is_empty() {
+            let _lock = paths.lock_net();
+            network::unpublish(&net.ports);
+        }
+        network::detach(net);
+    }
+    if let Some(cg) = &st.cgroup {
+        cg.destroy();
+    }
+    if let Some(ov) = &st.overlay {
+        if st.keep {
+            let _ = fs::remove_dir_all(ov.join("work"));
+        } else {
+            let _ = fs::remove_dir_all(ov);
+        }
+    }
+    let _ = fs::remove_dir_all(st.dir(paths));
+}
+
+impl Runtime {
+    /// A runtime with state under `paths` and the default bridge.
+    pub fn new(paths: Paths) -> Self {
+        Runtime {
+            paths,
+            bridge: BridgeConfig::default(),
+            hierarchy: None,
+            cgroup_parent: "uvm".into(),
+        }
+    }
+
+    fn hierarchy(&self) -> Result<Hierarchy> {
+        match &self.hierarchy {
+            Some(h) => Ok(h.clone()),
+            None => Hierarchy::detect(),
+        }
+    }
+
+    /// Creates and starts a container; returns once the workload runs (its
+    /// exec succeeded). On error nothing is left behind.
+    pub fn create(&self, opts: &RunOptions) -> Result<Container> {
+        require_root()?;
+        let id = state::new_id();
+        let name = match &opts.name {
+            Some(n) => {
+                spec::validate_name(n)?;
+                n.clone()
+            }
+            None => format!("uvm-{}", &id[..8]),
+        };
+        let prepared = spec::prepare(opts, &name)?;
+        if !opts.ports.is_empty() && prepared.net != NetMode::Bridge {
+            return Err(Error::invalid(
+                "-p",
+                &format!("{}:{}", opts.ports[0].host, opts.ports[0].container),
+                "publishing ports needs --net bridge",
+            ));
+        }
+        let spec = &prepared.spec;
+        let namespaces = Namespaces::from_spec(spec)?;
+        let seccomp: Vec<BpfProgram> =
+            match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+                Some(profile) => super::seccomp::compile(profile)?,
+                None => Vec::new(),
+            };
+        let hierarchy = self.hierarchy()?;
+        let resources = spec::resources(spec);
+        // Stale containers of the same name (their runtime was killed) go first.
+        if let Ok(old) = State::load(&self.paths, &name) {
+            if !old.runtime_alive() {
+                self.remove_stale(&old);
+            }
+        }
+
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        let mut st = State {
+            name: name.clone(),
+            id: id.clone(),
+            rootfs: prepared.rootfs.clone(),
+            args: spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.args().clone())
+                .unwrap_or_default(),
+            created: state::now(),
+            runtime_pid: me,
+            runtime_start: state::proc_start_time(me).unwrap_or(0),
+            pid: None,
+            pid_start: None,
+            cgroup: None,
+            net_mode: prepared.net,
+            net: None,
+            overlay: prepared.overlay.then(|| self.paths.overlay(&name, &id)),
+            keep: opts.keep,
+        };
+        let config = serde_json::to_vec_pretty(spec).map_err(|e| Error::Setup(e.to_string()))?;
+        st.claim(&self.paths, &[("config.json", &config)])?;
+        match self.start(
+            &mut st,
+            spec,
+            &prepared.rootfs,
+            &namespaces,
+            &seccomp,
+            &hierarchy,
+            &resources,
+            opts,
+        ) {
+            Ok(()) => Ok(Container {
+                state: st,
+                paths: self.paths.clone(),
+                done: false,
+            }),
+            Err(e) => {
+                cleanup(&self.paths, &st);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        st: &mut State,
+        spec: &Spec,
+        rootfs: &std::path::Path,
+        namespaces: &Namespaces,
+        seccomp: &[BpfProgram],
+        hierarchy: &Hierarchy,
+        resources: &super::cgroups::Resources,
+        opts: &RunOptions,
+    ) -> Result<()> {
+        let cg = Cgroup::create(
+            hierarchy,
+            &PathBuf::from(&self.cgroup_parent).join(&st.id),
+            resources,
+        )?;
+        // Recorded on disk with the pid below; until then `gc` finds it as
+        // an orphan cgroup if this process dies.
+        st.cgroup = Some(cg);
+
+        if let Some(ov) = &st.overlay {
+            for d in ["upper", "work"] {
+                fs::create_dir_all(ov.join(d))
+                    .map_err(|e| Error::io(format!("creating {}", ov.join(d).display()), e))?;
+            }
+        }
+        if st.net_mode == NetMode::Bridge {
+            if !namespaces.unshare.contains(CloneFlags::CLONE_NEWNET) {
+                return Err(Error::Network(
+                    "--net bridge needs a new network namespace".into(),
+                ));
+            }
+            let _lock = self.paths.lock_net()?;
+            network::ensure_bridge(&self.bridge)?;
+            let used: Vec<_> = state::list(&self.paths)
+                .into_iter()
+                .filter_map(|(_, s)| s.ok()?.net.map(|n| n.ip))
+                .collect();
+            let ip = network::allocate(&self.bridge, &used)?;
+            let net = NetConfig {
+                bridge: self.bridge.name.clone(),
+                ip,
+                prefix: self.bridge.prefix,
+                gateway: self.bridge.gateway(),
+                veth: network::veth_name(&st.id),
+                ports: Vec::new(),
+            };
+            st.net = Some(net);
+            st.save(&self.paths)?;
+            network::publish(ip, &opts.ports)?;
+            if let Some(n) = st.net.as_mut() {
+                n.ports = opts.ports.clone();
+            }
+            st.save(&self.paths)?;
+        }
+
+        process::become_subreaper()?;
+        let target = st.dir(&self.paths).join("rootfs");
+        let upper = st.overlay.as_ref().map(|o| o.join("upper"));
+        let work = st.overlay.as_ref().map(|o| o.join("work"));
+        let plan = ChildPlan {
+            spec,
+            rootfs: RootfsPlan {
+                spec,
+                rootfs,
+                target: &target,
+                overlay: upper.as_deref().zip(work.as_deref()),
+                cgroup: st.cgroup.as_ref(),
+            },
+            cgroup: st.cgroup.as_ref(),
+            namespaces,
+            net: st.net.as_ref(),
+            seccomp,
+            init: opts.init,
+        };
+        let started = process::spawn(&plan)?;
+        let pid = started.pid.as_raw();
+        st.pid = Some(pid);
+        st.pid_start = state::proc_start_time(pid);
+        let pre = (|| {
+            if let Some(net) = &st.net {
+                network::attach(&self.bridge, net, pid)?;
+            }
+            st.save(&self.paths)
+        })();
+        if let Err(e) = pre {
+            started.abort();
+            return Err(e);
+        }
+        started.release().map(drop)
+    }
+
+    /// Creates a container, waits for it and cleans up.
+    pub fn run(&self, opts: &RunOptions) -> Result<Exit> {
+        self.create(opts)?.wait()
+    }
+
+    /// The container named `name`.
+    pub fn state(&self, name: &str) -> Result<State> {
+        State::load(&self.paths, name)
+    }
+
+    /// All containers, stale ones included (see [`State::status`]).
+    pub fn list(&self) -> Vec<State> {
+        state::list(&self.paths)
+            .into_iter()
+            .filter_map(|(_, s)| s.ok())
+            .collect()
+    }
+
+    fn running_state(&self, name: &str) -> Result<State> {
+        let st = self.state(name)?;
+        if !st.running() {
+            return Err(Error::NotRunning(name.to_string()));
+        }
+        Ok(st)
+    }
+
+    /// Sends `sig` to the container's PID 1.
+    pub fn kill(&self, name: &str, sig: Signal) -> Result<()> {
+        let st = self.running_state(name)?;
+        let pid = st.pid.ok_or_else(|| Error::NotRunning(name.to_string()))?;
+        signal::kill(Pid::from_raw(pid), sig).map_err(|e| Error::sys(format!("kill {name}"), e))
+    }
+
+    /// Resource usage of a running container.
+    pub fn stats(&self, name: &str) -> Result<Stats> {
+        let st = self.running_state(name)?;
+        let cg = st
+            .cgroup
+            .ok_or_else(|| Error::Cgroup(format!("container {name} has no cgroup")))?;
+        Ok(cg.stats())
+    }
+
+    fn remove_stale(&self, st: &State) {
+        if st.running() {
+            if let Some(pid) = st.pid {
+                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        cleanup(&self.paths, st);
+    }
+
+    /// Removes the containers whose runtime died (a cheap start-up sweep;
+    /// [`Runtime::gc`] also looks for orphan cgroups and veths).
+    pub fn sweep(&self) -> Vec<String> {
+        let mut removed = Vec::new();
+        for (name, st) in state::list(&self.paths) {
+            if let Ok(st) = st {
+                if !st.runtime_alive() {
+                    self.remove_stale(&st);
+                    removed.push(format!("container {name}"));
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes what containers whose runtime died left behind: state,
+    /// cgroups, veths, published ports, overlays. Returns what was removed.
+    pub fn gc(&self) -> Result<Vec<String>> {
+        require_root()?;
+        let mut removed = Vec::new();
+        let hierarchy = self.hierarchy().ok();
+        // Cgroups and veths first listed, then states: a container created in
+        // between has its state written before either exists.
+        let mut cgroup_dirs: Vec<PathBuf> = Vec::new();
+        match &hierarchy {
+            Some(Hierarchy::V2 { root }) => cgroup_dirs.push(root.join(&self.cgroup_parent)),
+            Some(Hierarchy::V1 { mounts }) => {
+                cgroup_dirs.extend(mounts.iter().map(|(_, p)| p.join(&self.cgroup_parent)))
+            }
+            None => {}
+        }
+        let cgroups: Vec<PathBuf> = cgroup_dirs
+            .iter()
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.path())
+            .collect();
+        let veths: Vec<String> = crate::netlink::Netlink::new()
+            .and_then(|mut nl| nl.link_names())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| {
+                n.starts_with(network::VETH_PREFIX) && n.len() == network::VETH_PREFIX.len() + 10
+            })
+            .collect();
+
+        let mut live_ids = Vec::new();
+        for (name, st) in state::list(&self.paths) {
+            match st {
+                Ok(st) if st.runtime_alive() => live_ids.push(st.id.clone()),
+                Ok(st) => {
+                    self.remove_stale(&st);
+                    removed.push(format!("container {name}"));
+                }
+                Err(_) => {
+                    // Unreadable state: only remove if old enough not to be
+                    // one being written right now.
+                    let dir = self.paths.container(&name);
+                    let old = fs::metadata(&dir)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age.as_secs() > 60);
+                    if old && fs::remove_dir_all(&dir).is_ok() {
+                        removed.push(format!("unreadable state {}", dir.display()));
+                    }
+                }
+            }
+        }
+        for dir in cgroups {
+            let id = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if !live_ids.contains(&id) && fs::remove_dir(&dir).is_ok() {
+                removed.push(format!("cgroup {}", dir.display()));
+            }
+        }
+        // The parent cgroups themselves, once empty (fails while in use).
+        for dir in &cgroup_dirs {
+            if fs::remove_dir(dir).is_ok() {
+                removed.push(format!("cgroup {}", dir.display()));
+            }
+        }
+        for v in veths {
+            if !live_ids.iter().any(|id| network::veth_name(id) == v) {
+                if let Ok(mut nl) = crate::netlink::Netlink::new() {
+                    if nl.link_delete(&v).is_ok() {
+                        removed.push(format!("veth {v}"));
+                    }
+                }
+            }
+        }
+        // The bridge and its NAT rules, once no container uses them.
+        if !self
+            .list()
+            .iter()
+            .any(|s| s.net.as_ref().is_some_and(|n| n.bridge == self.bridge.name))
+        {
+            let _lock = self.paths.lock_net()?;
+            removed.extend(network::teardown(&self.bridge)?);
+        }
+        // Temporary claim directories of runtimes that died mid-claim.
+        if let Ok(rd) = fs::read_dir(self.paths.containers()) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if let Some(id) = n.strip_prefix(".new-") {
+                    let old = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|a| a.as_secs() > 60);
+                    if old && !live_ids.iter().any(|l| l == id) {
+                        let _ = fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Runs a command in a running container (joins its namespaces and
+    /// cgroup); returns its exit.
+    pub fn exec(&self, name: &str, opts: &ExecOptions) -> Result<ExitKind> {
+        require_root()?;
+        let st = self.running_state(name)?;
+        let pid = st.pid.ok_or_else(|| Error::NotRunning(name.to_string()))?;
+        let config = st.dir(&self.paths).join("config.json");
+        let spec = Spec::load(&config).map_err(|e| Error::State {
+            name: name.to_string(),
+            msg: format!("{}: {e}", config.display()),
+        })?;
+        let mut process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| Error::Setup("spec has no process".into()))?;
+        if opts.args.is_empty() {
+            return Err(Error::invalid("COMMAND", "", "no command given after --"));
+        }
+        process.set_args(Some(opts.args.clone()));
+        if !opts.env.is_empty() {
+            let mut env = process.env().clone().unwrap_or_default();
+            for e in &opts.env {
+                let key = e.split('=').next().unwrap_or(e);
+                env.retain(|x| x.split('=').next() != Some(key));
+                env.push(e.clone());
+            }
+            process.set_env(Some(env));
+        }
+        let seccomp: Vec<BpfProgram> =
+            match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+                Some(p) => super::seccomp::compile(p)?,
+                None => Vec::new(),
+            };
+        // Open the namespaces now: pid reuse cannot swap them under us after
+        // the liveness check below.
+        let order = [
+            ("ipc", CloneFlags::CLONE_NEWIPC),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("pid", CloneFlags::CLONE_NEWPID),
+            ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+            ("mnt", CloneFlags::CLONE_NEWNS),
+        ];
+        let mut nsfds: Vec<(OwnedFd, CloneFlags)> = Vec::new();
+        let own = |ns: &str| fs::read_link(format!("/proc/self/ns/{ns}")).ok();
+        for (ns, flag) in order {
+            let path = format!("/proc/{pid}/ns/{ns}");
+            if fs::read_link(&path).ok() == own(ns) {
+                continue; // shared with the host (e.g. --net host)
+            }
+            let f = fs::File::open(&path).map_err(|e| Error::io(format!("opening {path}"), e))?;
+            nsfds.push((OwnedFd::from(f), flag));
+        }
+        if !st.running() {
+            return Err(Error::NotRunning(name.to_string()));
+        }
+        process::become_subreaper()?;
+        let pid = process::spawn_joined(
+            st.cgroup.as_ref(),
+            &nsfds,
+            &process,
+            &seccomp,
+            opts.cwd.as_deref(),
+        )?;
+        match &opts.forward_signals {
+            Some(sigs) => process::wait_forwarding(pid, sigs),
+            None => process::wait_exit(pid),
+        }
+    }
+}
+
+/// Options of `uvm container exec`.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    /// Forward these signals to the process while waiting (CLI); `None`
+    /// waits plainly (library use).
+    pub forward_signals: Option<nix::sys::signal::SigSet>,
+}
+
+impl Container {
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+    pub fn id(&self) -> &str {
+        &self.state.id
+    }
+    /// PID 1 of the container as the host sees it.
+    pub fn pid(&self) -> i32 {
+        self.state.pid.unwrap_or(0)
+    }
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Sends a signal to the container's PID 1.
+    pub fn kill(&self, sig: Signal) -> Result<()> {
+        signal::kill(Pid::from_raw(self.pid()), sig)
+            .map_err(|e| Error::sys(format!("kill {}", self.state.name), e))
+    }
+
+    fn finish(&mut self, kind: ExitKind) -> Exit {
+        let cg = self.state.cgroup.clone();
+        let oom = cg.as_ref().map_or(0, Cgroup::oom_kills) > 0;
+        let limit = cg.as_ref().and_then(|c| c.stats().memory_limit);
+        cleanup(&self.paths, &self.state);
+        self.done = true;
+        Exit {
+            kind,
+            oom_killed: oom,
+            memory_limit: limit,
+        }
+    }
+
+    /// Waits for PID 1 to exit, then removes everything the container had.
+    pub fn wait(mut self) -> Result<Exit> {
+        let kind = process::wait_exit(Pid::from_raw(self.pid()))?;
+        Ok(self.finish(kind))
+    }
+
+    /// As [`Container::wait`], forwarding `sigs` (blocked by the caller in
+    /// this thread) to the container while it runs.
+    pub fn wait_forwarding(mut self, sigs: &nix::sys::signal::SigSet) -> Result<Exit> {
+        let kind = process::wait_forwarding(Pid::from_raw(self.pid()), sigs)?;
+        Ok(self.finish(kind))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.kill(Signal::SIGKILL);
+            let _ = process::wait_exit(Pid::from_raw(self.pid()));
+            cleanup(&self.paths, &self.state);
+        }
+    }
+}

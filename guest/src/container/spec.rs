@@ -1,0 +1,805 @@
+//! From command-line options (or a bundle's `config.json`) to the OCI spec
+//! the runtime executes, plus the few settings the OCI spec has no place for
+//! (networking mode, published ports, overlay).
+
+use std::collections::HashSet;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::runtime::{
+    Capability, LinuxCapabilities, LinuxDeviceCgroup, LinuxDeviceType, LinuxNamespaceType,
+    LinuxResources, Mount, Spec, User,
+};
+use serde::{Deserialize, Serialize};
+
+use super::cgroups::Resources;
+use super::error::{Error, Result};
+
+/// Network mode of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetMode {
+    /// Own network namespace with only loopback.
+    None,
+    /// The host's network namespace.
+    Host,
+    /// Own namespace, a veth on the runtime's bridge, NAT to the outside.
+    #[default]
+    Bridge,
+}
+
+impl FromStr for NetMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(NetMode::None),
+            "host" => Ok(NetMode::Host),
+            "bridge" => Ok(NetMode::Bridge),
+            _ => Err(Error::invalid("--net", s, "expected none, host or bridge")),
+        }
+    }
+}
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// `-p HOST:CONTAINER[/udp]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMap {
+    pub host: u16,
+    pub container: u16,
+    pub proto: Proto,
+}
+
+impl FromStr for PortMap {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| Error::invalid("-p", s, why.to_string());
+        let (ports, proto) = match s.rsplit_once('/') {
+            Some((p, "tcp")) => (p, Proto::Tcp),
+            Some((p, "udp")) => (p, Proto::Udp),
+            Some(_) => return Err(bad("protocol must be tcp or udp")),
+            None => (s, Proto::Tcp),
+        };
+        let (h, c) = ports
+            .split_once(':')
+            .ok_or_else(|| bad("expected HOST_PORT:CONTAINER_PORT, e.g. 8080:80"))?;
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("ports are numbers from 1 to 65535"))
+        };
+        Ok(PortMap {
+            host: port(h)?,
+            container: port(c)?,
+            proto,
+        })
+    }
+}
+
+/// `-v HOST:CONTAINER[:ro|:rw]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub host: PathBuf,
+    pub container: PathBuf,
+    pub read_only: bool,
+}
+
+impl FromStr for Volume {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (h, c, ro) = match parts.as_slice() {
+            [h, c] => (*h, *c, false),
+            [h, c, "ro"] => (*h, *c, true),
+            [h, c, "rw"] => (*h, *c, false),
+            _ => {
+                return Err(Error::invalid(
+                    "-v",
+                    s,
+                    "expected HOST_PATH:CONTAINER_PATH[:ro]",
+                ))
+            }
+        };
+        if !c.starts_with('/') {
+            return Err(Error::invalid(
+                "-v",
+                s,
+                "the container path must be absolute",
+            ));
+        }
+        let host = fs::canonicalize(h)
+            .map_err(|e| Error::invalid("-v", s, format!("host path {h}: {e}")))?;
+        Ok(Volume {
+            host,
+            container: PathBuf::from(c),
+            read_only: ro,
+        })
+    }
+}
+
+/// Where the container's filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A root filesystem directory (used read-only as the overlay's lower layer).
+    Rootfs(PathBuf),
+    /// An OCI bundle: `config.json` and the rootfs it names.
+    Bundle(PathBuf),
+}
+
+/// Everything `uvm container run` accepts. `None`/empty means "the default"
+/// (or, for a bundle, "as config.json says").
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub source: Source,
+    pub name: Option<String>,
+    pub args: Vec<String>,
+    pub hostname: Option<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+    pub memory: Option<u64>,
+    pub cpu_quota: Option<u64>,
+    pub cpu_shares: Option<u64>,
+    pub pids_limit: Option<i64>,
+    /// Network mode; `None`: bridge for --rootfs, as config.json says for a
+    /// bundle (a network namespace without a path is `none`).
+    pub net: Option<NetMode>,
+    pub ports: Vec<PortMap>,
+    pub volumes: Vec<Volume>,
+    /// Overlay over the rootfs (default: yes for --rootfs, no for a bundle).
+    pub overlay: Option<bool>,
+    /// Keep the overlay's upper directory after exit.
+    pub keep: bool,
+    pub read_only: bool,
+    /// Apply the default seccomp profile (`--seccomp=unconfined` turns it off).
+    pub seccomp: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// PID 1 is a tiny init (forwards signals, reaps zombies) and the
+    /// workload is PID 2.
+    pub init: bool,
+    /// Kernel parameters to set in the container's namespaces (`--sysctl`).
+    pub sysctl: Vec<(String, String)>,
+}
+
+impl RunOptions {
+    pub fn new(source: Source, args: Vec<String>) -> Self {
+        RunOptions {
+            source,
+            name: None,
+            args,
+            hostname: None,
+            env: Vec::new(),
+            cwd: None,
+            user: None,
+            memory: None,
+            cpu_quota: None,
+            cpu_shares: None,
+            pids_limit: None,
+            net: None,
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            overlay: None,
+            keep: false,
+            read_only: false,
+            seccomp: true,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            init: false,
+            sysctl: Vec::new(),
+        }
+    }
+}
+
+/// The capabilities a container keeps by default: Docker's default set
+/// without CAP_MKNOD (the runtime creates the devices a container gets; the
+/// device cgroup and this together keep it from making others).
+pub fn default_capabilities() -> HashSet<Capability> {
+    [
+        Capability::Chown,
+        Capability::DacOverride,
+        Capability::Fsetid,
+        Capability::Fowner,
+        Capability::NetRaw,
+        Capability::Setgid,
+        Capability::Setuid,
+        Capability::Setfcap,
+        Capability::Setpcap,
+        Capability::NetBindService,
+        Capability::SysChroot,
+        Capability::Kill,
+        Capability::AuditWrite,
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// Parses `CAP_NET_ADMIN`, `net_admin` or `ALL`.
+fn parse_cap(flag: &'static str, s: &str) -> Result<Capability> {
+    let upper = s.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    Capability::from_str(bare)
+        .map_err(|_| Error::invalid(flag, s, "unknown capability (e.g. CAP_NET_ADMIN)"))
+}
+
+/// Device nodes every container gets: (path, type, major, minor).
+pub const DEFAULT_DEVICES: [(&str, char, i64, i64); 6] = [
+    ("/dev/null", 'c', 1, 3),
+    ("/dev/zero", 'c', 1, 5),
+    ("/dev/full", 'c', 1, 7),
+    ("/dev/random", 'c', 1, 8),
+    ("/dev/urandom", 'c', 1, 9),
+    ("/dev/tty", 'c', 5, 0),
+];
+
+fn device_rule(
+    allow: bool,
+    typ: LinuxDeviceType,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> LinuxDeviceCgroup {
+    let mut d = LinuxDeviceCgroup::default();
+    d.set_allow(allow);
+    d.set_typ(Some(typ));
+    d.set_major(major);
+    d.set_minor(minor);
+    d.set_access(Some(access.to_string()));
+    d
+}
+
+/// Device cgroup rules: deny everything, then allow the default devices,
+/// /dev/pts/* and /dev/ptmx.
+pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
+    let mut v = vec![device_rule(false, LinuxDeviceType::A, None, None, "rwm")];
+    for (_, _, major, minor) in DEFAULT_DEVICES {
+        v.push(device_rule(
+            true,
+            LinuxDeviceType::C,
+            Some(major),
+            Some(minor),
+            "rwm",
+        ));
+    }
+    v.push(device_rule(
+        true,
+        LinuxDeviceType::C,
+        Some(5),
+        Some(2),
+        "rwm",
+    ));
+    v.push(device_rule(
+        true,
+        LinuxDeviceType::C,
+        Some(136),
+        None,
+        "rwm",
+    ));
+    v
+}
+
+/// Container names: letters, digits, `_.-`, starting alphanumeric, up to 64.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "--name",
+            name,
+            "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        ))
+    }
+}
+
+/// Resolves `--user` (`UID[:GID]` or a name from the rootfs' /etc/passwd).
+fn parse_user(s: &str, rootfs: &Path) -> Result<User> {
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let lookup = |file: &str, name: &str| -> Option<(u32, Option<u32>)> {
+        let text = fs::read_to_string(rootfs.join(file)).ok()?;
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name)).then(|| {
+                Some((
+                    f.get(2)?.parse().ok()?,
+                    f.get(3).and_then(|g| g.parse().ok()),
+                ))
+            })?
+        })
+    };
+    let (uid, pw_gid) = match u.parse::<u32>() {
+        Ok(n) => (n, None),
+        Err(_) => lookup("etc/passwd", u).ok_or_else(|| {
+            Error::invalid(
+                "--user",
+                s,
+                format!("no user {u:?} in the rootfs' /etc/passwd"),
+            )
+        })?,
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => lookup("etc/group", g).map(|(gid, _)| gid).ok_or_else(|| {
+                Error::invalid(
+                    "--user",
+                    s,
+                    format!("no group {g:?} in the rootfs' /etc/group"),
+                )
+            })?,
+        },
+        None => pw_gid.unwrap_or(0),
+    };
+    let mut user = User::default();
+    user.set_uid(uid);
+    user.set_gid(gid);
+    Ok(user)
+}
+
+fn bind_mount(v: &Volume) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(v.container.clone());
+    m.set_typ(Some("bind".into()));
+    m.set_source(Some(v.host.clone()));
+    let mut opts = vec!["rbind".to_string(), "rprivate".to_string()];
+    if v.read_only {
+        opts.push("ro".into());
+    }
+    m.set_options(Some(opts));
+    m
+}
+
+/// A spec and where its rootfs is, ready to run.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+    pub overlay: bool,
+    pub net: NetMode,
+}
+
+fn default_spec() -> Spec {
+    let mut spec = Spec::default();
+    if let Some(linux) = spec.linux_mut() {
+        let mut res = LinuxResources::default();
+        res.set_devices(Some(default_device_rules()));
+        linux.set_resources(Some(res));
+    }
+    if let Some(p) = spec.process_mut() {
+        let caps = default_capabilities();
+        let mut c = LinuxCapabilities::default();
+        c.set_bounding(Some(caps.clone()));
+        c.set_effective(Some(caps.clone()));
+        c.set_permitted(Some(caps));
+        c.set_inheritable(Some(HashSet::new()));
+        c.set_ambient(Some(HashSet::new()));
+        p.set_capabilities(Some(c));
+        p.set_no_new_privileges(Some(true));
+    }
+    spec
+}
+
+/// Builds the spec for `opts`: from config.json for a bundle, else the
+/// default profile; then the flags on top. `name` is the container's name.
+pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
+    let (mut spec, rootfs, overlay_default) = match &opts.source {
+        Source::Rootfs(dir) => {
+            let dir = fs::canonicalize(dir).map_err(|_| Error::RootfsMissing(dir.clone()))?;
+            if !dir.is_dir() {
+                return Err(Error::RootfsMissing(dir));
+            }
+            let mut spec = default_spec();
+            if let Some(root) = spec.root_mut() {
+                root.set_path(dir.clone());
+                root.set_readonly(Some(false));
+            }
+            if let Some(p) = spec.process_mut() {
+                p.set_args(None);
+            }
+            spec.set_hostname(Some(name.to_string()));
+            (spec, dir, true)
+        }
+        Source::Bundle(dir) => {
+            let config = dir.join("config.json");
+            let spec = Spec::load(&config).map_err(|e| Error::Bundle {
+                path: config.clone(),
+                msg: e.to_string(),
+            })?;
+            let root = spec.root().as_ref().ok_or_else(|| Error::Bundle {
+                path: config.clone(),
+                msg: "no \"root\" in config.json".into(),
+            })?;
+            let rootfs = if root.path().is_absolute() {
+                root.path().clone()
+            } else {
+                dir.join(root.path())
+            };
+            let rootfs =
+                fs::canonicalize(&rootfs).map_err(|_| Error::RootfsMissing(rootfs.clone()))?;
+            if !rootfs.is_dir() {
+                return Err(Error::RootfsMissing(rootfs));
+            }
+            if spec.process().is_none() {
+                return Err(Error::Bundle {
+                    path: config,
+                    msg: "no \"process\" in config.json".into(),
+                });
+            }
+            // Relative bind-mount sources are relative to the bundle.
+            let mut spec = spec;
+            if let Some(mounts) = spec.mounts_mut() {
+                for m in mounts.iter_mut() {
+                    let is_bind = m.typ().as_deref() == Some("bind")
+                        || m.options()
+                            .iter()
+                            .flatten()
+                            .any(|o| o == "bind" || o == "rbind");
+                    if let Some(src) = m.source().clone().filter(|s| is_bind && s.is_relative()) {
+                        m.set_source(Some(dir.join(src)));
+                    }
+                }
+            }
+            (spec, rootfs, false)
+        }
+    };
+
+    let process = spec
+        .process_mut()
+        .as_mut()
+        .ok_or_else(|| Error::Setup("spec has no process".into()))?;
+    if !opts.args.is_empty() {
+        process.set_args(Some(opts.args.clone()));
+    }
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(Error::invalid(
+            "COMMAND",
+            "",
+            "no command given: put it after --, e.g. `uvm container run --rootfs DIR -- sh -c 'echo hi'`",
+        ));
+    }
+    if process.terminal() == Some(true) {
+        // No console support: the process uses the runtime's stdio.
+        process.set_terminal(Some(false));
+    }
+    if !opts.env.is_empty() {
+        let mut env = process.env().clone().unwrap_or_default();
+        for e in &opts.env {
+            let key = e.split('=').next().unwrap_or(e);
+            if !e.contains('=') {
+                return Err(Error::invalid("-e", e, "expected KEY=VALUE"));
+            }
+            env.retain(|x| x.split('=').next() != Some(key));
+            env.push(e.clone());
+        }
+        process.set_env(Some(env));
+    }
+    if let Some(cwd) = &opts.cwd {
+        if !cwd.starts_with('/') {
+            return Err(Error::invalid(
+                "-w",
+                cwd,
+                "the working directory must be absolute",
+            ));
+        }
+        process.set_cwd(PathBuf::from(cwd));
+    }
+    if let Some(u) = &opts.user {
+        process.set_user(parse_user(u, &rootfs)?);
+    }
+    if !opts.cap_add.is_empty() || !opts.cap_drop.is_empty() {
+        let mut caps = process.capabilities().clone().unwrap_or_default();
+        let mut set: HashSet<Capability> = caps.bounding().clone().unwrap_or_default();
+        for c in &opts.cap_add {
+            set.insert(parse_cap("--cap-add", c)?);
+        }
+        for c in &opts.cap_drop {
+            let cap = parse_cap("--cap-drop", c)?;
+            set.remove(&cap);
+        }
+        caps.set_bounding(Some(set.clone()));
+        caps.set_effective(Some(set.clone()));
+        caps.set_permitted(Some(set));
+        process.set_capabilities(Some(caps));
+    }
+    let bounding = process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().clone())
+        .unwrap_or_default();
+
+    if let Some(h) = &opts.hostname {
+        if h.is_empty() || h.len() > 64 || h.contains('/') {
+            return Err(Error::invalid("--hostname", h, "1-64 characters, no '/'"));
+        }
+        spec.set_hostname(Some(h.clone()));
+    }
+    if opts.read_only {
+        if let Some(root) = spec.root_mut() {
+            root.set_readonly(Some(true));
+        }
+    }
+    if !opts.volumes.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.extend(opts.volumes.iter().map(bind_mount));
+        spec.set_mounts(Some(mounts));
+    }
+
+    let is_rootfs = matches!(opts.source, Source::Rootfs(_));
+    let linux = spec
+        .linux_mut()
+        .get_or_insert_with(oci_spec::runtime::Linux::default);
+    let net_mode = match (opts.net, is_rootfs) {
+        (Some(m), _) => m,
+        (None, true) => NetMode::Bridge,
+        (None, false) => match linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+        {
+            Some(n) if n.path().is_none() => NetMode::None,
+            // No namespace, or one joined by path: the runtime does not touch it.
+            _ => NetMode::Host,
+        },
+    };
+    if is_rootfs || opts.net.is_some() {
+        // The network mode decides the net namespace (bundles keep theirs
+        // unless --net is given).
+        let mut ns = linux.namespaces().clone().unwrap_or_default();
+        ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        if net_mode != NetMode::Host {
+            let mut n = oci_spec::runtime::LinuxNamespace::default();
+            n.set_typ(LinuxNamespaceType::Network);
+            ns.push(n);
+        }
+        linux.set_namespaces(Some(ns));
+    }
+    if opts.memory.is_some()
+        || opts.cpu_quota.is_some()
+        || opts.cpu_shares.is_some()
+        || opts.pids_limit.is_some()
+    {
+        let mut res = linux.resources().clone().unwrap_or_default();
+        if let Some(m) = opts.memory {
+            let mut mem = res.memory().unwrap_or_default();
+            let m = i64::try_from(m)
+                .map_err(|_| Error::invalid("--memory", &m.to_string(), "too large"))?;
+            mem.set_limit(Some(m));
+            mem.set_swap(Some(m));
+            res.set_memory(Some(mem));
+        }
+        if opts.cpu_quota.is_some() || opts.cpu_shares.is_some() {
+            let mut cpu = res.cpu().clone().unwrap_or_default();
+            if let Some(q) = opts.cpu_quota {
+                cpu.set_quota(i64::try_from(q).ok());
+                cpu.set_period(Some(super::limits::CPU_PERIOD_US));
+            }
+            if let Some(s) = opts.cpu_shares {
+                cpu.set_shares(Some(s));
+            }
+            res.set_cpu(Some(cpu));
+        }
+        if let Some(p) = opts.pids_limit {
+            let mut pids = oci_spec::runtime::LinuxPids::default();
+            pids.set_limit(p);
+            res.set_pids(Some(pids));
+        }
+        linux.set_resources(Some(res));
+    }
+    if !opts.sysctl.is_empty() {
+        let mut map = linux.sysctl().clone().unwrap_or_default();
+        for (k, v) in &opts.sysctl {
+            map.insert(k.clone(), v.clone());
+        }
+        linux.set_sysctl(Some(map));
+    }
+    if is_rootfs && opts.seccomp {
+        linux.set_seccomp(Some(super::seccomp::default_profile(&bounding)));
+    }
+    if !opts.seccomp {
+        linux.set_seccomp(None);
+    }
+    let overlay = opts.overlay.unwrap_or(overlay_default);
+    Ok(Prepared {
+        spec,
+        rootfs,
+        overlay,
+        net: net_mode,
+    })
+}
+
+/// The cgroup limits a spec asks for.
+pub fn resources(spec: &Spec) -> Resources {
+    let mut r = Resources::default();
+    let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
+        return r;
+    };
+    if let Some(m) = res.memory() {
+        r.memory = m.limit().and_then(|l| u64::try_from(l).ok());
+    }
+    if let Some(c) = res.cpu() {
+        r.cpu_quota = c
+            .quota()
+            .and_then(|q| u64::try_from(q).ok())
+            .filter(|q| *q > 0);
+        r.cpu_period = c.period();
+        r.cpu_shares = c.shares();
+    }
+    if let Some(p) = res.pids() {
+        r.pids = Some(p.limit()).filter(|l| *l > 0);
+    }
+    for d in res.devices().as_deref().unwrap_or_default() {
+        let typ = match d.typ() {
+            Some(LinuxDeviceType::C) => 'c',
+            Some(LinuxDeviceType::B) => 'b',
+            _ => 'a',
+        };
+        let num = |n: Option<i64>| n.map_or("*".to_string(), |n| n.to_string());
+        let access = d.access().clone().unwrap_or_else(|| "rwm".into());
+        let rule = if typ == 'a' && d.major().is_none() && d.minor().is_none() {
+            "a".to_string()
+        } else {
+            format!("{typ} {}:{} {access}", num(d.major()), num(d.minor()))
+        };
+        r.devices.push((d.allow(), rule));
+    }
+    r
+}
+
+/// The network settings a container got (recorded in its state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    pub bridge: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub veth: String,
+    pub ports: Vec<PortMap>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_volumes() {
+        assert_eq!(
+            "8080:80".parse::<PortMap>().unwrap(),
+            PortMap {
+                host: 8080,
+                container: 80,
+                proto: Proto::Tcp
+            }
+        );
+        assert_eq!("53:53/udp".parse::<PortMap>().unwrap().proto, Proto::Udp);
+        for bad in ["80", "0:80", "70000:80", "80:80/sctp", "a:b"] {
+            assert!(bad.parse::<PortMap>().is_err(), "{bad}");
+        }
+        let v: Volume = "/tmp:/data:ro".parse().unwrap();
+        assert!(v.read_only);
+        assert_eq!(v.container, PathBuf::from("/data"));
+        assert!("/nonexistent-uvm:/data".parse::<Volume>().is_err());
+        assert!("/tmp:data".parse::<Volume>().is_err());
+        assert!("/tmp:/data:rx".parse::<Volume>().is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("web-1.a_b").is_ok());
+        for bad in ["", "-x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rootfs_spec_from_flags() {
+        let dir = std::env::temp_dir();
+        let mut o = RunOptions::new(Source::Rootfs(dir.clone()), vec!["true".into()]);
+        o.memory = Some(64 << 20);
+        o.cpu_quota = Some(50_000);
+        o.pids_limit = Some(10);
+        o.net = Some(NetMode::Host);
+        o.env = vec!["A=1".into()];
+        o.cap_drop = vec!["cap_kill".into()];
+        let p = prepare(&o, "c1").unwrap();
+        assert!(p.overlay);
+        assert_eq!(p.spec.hostname().as_deref(), Some("c1"));
+        let ns: Vec<_> = p
+            .spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert!(!ns.contains(&LinuxNamespaceType::Network));
+        assert!(ns.contains(&LinuxNamespaceType::Pid));
+        let r = resources(&p.spec);
+        assert_eq!(r.memory, Some(64 << 20));
+        assert_eq!(r.cpu_quota, Some(50_000));
+        assert_eq!(r.pids, Some(10));
+        assert_eq!(r.devices[0], (false, "a".to_string()));
+        assert!(r.devices.contains(&(true, "c 1:3 rwm".to_string())));
+        assert!(r.devices.contains(&(true, "c 136:* rwm".to_string())));
+        let caps = p
+            .spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
+        assert!(!caps
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::Kill));
+        assert!(!caps
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::Mknod));
+        assert!(p.spec.linux().as_ref().unwrap().seccomp().is_some());
+        let env = p.spec.process().as_ref().unwrap().env().clone().unwrap();
+        assert!(env.contains(&"A=1".to_string()));
+    }
+
+    #[test]
+    fn bad_inputs() {
+        let o = RunOptions::new(
+            Source::Rootfs("/nonexistent/rootfs".into()),
+            vec!["true".into()],
+        );
+        let e = prepare(&o, "x").unwrap_err();
+        assert!(matches!(e, Error::RootfsMissing(_)));
+        assert_eq!(e.exit_code(), 125);
+        let o = RunOptions::new(Source::Rootfs(std::env::temp_dir()), vec![]);
+        assert!(prepare(&o, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("no command"));
+        let mut o = RunOptions::new(Source::Rootfs(std::env::temp_dir()), vec!["true".into()]);
+        o.cap_add = vec!["CAP_BOGUS".into()];
+        assert!(prepare(&o, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown capability"));
+        let o = RunOptions::new(Source::Bundle("/nonexistent/bundle".into()), vec![]);
+        assert!(matches!(
+            prepare(&o, "x").unwrap_err(),
+            Error::Bundle { .. }
+        ));
+    }
+}

@@ -1,0 +1,1266 @@
+//! The container runtime end to end, through its command line
+//! (`uvm-container`, the same code as `uvm container`). Needs root; each
+//! test uses its own state directory, cgroup parent, bridge, subnet and
+//! network namespaces, and checks that nothing is left behind.
+//!
+//! Network tests run the runtime inside a scratch network namespace that
+//! stands in for the host, with a second one standing in for "outside":
+//! traffic never leaves the namespaces the test made.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_uvm-container");
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// A busybox rootfs (plus GNU `ls` and its libraries), built once.
+fn rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap();
+    ROOTFS.get_or_init(|| {
+        let dir = tmp().join("rootfs");
+        let out = Command::new(BIN)
+            .args(["mkrootfs", dir.to_str().unwrap(), "--with", "/bin/ls"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mkrootfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// One test's runtime environment: state root and cgroup parent of its own.
+struct Env {
+    root: PathBuf,
+    cgroup_parent: String,
+    /// Extra global arguments (bridge, subnet).
+    global: Vec<String>,
+    /// Network namespace to run the runtime in.
+    netns: Option<String>,
+}
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        let unique = format!("{tag}-{}", std::process::id());
+        // Its own bridge name too, so `gc` never touches a real bridge.
+        let bridge = format!("uvt{tag}{}", std::process::id() % 10000);
+        assert!(bridge.len() <= 15, "tag {tag} too long");
+        Env {
+            root: tmp().join(format!("state-{unique}")),
+            cgroup_parent: format!("uvm-test-{unique}"),
+            global: vec!["--bridge".into(), bridge],
+            netns: None,
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--cgroup-parent")
+            .arg(&self.cgroup_parent)
+            .args(&self.global);
+        c
+    }
+
+    /// `run --rootfs ROOTFS [args]` (args must include `-- CMD`).
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd()
+            .arg("run")
+            .arg("--rootfs")
+            .arg(rootfs())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn spawn_run(&self, args: &[&str]) -> Running {
+        Running(Some(
+            self.cmd()
+                .arg("run")
+                .arg("--rootfs")
+                .arg(rootfs())
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ))
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn ps(&self) -> Vec<serde_json::Value> {
+        let out = self.ctl(&["ps", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    }
+
+    /// Waits until container `name` runs; returns its `ps` entry.
+    fn wait_running(&self, name: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(c) = self.ps().into_iter().find(|c| c["name"] == name) {
+                if c["status"] == "running" {
+                    return c;
+                }
+            }
+            assert!(Instant::now() < deadline, "container {name} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        ["memory", "cpu", "cpuacct", "pids", "devices", "unified"]
+            .iter()
+            .map(|c| {
+                Path::new("/sys/fs/cgroup")
+                    .join(c)
+                    .join(&self.cgroup_parent)
+            })
+            .collect()
+    }
+
+    /// No state, no container cgroup, no overlay left.
+    fn assert_clean(&self) {
+        let containers: Vec<_> = std::fs::read_dir(self.root.join("containers"))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(containers.is_empty(), "state left: {containers:?}");
+        for d in self.cgroup_dirs() {
+            let subs: Vec<_> = std::fs::read_dir(&d)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(subs.is_empty(), "cgroups left: {subs:?}");
+        }
+        let overlays: Vec<_> = std::fs::read_dir(self.root.join("overlay"))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(overlays.is_empty(), "overlay dirs left: {overlays:?}");
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // After a failed test: the runtime's own gc removes what is left.
+        let _ = self
+            .cmd()
+            .arg("gc")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for d in self.cgroup_dirs() {
+            let _ = std::fs::remove_dir(&d);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A runtime process started in the background; killed if the test fails
+/// before waiting for it (its container dies with it).
+struct Running(Option<Child>);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+    fn output(mut self) -> Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+    /// SIGKILL the runtime.
+    fn kill_runtime(mut self) {
+        let mut c = self.0.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// One line of error, exit `code`.
+fn assert_fails(out: &Output, code: i32, needle: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+}
+
+// ---------------------------------------------------------------- process, rootfs
+
+#[test]
+fn pid1_hostname_and_isolation() {
+    require_root!();
+    let env = Env::new("pid1");
+    let out = env.run(&[
+        "--net",
+        "none",
+        "--hostname",
+        "box1",
+        "--",
+        "sh",
+        "-c",
+        "echo pid=$$; hostname; ls /proc | grep -c '^[0-9]'; grep -vc ':/$' /proc/self/cgroup || true",
+    ]);
+    let s = ok(&out);
+    let lines: Vec<&str> = s.lines().collect();
+    assert_eq!(lines[0], "pid=1", "{s}");
+    assert_eq!(lines[1], "box1");
+    // Only the shell, ls and grep: no host process is visible.
+    let procs: u32 = lines[2].parse().unwrap();
+    assert!(procs <= 4, "{procs} processes visible");
+    // The cgroup namespace makes every hierarchy's root the container's own
+    // cgroup: no line of /proc/self/cgroup shows a path below "/".
+    assert_eq!(lines[3], "0", "{s}");
+    env.assert_clean();
+}
+
+#[test]
+fn mountinfo_shows_only_container_mounts() {
+    require_root!();
+    let env = Env::new("mounts");
+    let out = env.run(&["--net", "none", "--", "cat", "/proc/self/mountinfo"]);
+    let s = ok(&out);
+    let points: Vec<&str> = s
+        .lines()
+        .map(|l| l.split_whitespace().nth(4).unwrap())
+        .collect();
+    assert_eq!(points[0], "/", "{s}");
+    for p in &points {
+        assert!(
+            *p == "/" || p.starts_with("/proc") || p.starts_with("/dev") || p.starts_with("/sys"),
+            "unexpected mount point {p} in\n{s}"
+        );
+    }
+    for expected in [
+        "/proc",
+        "/dev",
+        "/dev/pts",
+        "/dev/shm",
+        "/sys",
+        "/proc/keys",
+        "/proc/sys",
+    ] {
+        assert!(points.contains(&expected), "{expected} missing:\n{s}");
+    }
+    assert!(
+        s.lines().next().unwrap().contains(" - overlay "),
+        "root is not the overlay:\n{s}"
+    );
+    // /sys and /proc/sys are read-only.
+    for l in s.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f[4] == "/sys" || f[4] == "/proc/sys" {
+            assert!(f[5].split(',').any(|o| o == "ro"), "{l}");
+        }
+    }
+    env.assert_clean();
+}
+
+#[test]
+fn writes_go_to_the_upper_dir_and_the_image_stays_unchanged() {
+    require_root!();
+    let env = Env::new("overlay");
+    let image = rootfs();
+    let hosts_before = std::fs::read(image.join("etc/hosts")).unwrap();
+    let out = env.run(&[
+        "--net",
+        "none",
+        "--keep",
+        "--name",
+        "ov",
+        "--",
+        "sh",
+        "-c",
+        "echo data > /newfile && echo 10.0.0.9 extra >> /etc/hosts && rm /bin/true && cat /newfile",
+    ]);
+    assert_eq!(ok(&out), "data\n");
+    let err = text(&out.stderr);
+    let upper = PathBuf::from(
+        err.trim()
+            .rsplit(' ')
+            .next()
+            .expect("kept upper directory is reported"),
+    );
+    assert!(upper.ends_with("upper"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("newfile")).unwrap(),
+        "data\n"
+    );
+    assert!(std::fs::read_to_string(upper.join("etc/hosts"))
+        .unwrap()
+        .contains("extra"));
+    // The image is untouched.
+    assert!(!image.join("newfile").exists());
+    assert_eq!(
+        std::fs::read(image.join("etc/hosts")).unwrap(),
+        hosts_before
+    );
+    assert!(image.join("bin/true").symlink_metadata().is_ok());
+    std::fs::remove_dir_all(upper.parent().unwrap()).unwrap();
+    env.assert_clean();
+}
+
+#[test]
+fn exit_codes_env_cwd_user_and_stdin() {
+    require_root!();
+    let env = Env::new("exit");
+    let out = env.run(&["--net", "none", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    let out = env.run(&[
+        "--net",
+        "none",
+        "-e",
+        "FOO=bar baz",
+        "-w",
+        "/tmp/work",
+        "-u",
+        "65534:65534",
+        "--",
+        "sh",
+        "-c",
+        "echo $FOO; pwd; id -u; id -g; grep CapEff /proc/self/status",
+    ]);
+    let s = ok(&out);
+    let l: Vec<&str> = s.lines().collect();
+    assert_eq!(&l[..4], &["bar baz", "/tmp/work", "65534", "65534"], "{s}");
+    assert!(
+        l[4].ends_with("0000000000000000"),
+        "a non-root user has no capabilities: {s}"
+    );
+    // stdin, stdout and stderr are the runtime's.
+    let mut child = env
+        .cmd()
+        .args(["run", "--rootfs"])
+        .arg(rootfs())
+        .args(["--net", "none", "--", "sh", "-c", "cat; echo err >&2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(ok(&out), "through stdin\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    // A dynamically linked host binary copied by mkrootfs runs (its libraries came along).
+    let out = env.run(&["--net", "none", "--", "/bin/ls", "--version"]);
+    assert!(ok(&out).contains("GNU coreutils"));
+    env.assert_clean();
+}
+
+#[test]
+fn signals_forwarded_and_signal_death_reported() {
+    require_root!();
+    let env = Env::new("signals");
+    // SIGTERM to the runtime reaches the workload, which exits 42.
+    let child = env.spawn_run(&[
+        "--net",
+        "none",
+        "--name",
+        "trap",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done",
+    ]);
+    env.wait_running("trap");
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.output();
+    assert_eq!(out.status.code(), Some(42), "{}", text(&out.stderr));
+    // Death by SIGKILL (uvm container kill) is 128 + 9.
+    let child = env.spawn_run(&["--net", "none", "--name", "victim", "--", "sleep", "60"]);
+    env.wait_running("victim");
+    ok(&env.ctl(&["kill", "victim"]));
+    let out = child.output();
+    assert_eq!(out.status.code(), Some(137));
+    env.assert_clean();
+}
+
+#[test]
+fn init_forwards_signals_and_reaps_zombies() {
+    require_root!();
+    let env = Env::new("init");
+    // The workload is PID 2; an orphaned grandchild is reaped by the init.
+    let out = env.run(&[
+        "--net",
+        "none",
+        "--init",
+        "--",
+        "sh",
+        "-c",
+        "echo $$; (sleep 0.1 &); sleep 0.5; ps -o stat,comm | grep -c '^Z' || true",
+    ]);
+    assert_eq!(ok(&out), "2\n0\n");
+    // SIGTERM reaches a workload without a handler (PID 1 would ignore it).
+    let child = env.spawn_run(&[
+        "--net", "none", "--init", "--name", "t", "--", "sleep", "60",
+    ]);
+    env.wait_running("t");
+    ok(&env.ctl(&["kill", "t", "-s", "TERM"]));
+    assert_eq!(child.output().status.code(), Some(128 + 15));
+    assert_fails(
+        &env.run(&["--net", "none", "--init", "--", "nosuch"]),
+        127,
+        "nosuch: command not found",
+    );
+    env.assert_clean();
+}
+
+#[test]
+fn library_api_run_with_volumes_and_drop() {
+    use uvm_guest::container::{state::Paths, RunOptions, Runtime, Source, Volume};
+    require_root!();
+    let env = Env::new("api");
+    let mut rt = Runtime::new(Paths::new(&env.root));
+    rt.cgroup_parent = env.cgroup_parent.clone();
+    let out_dir = env.root.join("out");
+    let in_dir = env.root.join("in");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    std::fs::create_dir_all(&in_dir).unwrap();
+    std::fs::write(in_dir.join("input"), "from-host\n").unwrap();
+    let mut o = RunOptions::new(
+        Source::Rootfs(rootfs().to_path_buf()),
+        vec![
+            "sh".into(),
+            "-c".into(),
+            "cat /in/input > /out/copy; echo x > /in/input || echo read-only > /out/ro; exit 9"
+                .into(),
+        ],
+    );
+    o.net = Some(uvm_guest::container::NetMode::None);
+    o.volumes = vec![
+        format!("{}:/out", out_dir.display())
+            .parse::<Volume>()
+            .unwrap(),
+        format!("{}:/in:ro", in_dir.display())
+            .parse::<Volume>()
+            .unwrap(),
+    ];
+    let exit = rt.run(&o).unwrap();
+    assert_eq!(exit.code(), 9);
+    assert!(!exit.oom_killed);
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("copy")).unwrap(),
+        "from-host\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("ro")).unwrap(),
+        "read-only\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(in_dir.join("input")).unwrap(),
+        "from-host\n"
+    );
+
+    // A container dropped without wait() is killed and cleaned up.
+    o.args = vec!["sleep".into(), "60".into()];
+    o.volumes.clear();
+    let c = rt.create(&o).unwrap();
+    let pid = c.pid();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(rt.list().len(), 1);
+    drop(c);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "reaped");
+    assert!(rt.list().is_empty());
+    env.assert_clean();
+}
+
+/// The cgroup v2 code path on this host's (controller-less) unified
+/// hierarchy: the container joins its own v2 cgroup, sees it as its root,
+/// and it is removed afterwards; limits fail with a clear message since no
+/// controller is delegated there on a hybrid host.
+#[test]
+fn cgroup_v2_path_on_the_unified_hierarchy() {
+    use uvm_guest::container::cgroups::Hierarchy;
+    use uvm_guest::container::{state::Paths, NetMode, RunOptions, Runtime, Source, Volume};
+    require_root!();
+    let unified = PathBuf::from("/sys/fs/cgroup/unified");
+    if !unified.join("cgroup.procs").exists() {
+        eprintln!("skipped: no cgroup2 at {}", unified.display());
+        return;
+    }
+    let env = Env::new("v2");
+    let mut rt = Runtime::new(Paths::new(&env.root));
+    rt.cgroup_parent = env.cgroup_parent.clone();
+    rt.hierarchy = Some(Hierarchy::V2 {
+        root: unified.clone(),
+    });
+    let out_dir = env.root.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut o = RunOptions::new(
+        Source::Rootfs(rootfs().to_path_buf()),
+        vec![
+            "sh".into(),
+            "-c".into(),
+            "grep '^0::' /proc/self/cgroup > /out/cg; ls /sys/fs/cgroup > /out/ls".into(),
+        ],
+    );
+    o.net = Some(NetMode::None);
+    o.volumes = vec![format!("{}:/out", out_dir.display())
+        .parse::<Volume>()
+        .unwrap()];
+    let exit = rt.run(&o).unwrap();
+    assert_eq!(exit.code(), 0);
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("cg")).unwrap(),
+        "0::/\n"
+    );
+    let ls = std::fs::read_to_string(out_dir.join("ls")).unwrap();
+    assert!(ls.lines().any(|l| l == "cgroup.procs"), "{ls}");
+    let left: Vec<_> = std::fs::read_dir(unified.join(&env.cgroup_parent))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    o.memory = Some(64 << 20);
+    let err = rt.run(&o).unwrap_err().to_string();
+    assert!(err.contains("memory controller is not available"), "{err}");
+    assert!(rt.list().is_empty());
+    // The CLI (single-threaded) starts the container directly in its v2
+    // cgroup (clone3 CLONE_INTO_CGROUP).
+    let mut v2 = Env::new("v2cli");
+    v2.global.push("--cgroup2-root".into());
+    v2.global.push(unified.display().to_string());
+    let child = v2.spawn_run(&["--net", "none", "--name", "c", "--", "sleep", "60"]);
+    let c = v2.wait_running("c");
+    let procs = unified
+        .join(&v2.cgroup_parent)
+        .join(c["id"].as_str().unwrap())
+        .join("cgroup.procs");
+    let pid = c["pid"].as_i64().unwrap().to_string();
+    assert!(std::fs::read_to_string(&procs)
+        .unwrap()
+        .lines()
+        .any(|l| l == pid));
+    ok(&v2.ctl(&["kill", "c"]));
+    assert_eq!(child.output().status.code(), Some(137));
+    v2.assert_clean();
+    let _ = std::fs::remove_dir(unified.join(&v2.cgroup_parent));
+    let _ = std::fs::remove_dir(unified.join(&env.cgroup_parent));
+}
+
+/// An OCI bundle: config.json decides (read-only root, hostname, its own
+/// network namespace with only loopback, bind mount relative to the bundle).
+#[test]
+fn oci_bundle() {
+    use oci_spec::runtime::{Mount, Spec};
+    require_root!();
+    let env = Env::new("bundle");
+    let bundle = env.root.join("bundle");
+    std::fs::create_dir_all(bundle.join("data")).unwrap();
+    std::fs::write(bundle.join("data/f"), "bundle-data\n").unwrap();
+    let mut spec = Spec::default();
+    let root = spec.root_mut().as_mut().unwrap();
+    root.set_path(rootfs().to_path_buf());
+    root.set_readonly(Some(true));
+    spec.set_hostname(Some("bundlehost".into()));
+    let p = spec.process_mut().as_mut().unwrap();
+    p.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "hostname; cat /data/f; ls /sys/class/net; touch /x 2>/dev/null || echo ro-root".into(),
+    ]));
+    let mut m = Mount::default();
+    m.set_destination("/data".into());
+    m.set_typ(Some("bind".into()));
+    m.set_source(Some("data".into()));
+    m.set_options(Some(vec!["rbind".into(), "ro".into()]));
+    spec.mounts_mut().as_mut().unwrap().push(m);
+    spec.save(bundle.join("config.json")).unwrap();
+    let out = env
+        .cmd()
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(ok(&out), "bundlehost\nbundle-data\nlo\nro-root\n");
+    env.assert_clean();
+}
+
+// ---------------------------------------------------------------- bad input
+
+#[test]
+fn bad_input_one_line_errors_nothing_left_behind() {
+    require_root!();
+    let env = Env::new("badinput");
+    let out = env
+        .cmd()
+        .args(["run", "--rootfs", "/nonexistent/rootfs", "--", "true"])
+        .output()
+        .unwrap();
+    assert_fails(&out, 125, "rootfs /nonexistent/rootfs does not exist");
+    assert_fails(
+        &env.run(&["--net", "none", "--", "no-such-command"]),
+        127,
+        "no-such-command: command not found",
+    );
+    assert_fails(
+        &env.run(&["--net", "none", "--", "/etc/passwd"]),
+        126,
+        "cannot execute: permission denied",
+    );
+    assert_fails(
+        &env.run(&["--memory", "12XB", "--", "true"]),
+        125,
+        "invalid --memory value \"12XB\"",
+    );
+    assert_fails(
+        &env.run(&["--cpus", "-1", "--", "true"]),
+        125,
+        "invalid --cpus value \"-1\"",
+    );
+    assert_fails(
+        &env.run(&["--pids-limit", "0", "--", "true"]),
+        125,
+        "invalid --pids-limit",
+    );
+    assert_fails(
+        &env.run(&["--net", "bogus", "--", "true"]),
+        125,
+        "invalid --net",
+    );
+    assert_fails(&env.run(&["-p", "80", "--", "true"]), 125, "invalid -p");
+    assert_fails(
+        &env.run(&["--net", "none", "-p", "8080:80", "--", "true"]),
+        125,
+        "needs --net bridge",
+    );
+    assert_fails(
+        &env.run(&["--name", "bad/name", "--", "true"]),
+        125,
+        "invalid --name",
+    );
+    assert_fails(
+        &env.run(&["--net", "none", "-w", "/etc/passwd/x", "--", "true"]),
+        125,
+        "working directory",
+    );
+    // A name in use: the second run fails, the first is unaffected.
+    let first = env.spawn_run(&[
+        "--net",
+        "none",
+        "--name",
+        "dup",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1; echo first-ok",
+    ]);
+    env.wait_running("dup");
+    assert_fails(
+        &env.run(&["--net", "none", "--name", "dup", "--", "true"]),
+        125,
+        "name \"dup\" is already in use",
+    );
+    let out = first.output();
+    assert_eq!(ok(&out), "first-ok\n");
+    env.assert_clean();
+}
+
+// ---------------------------------------------------------------- limits
+
+#[test]
+fn memory_hog_is_oom_killed_and_reported() {
+    require_root!();
+    let env = Env::new("oom");
+    let out = env.run(&[
+        "--net",
+        "none",
+        "--memory",
+        "16m",
+        "--",
+        "tail",
+        "/dev/zero",
+    ]);
+    assert_eq!(out.status.code(), Some(137));
+    assert_fails(
+        &out,
+        137,
+        "out of memory: the kernel OOM-killed a process of the container (memory limit 16 MiB)",
+    );
+    // 64 MiB in one line: fits in 512m, not in 16m (the same program, only the limit differs).
+    let hog = "head -c 64m /dev/zero | tail | wc -c";
+    let out = env.run(&["--net", "none", "--memory", "512m", "--", "sh", "-c", hog]);
+    assert_eq!(ok(&out).trim(), "67108864");
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+    let out = env.run(&["--net", "none", "--memory", "16m", "--", "sh", "-c", hog]);
+    assert!(
+        text(&out.stderr).contains("out of memory"),
+        "{}",
+        text(&out.stderr)
+    );
+    env.assert_clean();
+}
+
+fn stats(env: &Env, name: &str) -> serde_json::Value {
+    let out = env.ctl(&["stats", name, "--json"]);
+    serde_json::from_slice(ok(&out).as_bytes()).unwrap()
+}
+
+#[test]
+fn fork_bomb_stops_at_pids_limit() {
+    require_root!();
+    let env = Env::new("pids");
+    let child = env.spawn_run(&[
+        "--net",
+        "none",
+        "--name",
+        "bomb",
+        "--pids-limit",
+        "20",
+        "--",
+        "sh",
+        "-c",
+        "bomb() { bomb | bomb & }; bomb; sleep 30",
+    ]);
+    env.wait_running("bomb");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = stats(&env, "bomb");
+        if s["pids_rejected"].as_u64().unwrap_or(0) > 0 || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(s["pids_limit"], 20, "{s}");
+    assert!(s["pids_current"].as_u64().unwrap() <= 20, "{s}");
+    assert!(
+        s["pids_rejected"].as_u64().unwrap() > 0,
+        "forks were refused: {s}"
+    );
+    ok(&env.ctl(&["kill", "bomb"]));
+    let out = child.output();
+    assert_eq!(out.status.code(), Some(137));
+    env.assert_clean();
+}
+
+#[test]
+fn half_a_cpu_keeps_a_busy_loop_near_half_a_core() {
+    require_root!();
+    let env = Env::new("cpu");
+    let child = env.spawn_run(&[
+        "--net",
+        "none",
+        "--name",
+        "busy",
+        "--cpus",
+        "0.5",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    env.wait_running("busy");
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let a = stats(&env, "busy");
+    std::thread::sleep(Duration::from_secs(2));
+    let b = stats(&env, "busy");
+    let wall = t0.elapsed().as_secs_f64();
+    let used =
+        (b["cpu_usage_ns"].as_u64().unwrap() - a["cpu_usage_ns"].as_u64().unwrap()) as f64 / 1e9;
+    let share = used / wall;
+    // The quota caps it at 0.5; other tests share the 2 cores, so the floor is loose.
+    assert!(
+        share <= 0.6,
+        "busy loop used {share:.2} CPUs with --cpus 0.5"
+    );
+    assert!(share >= 0.25, "busy loop got only {share:.2} CPUs");
+    if share > 0.4 {
+        // It reached the quota (not starved by other load): the kernel throttled it.
+        assert!(b["cpu_nr_throttled"].as_u64().unwrap() > 0, "{b}");
+    }
+    ok(&env.ctl(&["kill", "busy"]));
+    assert_eq!(child.output().status.code(), Some(137));
+    env.assert_clean();
+}
+
+// ---------------------------------------------------------------- privileges
+
+#[test]
+fn privileged_operations_fail_inside() {
+    require_root!();
+    let env = Env::new("privs");
+    let out = env.run(&[
+        "--net", "none", "--", "sh", "-c",
+        "mknod /tmp/null2 c 1 3 2>&1 | grep -q 'Operation not permitted' && echo mknod-denied; \
+         mount -t tmpfs none /tmp 2>&1 | grep -qi 'Operation not permitted\\|Permission denied' && echo mount-denied; \
+         insmod /bin/busybox 2>&1 | grep -q 'Operation not permitted\\|not permitted' && echo insmod-denied; \
+         date -s 2001-01-01 2>&1 | grep -q 'Operation not permitted' && echo clock-denied; \
+         hostname other 2>&1 | grep -q 'Operation not permitted' && echo hostname-denied; \
+         unshare -U true 2>&1 | grep -q 'Operation not permitted' && echo unshare-denied; \
+         grep -E '^(NoNewPrivs|Seccomp|CapBnd):' /proc/self/status",
+    ]);
+    let s = ok(&out);
+    for line in [
+        "mknod-denied",
+        "mount-denied",
+        "insmod-denied",
+        "clock-denied",
+        "hostname-denied",
+        "unshare-denied",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        // Docker's default set without CAP_MKNOD.
+        "CapBnd:\t00000000a00425fb",
+    ] {
+        assert!(s.lines().any(|l| l == line), "{line:?} missing from:\n{s}");
+    }
+    env.assert_clean();
+}
+
+#[test]
+fn seccomp_blocks_with_eperm_and_can_be_turned_off() {
+    require_root!();
+    let env = Env::new("seccomp");
+    // Creating a user namespace needs no capability: only the filter stops it.
+    let cmd = "unshare -U true && echo allowed || echo refused";
+    let out = env.run(&["--net", "none", "--", "sh", "-c", cmd]);
+    assert_eq!(ok(&out), "refused\n");
+    assert!(
+        text(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = env.run(&[
+        "--net",
+        "none",
+        "--seccomp",
+        "unconfined",
+        "--",
+        "sh",
+        "-c",
+        cmd,
+    ]);
+    assert_eq!(ok(&out), "allowed\n");
+    env.assert_clean();
+}
+
+#[test]
+fn device_access_is_restricted_by_the_device_cgroup() {
+    require_root!();
+    let v1 = !Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if !v1 {
+        eprintln!("skipped: the device cgroup test is for cgroup v1 hosts");
+        return;
+    }
+    let env = Env::new("devices");
+    // Even with CAP_MKNOD, no node for the host's disk.
+    let out = env.run(&[
+        "--net", "none", "--cap-add", "CAP_MKNOD", "--", "sh", "-c",
+        "mknod /tmp/disk b 254 0 2>&1; mknod /tmp/null2 c 1 3 && echo hi > /tmp/null2 && echo null-ok",
+    ]);
+    let s = ok(&out);
+    // The device cgroup refuses the disk (mknod needs its 'm' permission),
+    // while an allowed device can be made and used.
+    assert!(s.contains("Operation not permitted"), "{s}");
+    assert!(s.contains("null-ok"), "allowed devices still work: {s}");
+    env.assert_clean();
+}
+
+// ---------------------------------------------------------------- exec, ps, kill, stats, gc
+
+#[test]
+fn exec_ps_stats_kill() {
+    require_root!();
+    let env = Env::new("exec");
+    let child = env.spawn_run(&[
+        "--net",
+        "none",
+        "--name",
+        "svc",
+        "--hostname",
+        "svchost",
+        "--memory",
+        "64m",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    let c = env.wait_running("svc");
+    assert!(c["pid"].as_i64().unwrap() > 1);
+    let table = ok(&env.ctl(&["ps"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("svc ") && l.contains("running") && l.contains("sleep 60")),
+        "{table}"
+    );
+    let out = env.ctl(&[
+        "exec",
+        "svc",
+        "--",
+        "sh",
+        "-c",
+        "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; grep Seccomp: /proc/self/status",
+    ]);
+    let s = ok(&out);
+    let l: Vec<&str> = s.lines().collect();
+    assert_eq!(l[0], "svchost");
+    assert_eq!(l[1], "sleep 60 ");
+    assert_eq!(l[2], "Seccomp:\t2");
+    assert_eq!(
+        env.ctl(&["exec", "svc", "--", "sh", "-c", "exit 5"])
+            .status
+            .code(),
+        Some(5)
+    );
+    assert_fails(
+        &env.ctl(&["exec", "svc", "--", "nope"]),
+        127,
+        "nope: command not found",
+    );
+    let s = stats(&env, "svc");
+    assert_eq!(s["memory_limit"], 64 << 20);
+    assert!(s["memory_usage"].as_u64().unwrap() > 0);
+    assert_fails(
+        &env.ctl(&["stats", "nosuch"]),
+        125,
+        "no such container \"nosuch\"",
+    );
+    assert_fails(
+        &env.ctl(&["exec", "nosuch", "--", "true"]),
+        125,
+        "no such container",
+    );
+    ok(&env.ctl(&["kill", "svc", "-s", "KILL"]));
+    assert_eq!(child.output().status.code(), Some(137));
+    env.assert_clean();
+}
+
+#[test]
+fn sigkill_of_the_runtime_then_gc_and_name_reuse() {
+    require_root!();
+    let env = Env::new("gc");
+    let child = env.spawn_run(&[
+        "--net",
+        "none",
+        "--name",
+        "orphan",
+        "--pids-limit",
+        "50",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    let c = env.wait_running("orphan");
+    let pid = c["pid"].as_i64().unwrap();
+    child.kill_runtime();
+    // The container dies with its runtime.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(Instant::now() < deadline, "container outlived its runtime");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ps = env.ps();
+    assert_eq!(ps[0]["status"], "stale");
+    let out = ok(&env.ctl(&["gc"]));
+    assert!(out.contains("removed container orphan"), "{out}");
+    env.assert_clean();
+    // A stale container's name is taken over by the next run (start-up sweep).
+    let child = env.spawn_run(&["--net", "none", "--name", "again", "--", "sleep", "60"]);
+    env.wait_running("again");
+    child.kill_runtime();
+    let out = env.run(&["--net", "none", "--name", "again", "--", "true"]);
+    ok(&out);
+    env.assert_clean();
+}
+
+// ---------------------------------------------------------------- networking
+
+/// A network namespace made by the test, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        sh(&format!("ip netns add {name}"));
+        sh(&format!("ip -n {name} link set lo up"));
+        Netns(name)
+    }
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Runs `f` on a thread inside network namespace `path` (sockets it makes stay there).
+fn in_netns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A scratch "host" namespace (where the runtime runs) linked to an
+/// "outside" one: host 198.51.100.1/24 <-> outside 198.51.100.2/24.
+fn net_env(tag: &str, subnet_octet: u8) -> (Env, Netns, Netns) {
+    let id = std::process::id() % 10000;
+    let host = Netns::new(format!("uvmt-{tag}-h{id}"));
+    let outside = Netns::new(format!("uvmt-{tag}-o{id}"));
+    let (a, b) = (format!("uvh{tag}{id}"), format!("uvo{tag}{id}"));
+    sh(&format!(
+        "ip link add {a} netns {h} type veth peer name {b} netns {o} && \
+         ip -n {h} addr add 198.51.100.1/24 dev {a} && ip -n {o} addr add 198.51.100.2/24 dev {b} && \
+         ip -n {h} link set {a} up && ip -n {o} link set {b} up",
+        h = host.0,
+        o = outside.0
+    ));
+    let mut env = Env::new(tag);
+    env.netns = Some(host.0.clone());
+    env.global.push("--subnet".into());
+    env.global.push(format!("10.231.{subnet_octet}.0/24"));
+    (env, host, outside)
+}
+
+fn read_all(mut s: TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf
+}
+
+#[test]
+fn bridge_networking_nat_and_published_ports() {
+    require_root!();
+    let (env, host, outside) = net_env("br", 7);
+    // A server container, published on host port 18080.
+    let server = env.spawn_run(&[
+        "--name",
+        "web",
+        "-p",
+        "18080:8080",
+        "--",
+        "nc",
+        "-ll",
+        "-p",
+        "8080",
+        "-e",
+        "echo",
+        "hello-from-web",
+    ]);
+    let web = env.wait_running("web");
+    let web_ip = web["net"]["ip"].as_str().unwrap().to_string();
+    assert!(web_ip.starts_with("10.231.7."), "{web}");
+
+    // Container to container over the bridge; the second gets another address.
+    let out = env.run(&[
+        "--",
+        "sh",
+        "-c",
+        &format!("ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; nc {web_ip} 8080"),
+    ]);
+    let s = ok(&out);
+    assert!(s.contains("hello-from-web"), "{s}");
+    let other_ip = s
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("inet ")
+        .to_string();
+    assert_ne!(other_ip, web_ip);
+    assert!(other_ip.starts_with("10.231.7."));
+
+    // Egress through NAT to the "outside" namespace: it sees the host's address.
+    let listener = in_netns(&outside.path(), || {
+        TcpListener::bind("198.51.100.2:9000").unwrap()
+    });
+    let accept = std::thread::spawn(move || {
+        let (s, peer) = listener.accept().unwrap();
+        (peer.ip(), read_all(s))
+    });
+    ok(&env.run(&["--", "sh", "-c", "echo via-nat | nc -w 3 198.51.100.2 9000"]));
+    let (peer, data) = accept.join().unwrap();
+    assert_eq!(
+        peer,
+        Ipv4Addr::new(198, 51, 100, 1),
+        "masqueraded to the host's address"
+    );
+    assert_eq!(data, "via-nat\n");
+
+    // The published port answers from outside and from the host itself.
+    let from_outside = in_netns(&outside.path(), || {
+        read_all(TcpStream::connect("198.51.100.1:18080").unwrap())
+    });
+    assert_eq!(from_outside, "hello-from-web\n");
+    let from_host = in_netns(&host.path(), || {
+        read_all(TcpStream::connect("198.51.100.1:18080").unwrap())
+    });
+    assert_eq!(from_host, "hello-from-web\n");
+    // A second container cannot take the same host port.
+    assert_fails(
+        &env.run(&["-p", "18080:80", "--", "true"]),
+        125,
+        "already published",
+    );
+
+    let rules = sh(&format!(
+        "ip netns exec {} nft list map ip uvm ports",
+        host.0
+    ));
+    assert!(
+        rules.contains(&format!("tcp . 18080 : {web_ip} . 8080")),
+        "{rules}"
+    );
+    ok(&env.ctl(&["kill", "web"]));
+    assert_eq!(server.output().status.code(), Some(137));
+
+    // Rules and links are gone.
+    let rules = sh(&format!(
+        "ip netns exec {} nft list map ip uvm ports",
+        host.0
+    ));
+    assert!(!rules.contains("elements"), "{rules}");
+    let links = sh(&format!("ip -n {} -o link", host.0));
+    assert!(!links.contains("uvmv"), "{links}");
+    env.assert_clean();
+    // gc takes down the bridge and the nftables table once unused.
+    let out = ok(&env.ctl(&["gc"]));
+    assert!(out.contains("removed bridge uvtbr"), "{out}");
+    assert!(out.contains("removed nftables table ip uvm"), "{out}");
+    assert_eq!(
+        sh(&format!("ip netns exec {} nft list ruleset", host.0)),
+        ""
+    );
+    assert!(!sh(&format!("ip -n {} -o link", host.0)).contains("uvtbr"));
+}
+
+#[test]
+fn net_none_and_host() {
+    require_root!();
+    let (env, host, _outside) = net_env("nh", 8);
+    let out = env.run(&[
+        "--net",
+        "none",
+        "--",
+        "sh",
+        "-c",
+        "ls /sys/class/net | tr '\\n' ' '",
+    ]);
+    assert_eq!(ok(&out), "lo ");
+    // A namespaced sysctl is set inside only (the scratch host keeps 0).
+    let out = env.run(&[
+        "--net",
+        "none",
+        "--sysctl",
+        "net.ipv4.ip_forward=1",
+        "--",
+        "cat",
+        "/proc/sys/net/ipv4/ip_forward",
+    ]);
+    assert_eq!(ok(&out), "1\n");
+    assert_eq!(
+        sh(&format!(
+            "ip netns exec {} cat /proc/sys/net/ipv4/ip_forward",
+            host.0
+        )),
+        "0\n"
+    );
+    let out = env.run(&[
+        "--net",
+        "host",
+        "--",
+        "sh",
+        "-c",
+        "ls /sys/class/net | tr '\\n' ' '",
+    ]);
+    let s = ok(&out);
+    assert!(
+        s.contains("uvhnh"),
+        "the host namespace's interfaces are visible: {s}"
+    );
+    drop(host);
+    env.assert_clean();
+}
