@@ -21,7 +21,7 @@ guest: build
 
 lint: setup
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
 # Unit tests and host-side CLI tests: everything but the KVM boot tests.
 unit-test: guest

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::error::Error;
 use crate::vmm::linux::{LinuxVmConfig, DEFAULT_CMDLINE};
 use crate::vmm::memory::parse_size;
+use crate::vmm::virtio::{DiskSpec, NetSpec};
 use crate::{check, guest_image};
 
 pub const EXIT_CODES: &str = "\
@@ -81,6 +82,20 @@ pub struct BootArgs {
     /// Stop the VM after this many seconds (exit status 124)
     #[arg(long)]
     pub timeout: Option<f64>,
+    /// A virtio-blk disk from a raw image file: PATH[,ro][,id=NAME][,root]
+    /// (repeatable; the guest sees them as /dev/vda, /dev/vdb, ... with the
+    /// root disk first)
+    #[arg(long = "disk", value_name = "PATH[,OPTS]")]
+    pub disks: Vec<DiskSpec>,
+    /// Boot with this raw filesystem image (ext4) as / (the same as
+    /// --disk PATH,root)
+    #[arg(long, value_name = "PATH")]
+    pub root: Option<PathBuf>,
+    /// A virtio-net device on a tap, created if missing: tap=NAME[,mac=MAC]
+    /// (repeatable; configure the guest with the kernel's
+    /// ip=ADDR::GW:MASK::eth0:off in --cmdline)
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub nets: Vec<NetSpec>,
     /// Command to run in the guest, with its arguments
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -111,6 +126,15 @@ impl BootArgs {
             }
             t => t.map(Duration::from_secs_f64),
         };
+        let mut disks = self.disks.clone();
+        if let Some(root) = &self.root {
+            disks.push(DiskSpec {
+                path: root.clone(),
+                read_only: false,
+                id: None,
+                root: true,
+            });
+        }
         Ok(LinuxVmConfig {
             kernel,
             initrd,
@@ -118,6 +142,8 @@ impl BootArgs {
             vcpus: self.vcpus,
             mem_size: self.mem,
             timeout,
+            disks,
+            nets: self.nets.clone(),
         })
     }
 }
@@ -195,6 +221,35 @@ mod tests {
             panic!()
         };
         assert!(b.to_config().is_err());
+    }
+
+    #[test]
+    fn device_flags() {
+        let Command::Boot(b) = parse(&[
+            "boot",
+            "--kernel",
+            "/k",
+            "--disk",
+            "/a.img,ro,id=data",
+            "--disk",
+            "/b.img",
+            "--root",
+            "/r.img",
+            "--net",
+            "tap=t0,mac=52:54:00:00:00:01",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        let cfg = b.to_config().unwrap();
+        assert_eq!(cfg.disks.len(), 3);
+        assert!(cfg.disks[0].read_only && !cfg.disks[1].read_only);
+        assert!(cfg.disks[2].root);
+        assert_eq!(cfg.nets[0].tap, "t0");
+        assert!(parse(&["boot", "--disk", "/a,bogus"]).is_err());
+        assert!(parse(&["boot", "--net", "mac=52:54:00:00:00:01"]).is_err());
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum Error {
     Acpi(#[from] crate::acpi::AcpiError),
     #[error("device setup: {0}")]
     Device(String),
+    #[error("{0}")]
+    Virtio(#[from] uvm_devices::virtio::Error),
     #[error("default guest {0} not found: run `make guest` (or pass --kernel and --initrd)")]
     DefaultGuestMissing(PathBuf),
     #[error("{0}: {1}")]

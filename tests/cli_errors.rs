@@ -148,3 +148,62 @@ fn check_reports_kvm_flavour() {
         assert!(stdout.contains("boot Linux here: no"), "{stdout}");
     }
 }
+
+#[test]
+fn missing_or_unusable_disks() {
+    assert_one_line_error(
+        &["boot", "--disk", "/nonexistent.img", "--", "true"],
+        125,
+        "disk image /nonexistent.img",
+    );
+    assert_one_line_error(
+        &["boot", "--root", "/nonexistent-root.img", "--", "true"],
+        125,
+        "disk image /nonexistent-root.img",
+    );
+    assert_one_line_error(
+        &["boot", "--disk", "/tmp", "--", "true"],
+        125,
+        "not a regular file or a block device",
+    );
+    let p = std::env::temp_dir().join(format!("uvm-tiny-disk-{}", std::process::id()));
+    std::fs::write(&p, [0u8; 100]).unwrap();
+    assert_one_line_error(
+        &["boot", "--disk", p.to_str().unwrap(), "--", "true"],
+        125,
+        "smaller than one 512-byte sector",
+    );
+    let root = format!("{},root", p.display());
+    assert_one_line_error(
+        &["boot", "--disk", &root, "--disk", &root, "--", "true"],
+        125,
+        "only one disk can be the root",
+    );
+    std::fs::remove_file(p).unwrap();
+    assert_one_line_error(
+        &["boot", "--disk", "/x.img,readonly"],
+        2,
+        "unknown disk option",
+    );
+    assert_one_line_error(
+        &["boot", "--disk", "/x.img,id=a-name-longer-than-20"],
+        2,
+        "1 to 20 bytes",
+    );
+}
+
+#[test]
+fn bad_network_devices() {
+    assert_one_line_error(&["boot", "--net", "tap=a/b"], 2, "an interface name");
+    assert_one_line_error(&["boot", "--net", "bridge=br0"], 2, "unknown net option");
+    assert_one_line_error(
+        &["boot", "--net", "tap=t0,mac=01:00:5e:00:00:01"],
+        2,
+        "multicast",
+    );
+    assert_one_line_error(
+        &["boot", "--net", "tap=t0", "--net", "tap=t0", "--", "true"],
+        125,
+        "tap t0 is given twice",
+    );
+}

@@ -11,6 +11,7 @@ use uvm_devices::legacy::{
 use super::console::ConsoleInput;
 use super::layout::{ACPI_TABLES, COM1, PVPANIC_PORT, RSDP, SERIAL_IRQ};
 use super::shutdown::Outcome;
+use super::virtio::{DiskSpec, NetSpec};
 use super::{boot, regs, Vm};
 use crate::acpi::{self, AcpiConfig, AcpiDevice};
 use crate::error::Error;
@@ -31,6 +32,8 @@ pub struct LinuxVmConfig {
     pub vcpus: u32,
     pub mem_size: u64,
     pub timeout: Option<Duration>,
+    pub disks: Vec<DiskSpec>,
+    pub nets: Vec<NetSpec>,
 }
 
 impl LinuxVmConfig {
@@ -45,7 +48,7 @@ impl LinuxVmConfig {
         if let Some(initrd) = &self.initrd {
             boot::check_initrd(initrd)?;
         }
-        Ok(())
+        super::virtio::validate(&self.disks, &self.nets)
     }
 }
 
@@ -76,6 +79,8 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
         serial,
     ))));
 
+    let attached = super::virtio::attach(&mut vm, &cfg.disks, &cfg.nets)?;
+
     let mem = vm.memory();
     let kernel = boot::load_kernel(mem, &cfg.kernel)?;
     let initrd = cfg
@@ -83,17 +88,23 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
         .as_deref()
         .map(|p| boot::load_initrd(mem, p, &kernel))
         .transpose()?;
-    let parts: Vec<&str> = cfg.cmdline.iter().map(String::as_str).collect();
+    // The devices' fragments go after uvm's defaults and before the user's
+    // (the last fragment), so the user can still override them.
+    let mut parts: Vec<&str> = cfg.cmdline.iter().map(String::as_str).collect();
+    let user = parts.pop();
+    parts.extend(attached.cmdline.iter().map(String::as_str));
+    parts.extend(user);
     let cmdline = boot::cmdline(&parts)?;
     boot::write_boot_params(mem, &kernel, initrd.as_ref(), &cmdline, vm.mem_size())?;
     regs::write_boot_tables(mem)?;
-    let devices = vec![
+    let mut devices = vec![
         AcpiDevice::Serial {
             port: COM1,
             irq: SERIAL_IRQ,
         },
         AcpiDevice::Pvpanic { port: PVPANIC_PORT },
     ];
+    devices.extend(attached.acpi);
     acpi::create_acpi_tables(
         mem,
         vm_memory::GuestAddress(RSDP),

@@ -10,6 +10,7 @@ pub mod memory;
 pub mod regs;
 pub mod shutdown;
 pub mod vcpu;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

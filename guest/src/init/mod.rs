@@ -1,14 +1,17 @@
 //! uvm's init, PID 1 of the guest: mounts the basics, loads the kernel
-//! modules the guest needs, runs the command the VMM passed on the kernel
-//! command line (or a shell), reaps orphans, and reports the command's
-//! status to the VMM before powering off.
+//! modules the guest needs, switches to a root disk when `root=` names one,
+//! configures the network from `ip=`, runs the command the VMM passed on the
+//! kernel command line (or a shell), reaps orphans, and reports the
+//! command's status to the VMM before powering off.
 
 pub mod modules;
 pub mod mounts;
+pub mod net;
+pub mod root;
 pub mod status;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -29,10 +32,80 @@ pub enum InitError {
     Module { name: String, why: String },
     #[error("kernel command line: {0}")]
     Cmdline(String),
+    #[error("root {device}: {why}")]
+    Root { device: String, why: String },
+    #[error("{0}")]
+    IpParam(String),
+    #[error("network: {0}")]
+    Net(#[from] crate::netlink::Error),
 }
 
 fn log(msg: &str) {
     println!("uvm-init: {msg}");
+}
+
+/// How often to look again for a device that a module's (possibly
+/// asynchronous) probe has yet to create.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Calls `probe` until it gives a value or `timeout` has passed (at least
+/// once, so a device that is already there costs no sleep).
+fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// `uvm.hostname=` wins over the hostname field of `ip=`.
+fn choose_hostname<'a>(cmdline: &'a str, ip: Option<&'a net::IpConfig>) -> &'a str {
+    protocol::param(cmdline, "uvm.hostname")
+        .or_else(|| ip.and_then(|c| c.hostname.as_deref()))
+        .unwrap_or("uvm")
+}
+
+/// The static configuration `ip=` asks for, if any; a value the init cannot
+/// honour is logged and leaves the network down rather than failing the boot.
+fn ip_config(cmdline: &str) -> Option<net::IpConfig> {
+    match net::parse_ip_param(protocol::param(cmdline, "ip")?) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            log(&format!("{}", InitError::IpParam(e)));
+            None
+        }
+    }
+}
+
+/// Switches to the root disk `root=` names, if any; the workload cannot run
+/// without the root it was promised, so failing here ends the boot.
+fn switch_root(cmdline: &str) {
+    let result = match root::parse_root(cmdline) {
+        Ok(Some(cfg)) => root::mount_and_switch(&cfg),
+        Ok(None) => Ok(()),
+        Err(e) => Err(InitError::Cmdline(e)),
+    };
+    if let Err(e) = result {
+        log(&format!("{e}"));
+        finish(125);
+    }
+}
+
+/// `lo` always (containers and tests need 127.0.0.1), then `ip=`'s device.
+fn network(ip: Option<&net::IpConfig>) {
+    if let Err(e) = net::loopback_up() {
+        log(&format!("{e}"));
+    }
+    if let Some(cfg) = ip {
+        if let Err(e) = net::configure(cfg, std::path::Path::new(net::RESOLV_CONF)) {
+            log(&format!("{e}"));
+        }
+    }
 }
 
 /// Uptime in seconds, from /proc/uptime (0 if unreadable).
@@ -93,19 +166,28 @@ fn wait_for(main: Pid) -> u8 {
     }
 }
 
-/// Stops what is left, flushes the filesystems, and tells the VMM.
-fn finish(status: u8) -> ! {
-    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
-    let deadline = std::time::Instant::now() + Duration::from_millis(500);
-    while std::time::Instant::now() < deadline {
+/// Reaps children until none is left or `limit` has passed.
+fn reap_for(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
         match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
             Err(nix::Error::ECHILD) => break,
             Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
             _ => {}
         }
     }
+}
+
+/// Stops what is left, flushes the filesystems, and tells the VMM.
+fn finish(status: u8) -> ! {
+    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    reap_for(Duration::from_millis(500));
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    // Until they are gone they may hold files open for writing, which
+    // would keep a disk root from going read-only.
+    reap_for(Duration::from_millis(100));
     nix::unistd::sync();
+    root::remount_readonly();
     status::report_exit(status);
     // Not under uvm (no status port): power off the ordinary way.
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
@@ -120,13 +202,15 @@ pub fn main() -> ! {
     }
     mounts::console_stdio();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let hostname = protocol::param(&cmdline, "uvm.hostname").unwrap_or("uvm");
-    if let Err(e) = sethostname(hostname) {
+    let ip = ip_config(&cmdline);
+    if let Err(e) = sethostname(choose_hostname(&cmdline, ip.as_ref())) {
         log(&format!("sethostname: {e}"));
     }
     if let Err(e) = modules::load_listed(std::path::Path::new(modules::LIST)) {
         log(&format!("{e}"));
     }
+    switch_root(&cmdline);
+    network(ip.as_ref());
     let argv = match protocol::decode_command(&cmdline) {
         Ok(a) => a.unwrap_or_default(),
         Err(e) => {
@@ -141,4 +225,32 @@ pub fn main() -> ! {
         Err(code) => code,
     };
     finish(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uvm_hostname_wins_over_ip_hostname() {
+        let ip = net::parse_ip_param("10.0.0.2:::::eth0:off").unwrap();
+        assert_eq!(choose_hostname("quiet", ip.as_ref()), "uvm");
+        let ip = net::parse_ip_param("10.0.0.2::::box::off").unwrap();
+        assert_eq!(choose_hostname("quiet", ip.as_ref()), "box");
+        assert_eq!(choose_hostname("uvm.hostname=vm1", ip.as_ref()), "vm1");
+        assert_eq!(choose_hostname("uvm.hostname=vm1", None), "vm1");
+    }
+
+    #[test]
+    fn polling_stops_at_the_first_value_or_the_deadline() {
+        let mut calls = 0;
+        let got = poll_until(Duration::from_secs(5), || {
+            calls += 1;
+            (calls == 3).then_some(calls)
+        });
+        assert_eq!(got, Some(3));
+        let start = Instant::now();
+        assert_eq!(poll_until(Duration::from_millis(50), || None::<()>), None);
+        assert!(start.elapsed() >= Duration::from_millis(50));
+    }
 }

@@ -1,0 +1,504 @@
+#![allow(clippy::cast_possible_truncation)]
+
+use super::*;
+use crate::virtio::testing::{memory, MockQueue, F_NEXT, F_WRITE};
+use vm_memory::{Bytes, GuestAddress};
+
+const BUF: u64 = 0x10_000;
+const MEM_SIZE: usize = 0x100_000;
+
+fn feats(bits: &[u32]) -> u64 {
+    bits.iter().fold(features::VERSION_1, |f, &b| f | bit(b))
+}
+
+/// A frame as the tap or a driver writes it: header, then `len` bytes of
+/// Ethernet frame.
+fn frame(flags: u8, gso: u8, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN + len];
+    f[0] = flags;
+    f[1] = gso;
+    f[4] = 0x40; // gso_size 64 when gso is set
+    for (i, b) in f[VNET_HDR_LEN..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    f
+}
+
+// --- TX parsing ---
+
+struct Tx {
+    mem: Memory,
+    q: MockQueue,
+    queue: Queue,
+}
+
+fn tx() -> Tx {
+    let mem = memory(MEM_SIZE);
+    let q = MockQueue::new(&mem, 0, 16);
+    let queue = q.queue();
+    Tx { mem, q, queue }
+}
+
+impl Tx {
+    fn parse(&mut self, head: u16, features: u64) -> Result<Vec<u8>, TxDrop> {
+        self.q.push_avail(head);
+        let chain = self.queue.pop_descriptor_chain(&self.mem).unwrap();
+        let mut buf = vec![0u8; FRAME_BUF_LEN];
+        read_tx_frame(&self.mem, chain, features, &mut buf).map(|n| buf[..n].to_vec())
+    }
+
+    fn put(&self, at: u64, bytes: &[u8]) {
+        self.mem.write_slice(bytes, GuestAddress(at)).unwrap();
+    }
+}
+
+#[test]
+fn tx_frame_is_copied_whole() {
+    let mut t = tx();
+    let f = frame(0, 0, 60);
+    t.put(BUF, &f);
+    let head = t.q.chain(0, &[(BUF, f.len() as u32, 0)]);
+    assert_eq!(t.parse(head, feats(&[])).unwrap(), f);
+}
+
+#[test]
+fn tx_frame_may_be_split_anywhere() {
+    let mut t = tx();
+    let f = frame(0, 0, 100);
+    t.put(BUF, &f[..5]);
+    t.put(BUF + 0x1000, &f[5..50]);
+    t.put(BUF + 0x2000, &f[50..]);
+    let head = t.q.chain(
+        0,
+        &[(BUF, 5, 0), (BUF + 0x1000, 45, 0), (BUF + 0x2000, 62, 0)],
+    );
+    assert_eq!(t.parse(head, feats(&[])).unwrap(), f);
+}
+
+#[test]
+fn tx_chain_with_device_writable_buffers_is_dropped() {
+    let mut t = tx();
+    t.put(BUF, &frame(0, 0, 60));
+    let head = t.q.chain(0, &[(BUF, 40, 0), (BUF + 40, 32, F_WRITE)]);
+    assert_eq!(t.parse(head, feats(&[])), Err(TxDrop::DeviceWritable));
+}
+
+#[test]
+fn tx_malformed_chains_are_dropped() {
+    let mut t = tx();
+    t.put(BUF, &frame(0, 0, 60));
+    // A loop.
+    t.q.set_desc(0, BUF, 72, F_NEXT, 0);
+    assert_eq!(t.parse(0, feats(&[])), Err(TxDrop::BadChain));
+    // A link past the table.
+    t.q.set_desc(0, BUF, 72, F_NEXT, 16);
+    assert_eq!(t.parse(0, feats(&[])), Err(TxDrop::BadChain));
+    // Outside guest memory, and wrapping around the address space.
+    let head = t.q.chain(0, &[(MEM_SIZE as u64 - 10, 72, 0)]);
+    assert_eq!(t.parse(head, feats(&[])), Err(TxDrop::BadChain));
+    let head = t.q.chain(0, &[(u64::MAX - 10, 72, 0)]);
+    assert_eq!(t.parse(head, feats(&[])), Err(TxDrop::BadChain));
+    // Zero length.
+    let head = t.q.chain(0, &[(BUF, 0, 0)]);
+    assert_eq!(t.parse(head, feats(&[])), Err(TxDrop::TooShort));
+    // Header without a whole Ethernet header behind it.
+    let head = t.q.chain(0, &[(BUF, 25, 0)]);
+    assert_eq!(t.parse(head, feats(&[])), Err(TxDrop::TooShort));
+    // More than any frame: 16 descriptors of 8 KiB each.
+    for i in 0..16 {
+        t.q.set_desc(i, BUF, 8192, if i < 15 { F_NEXT } else { 0 }, i + 1);
+    }
+    assert_eq!(t.parse(0, feats(&[])), Err(TxDrop::TooLong));
+}
+
+#[test]
+fn tx_headers_must_stay_within_negotiated_offloads() {
+    let mut t = tx();
+    let cases: &[(u8, u8, &[u32], bool)] = &[
+        (0, 0, &[], true),
+        (HDR_NEEDS_CSUM, 0, &[], false),
+        (HDR_NEEDS_CSUM, 0, &[VIRTIO_NET_F_CSUM], true),
+        (HDR_DATA_VALID, 0, &[VIRTIO_NET_F_CSUM], false),
+        (HDR_NEEDS_CSUM, GSO_TCPV4, &[VIRTIO_NET_F_CSUM], false),
+        (
+            HDR_NEEDS_CSUM,
+            GSO_TCPV4,
+            &[VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4],
+            true,
+        ),
+        (
+            HDR_NEEDS_CSUM,
+            GSO_TCPV6,
+            &[VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4],
+            false,
+        ),
+        (
+            HDR_NEEDS_CSUM,
+            GSO_TCPV6,
+            &[VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO6],
+            true,
+        ),
+        (
+            HDR_NEEDS_CSUM,
+            GSO_TCPV4 | GSO_ECN,
+            &[VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4],
+            false,
+        ),
+        (
+            HDR_NEEDS_CSUM,
+            GSO_TCPV4 | GSO_ECN,
+            &[
+                VIRTIO_NET_F_CSUM,
+                VIRTIO_NET_F_HOST_TSO4,
+                VIRTIO_NET_F_HOST_ECN,
+            ],
+            true,
+        ),
+        // UFO is not offered, and GSO_ECN alone means nothing.
+        (
+            HDR_NEEDS_CSUM,
+            3,
+            &[VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_UFO],
+            false,
+        ),
+        (0, GSO_ECN, &[VIRTIO_NET_F_HOST_ECN], false),
+    ];
+    for &(flags, gso, bits, ok) in cases {
+        t.put(BUF, &frame(flags, gso, 60));
+        let head = t.q.chain(0, &[(BUF, 72, 0)]);
+        assert_eq!(
+            t.parse(head, feats(bits)).is_ok(),
+            ok,
+            "flags {flags} gso {gso} features {bits:?}"
+        );
+    }
+    // GSO with a zero segment size.
+    let mut f = frame(HDR_NEEDS_CSUM, GSO_TCPV4, 60);
+    f[4] = 0;
+    t.put(BUF, &f);
+    let head = t.q.chain(0, &[(BUF, 72, 0)]);
+    let bits = [VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4];
+    assert_eq!(t.parse(head, feats(&bits)), Err(TxDrop::Header));
+}
+
+// --- RX delivery ---
+
+struct Rx {
+    q: MockQueue,
+    ring: RxRing,
+    c: NetCounters,
+    irq: IrqTrigger,
+    next_desc: u16,
+    next_buf: u64,
+}
+
+fn rx(features: u64, qsize: u16) -> Rx {
+    let mem = memory(MEM_SIZE);
+    let q = MockQueue::new(&mem, 0, qsize);
+    let ring = RxRing::new(Arc::new(mem), q.queue(), features);
+    Rx {
+        q,
+        ring,
+        c: NetCounters::default(),
+        irq: IrqTrigger::new().unwrap(),
+        next_desc: 0,
+        next_buf: BUF,
+    }
+}
+
+impl Rx {
+    /// Posts one writable buffer of `len` bytes; returns its head and address.
+    fn post(&mut self, len: u32) -> (u16, u64) {
+        let head = self.next_desc % self.q.size;
+        let at = self.next_buf;
+        self.q.chain(head, &[(at, len, F_WRITE)]);
+        self.q.push_avail(head);
+        self.next_desc += 1;
+        self.next_buf += u64::from(len).next_multiple_of(0x1000);
+        (head, at)
+    }
+
+    fn deliver(&mut self, f: &[u8]) -> Delivery {
+        let mut f = f.to_vec();
+        self.ring.deliver(&mut f, &mut self.c)
+    }
+
+    fn read(&self, at: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        self.q.mem.read_slice(&mut v, GuestAddress(at)).unwrap();
+        v
+    }
+}
+
+#[test]
+fn rx_frame_fills_one_buffer_and_says_one_buffer() {
+    let mut r = rx(feats(&[]), 16);
+    let (head, at) = r.post(2048);
+    let f = frame(0, 0, 100);
+    assert_eq!(r.deliver(&f), Delivery::Delivered);
+    assert_eq!(r.q.used_idx(), 1);
+    assert_eq!(r.q.used_elem(0), (u32::from(head), f.len() as u32));
+    let got = r.read(at, f.len());
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1);
+    assert_eq!(got[12..], f[12..]);
+    r.ring.notify(&r.irq);
+    assert_eq!(r.irq.status(), 1);
+    assert_eq!(r.c.rx_frames, 1);
+    assert_eq!(r.c.rx_bytes, 100);
+}
+
+#[test]
+fn rx_frame_too_big_for_a_buffer_is_dropped_and_the_buffer_kept() {
+    let mut r = rx(feats(&[]), 16);
+    let (head, _) = r.post(100);
+    assert_eq!(r.deliver(&frame(0, 0, 200)), Delivery::Dropped);
+    assert_eq!(r.q.used_idx(), 0);
+    assert_eq!(r.deliver(&frame(0, 0, 60)), Delivery::Delivered);
+    assert_eq!(r.q.used_elem(0), (u32::from(head), 72));
+    assert_eq!(r.c.rx_dropped, 1);
+}
+
+#[test]
+fn rx_mergeable_frame_spans_buffers_in_order() {
+    let mut r = rx(feats(&[VIRTIO_NET_F_MRG_RXBUF]), 16);
+    let bufs: Vec<_> = (0..4).map(|_| r.post(1000)).collect();
+    let f = frame(0, 0, 2500);
+    assert_eq!(r.deliver(&f), Delivery::Delivered);
+    assert_eq!(r.q.used_idx(), 3);
+    let mut got = Vec::new();
+    for (i, (head, at)) in bufs[..3].iter().enumerate() {
+        let (id, len) = r.q.used_elem(i as u16);
+        assert_eq!(id, u32::from(*head));
+        got.extend(r.read(*at, len as usize));
+    }
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3);
+    assert_eq!(got.len(), f.len());
+    assert_eq!(got[12..], f[12..]);
+    // The fourth buffer is still held for the next frame.
+    assert_eq!(r.deliver(&frame(0, 0, 50)), Delivery::Delivered);
+    assert_eq!(r.q.used_elem(3), (u32::from(bufs[3].0), 62));
+}
+
+#[test]
+fn rx_waits_for_buffers_and_asks_to_be_told() {
+    let mut r = rx(feats(&[VIRTIO_NET_F_MRG_RXBUF]), 16);
+    r.ring.begin();
+    assert_eq!(r.q.used_flags(), 1, "notifications off while working");
+    assert_eq!(r.deliver(&frame(0, 0, 1500)), Delivery::NoBuffers);
+    assert_eq!(
+        r.q.used_flags(),
+        0,
+        "notifications back on when out of buffers"
+    );
+    // One buffer is not enough for the frame: it is held, not given back.
+    r.post(1000);
+    assert_eq!(r.deliver(&frame(0, 0, 1500)), Delivery::NoBuffers);
+    assert_eq!(r.q.used_idx(), 0);
+    r.post(1000);
+    assert_eq!(r.deliver(&frame(0, 0, 1500)), Delivery::Delivered);
+    assert_eq!(r.q.used_idx(), 2);
+    assert_eq!(r.q.used_elem(0).1 + r.q.used_elem(1).1, 1512);
+}
+
+#[test]
+fn rx_with_event_idx_waits_for_the_next_buffer() {
+    let mem = memory(MEM_SIZE);
+    let q = MockQueue::new(&mem, 0, 16);
+    let mut queue = q.queue();
+    queue.set_event_idx(true);
+    let f = feats(&[VIRTIO_NET_F_MRG_RXBUF]) | features::RING_EVENT_IDX;
+    let mut ring = RxRing::new(Arc::new(mem.clone()), queue, f);
+    let mut c = NetCounters::default();
+    q.chain(0, &[(BUF, 1000, F_WRITE)]);
+    q.push_avail(0);
+    assert_eq!(
+        ring.deliver(&mut frame(0, 0, 1500), &mut c),
+        Delivery::NoBuffers
+    );
+    // avail_event (after the used ring) names the next buffer to come.
+    let avail_event: u16 = mem.read_obj(GuestAddress(q.used + 4 + 8 * 16)).unwrap();
+    assert_eq!(avail_event, 1);
+}
+
+#[test]
+fn rx_bad_buffers_are_given_back_empty() {
+    let mut r = rx(feats(&[VIRTIO_NET_F_MRG_RXBUF]), 16);
+    // Device-readable, outside memory, too small for the header, looping.
+    r.q.chain(0, &[(BUF, 1000, 0)]);
+    r.q.chain(1, &[(MEM_SIZE as u64 - 100, 1000, F_WRITE)]);
+    r.q.chain(2, &[(BUF, 11, F_WRITE)]);
+    r.q.set_desc(3, BUF, 100, F_WRITE | F_NEXT, 3);
+    r.q.chain(4, &[(BUF + 0x1000, 2000, F_WRITE)]);
+    for h in 0..5 {
+        r.q.push_avail(h);
+    }
+    assert_eq!(r.deliver(&frame(0, 0, 100)), Delivery::Delivered);
+    assert_eq!(r.c.rx_bad_chains, 4);
+    assert_eq!(r.q.used_idx(), 5);
+    for i in 0..4 {
+        assert_eq!(r.q.used_elem(i), (u32::from(i), 0));
+    }
+    assert_eq!(r.q.used_elem(4), (4, 112));
+}
+
+#[test]
+fn rx_frame_bigger_than_every_buffer_together_is_dropped() {
+    let mut r = rx(feats(&[VIRTIO_NET_F_MRG_RXBUF]), 4);
+    for _ in 0..4 {
+        r.post(100);
+    }
+    assert_eq!(r.deliver(&frame(0, 0, 1000)), Delivery::Dropped);
+    // The buffers are still there for frames that fit.
+    assert_eq!(r.deliver(&frame(0, 0, 150)), Delivery::Delivered);
+    assert_eq!(r.q.used_idx(), 2);
+}
+
+#[test]
+fn rx_corrupt_avail_index_does_not_spin() {
+    let mut r = rx(feats(&[]), 16);
+    r.q.set_avail_idx(500);
+    assert_eq!(r.deliver(&frame(0, 0, 100)), Delivery::NoBuffers);
+    assert_eq!(r.c.queue_errors, 1);
+}
+
+#[test]
+fn rx_headers_follow_the_guests_offloads() {
+    // Without GUEST_CSUM: flags cleared, partial checksums dropped.
+    let mut r = rx(feats(&[]), 16);
+    let (_, at) = r.post(2048);
+    assert_eq!(
+        r.deliver(&frame(HDR_DATA_VALID, 0, 60)),
+        Delivery::Delivered
+    );
+    assert_eq!(r.read(at, 1)[0], 0);
+    assert_eq!(r.deliver(&frame(HDR_NEEDS_CSUM, 0, 60)), Delivery::Dropped);
+    assert_eq!(
+        r.deliver(&frame(HDR_NEEDS_CSUM, GSO_TCPV4, 60)),
+        Delivery::Dropped
+    );
+    // A runt frame.
+    assert_eq!(r.deliver(&frame(0, 0, 5)), Delivery::Dropped);
+
+    let f = feats(&[VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4]);
+    let mut r = rx(f, 16);
+    let (_, at) = r.post(2048);
+    r.post(2048);
+    assert_eq!(
+        r.deliver(&frame(HDR_NEEDS_CSUM | 4, GSO_TCPV4, 60)),
+        Delivery::Delivered
+    );
+    assert_eq!(r.read(at, 2), vec![HDR_NEEDS_CSUM, GSO_TCPV4]);
+    assert_eq!(
+        r.deliver(&frame(HDR_NEEDS_CSUM, GSO_TCPV6, 60)),
+        Delivery::Dropped
+    );
+    assert_eq!(
+        r.deliver(&frame(HDR_NEEDS_CSUM, GSO_TCPV4 | GSO_ECN, 60)),
+        Delivery::Dropped
+    );
+}
+
+// --- The device on a real tap (needs CAP_NET_ADMIN and /dev/net/tun). ---
+
+fn tap_name(tag: &str) -> String {
+    format!("uvm{}{}", tag, std::process::id() % 100_000)
+}
+
+/// A device on a fresh tap, or `None` (and a note) where this host or user
+/// cannot make taps.
+fn net_or_skip(tag: &str, mac: Option<[u8; 6]>) -> Option<Net> {
+    match Net::new(NetConfig {
+        tap: tap_name(tag),
+        mac,
+    }) {
+        Ok(n) => Some(n),
+        Err(e @ (Error::TunOpen(_) | Error::Tap { .. })) => {
+            eprintln!("skipped: cannot make a tap here: {e}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn net_opens_a_tap_and_describes_itself() {
+    let Some(net) = net_or_skip("a", Some([0x02, 1, 2, 3, 4, 5])) else {
+        return;
+    };
+    let name = net.tap_name().to_string();
+    assert!(std::path::Path::new(&format!("/sys/class/net/{name}")).exists());
+    let mut cfg = [0u8; 10];
+    net.read_config(0, &mut cfg);
+    assert_eq!(cfg, [2, 1, 2, 3, 4, 5, 1, 0, 1, 0]);
+    assert_ne!(net.features() & bit(VIRTIO_NET_F_MRG_RXBUF), 0);
+    // This kernel's tap supports receive offloads, so they are offered.
+    assert_ne!(net.features() & bit(VIRTIO_NET_F_GUEST_TSO4), 0);
+    // A second open of a tap in use says so.
+    let busy = Net::new(NetConfig {
+        tap: name.clone(),
+        mac: None,
+    });
+    let msg = busy.err().unwrap().to_string();
+    assert!(
+        msg.contains(&name) && msg.contains("another process"),
+        "{msg}"
+    );
+    drop(net);
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{name}")).exists());
+}
+
+#[test]
+fn generated_macs_are_local_unicast() {
+    for _ in 0..100 {
+        let m = generate_mac();
+        assert_eq!(m[0] & 3, 2);
+    }
+    let e = Net::new(NetConfig {
+        tap: "x".into(),
+        mac: Some([1, 0, 0, 0, 0, 1]),
+    });
+    assert!(matches!(e, Err(Error::MulticastMac(_))));
+}
+
+#[test]
+fn net_activation_sets_tap_offloads_and_reset_clears_them() {
+    let Some(mut net) = net_or_skip("b", None) else {
+        return;
+    };
+    let mem = memory(MEM_SIZE);
+    let rxq = MockQueue::new(&mem, 0, 16);
+    let txq = MockQueue::new(&mem, 0x8000, 16);
+    let f = feats(&[
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_MRG_RXBUF,
+    ]);
+    net.activate(
+        mem,
+        f,
+        vec![rxq.queue(), txq.queue()],
+        IrqTrigger::new().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(net.counters().offload_errors, 0);
+    // Activation kicked both queues so the loop looks at them.
+    assert_eq!(net.evts[RX_QUEUE].read().unwrap(), 1);
+    assert_eq!(net.evts[TX_QUEUE].read().unwrap(), 1);
+    // Nothing to receive, nothing to send: neither blocks nor spins.
+    net.process_rx();
+    net.process_tx();
+    assert_eq!(rxq.used_idx(), 0);
+    net.reset();
+    assert!(net.active.is_none());
+    // One queue where two are needed.
+    let mem = memory(MEM_SIZE);
+    let q = MockQueue::new(&mem, 0, 16);
+    let e = net.activate(mem, f, vec![q.queue()], IrqTrigger::new().unwrap());
+    assert!(matches!(
+        e,
+        Err(Error::QueueCount {
+            expected: 2,
+            got: 1
+        })
+    ));
+}

@@ -1,0 +1,395 @@
+//! The guest's virtio devices: what `--disk`, `--root` and `--net` ask for,
+//! and how each becomes a virtio-mmio window with its ioeventfds, irqfd and
+//! event-loop worker.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::IoEventAddress;
+use uvm_devices::virtio::block::{Block, BlockConfig};
+use uvm_devices::virtio::net::{Net, NetConfig};
+use uvm_devices::virtio::{self, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+
+use super::layout::{IOAPIC_PINS, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use super::Vm;
+use crate::acpi::AcpiDevice;
+use crate::error::Error;
+
+/// How many virtio devices fit: one IOAPIC pin each, from the first free one.
+pub const MAX_DEVICES: u32 = IOAPIC_PINS - VIRTIO_IRQ_BASE;
+
+/// The most a virtio-blk serial holds.
+const ID_MAX: usize = 20;
+
+/// `--disk PATH[,ro][,id=NAME][,root]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub id: Option<String>,
+    /// The guest mounts this disk as `/` instead of staying on the initramfs.
+    pub root: bool,
+}
+
+impl FromStr for DiskSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let path = parts.next().unwrap_or_default();
+        if path.is_empty() {
+            return Err("a disk needs a path: --disk PATH[,ro][,id=NAME][,root]".into());
+        }
+        let mut spec = DiskSpec {
+            path: PathBuf::from(path),
+            read_only: false,
+            id: None,
+            root: false,
+        };
+        for opt in parts {
+            match opt.split_once('=') {
+                None if opt == "ro" => spec.read_only = true,
+                None if opt == "rw" => spec.read_only = false,
+                None if opt == "root" => spec.root = true,
+                Some(("id", id)) if id.is_empty() || id.len() > ID_MAX => {
+                    return Err(format!("id={id:?}: a disk id is 1 to {ID_MAX} bytes"))
+                }
+                Some(("id", id)) => spec.id = Some(id.to_string()),
+                _ => {
+                    return Err(format!(
+                        "unknown disk option {opt:?} (use ro, id=NAME or root)"
+                    ))
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    pub tap: String,
+    pub mac: Option<[u8; 6]>,
+}
+
+impl FromStr for NetSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut tap = None;
+        let mut mac = None;
+        for opt in s.split(',') {
+            match opt.split_once('=') {
+                Some(("tap", name)) => tap = Some(name.to_string()),
+                Some(("mac", m)) => mac = Some(parse_mac(m)?),
+                _ => {
+                    return Err(format!(
+                        "unknown net option {opt:?}: use tap=NAME[,mac=XX:XX:XX:XX:XX:XX]"
+                    ))
+                }
+            }
+        }
+        let tap = tap.ok_or("a network device needs a tap: --net tap=NAME")?;
+        if tap.is_empty() || tap.len() >= libc::IFNAMSIZ || tap.contains(['/', ':', '%', ' ']) {
+            return Err(format!(
+                "tap={tap:?}: an interface name is 1 to 15 bytes, without '/', ':', '%' or spaces"
+            ));
+        }
+        if let Some(m) = mac {
+            if m[0] & 1 != 0 {
+                return Err(format!("mac={}: a multicast address", format_mac(&m)));
+            }
+        }
+        Ok(NetSpec { tap, mac })
+    }
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("mac={s}: expected six hex bytes, as 52:54:00:12:34:56");
+    let mut mac = [0u8; 6];
+    let mut n = 0;
+    for (i, byte) in s.split(':').enumerate() {
+        if i >= 6 || byte.len() != 2 {
+            return Err(bad());
+        }
+        mac[i] = u8::from_str_radix(byte, 16).map_err(|_| bad())?;
+        n += 1;
+    }
+    if n != 6 {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Checks that can be made without KVM, so bad input fails the same way on
+/// every host.
+pub fn validate(disks: &[DiskSpec], nets: &[NetSpec]) -> Result<(), Error> {
+    let count = disks.len() + nets.len();
+    if count > MAX_DEVICES as usize {
+        return Err(Error::Device(format!(
+            "{count} virtio devices: uvm has interrupt lines for at most {MAX_DEVICES}"
+        )));
+    }
+    if disks.iter().filter(|d| d.root).count() > 1 {
+        return Err(Error::Device("only one disk can be the root".into()));
+    }
+    for d in disks {
+        check_disk(&d.path)?;
+    }
+    let mut taps: Vec<&str> = nets.iter().map(|n| n.tap.as_str()).collect();
+    taps.sort_unstable();
+    if let Some(w) = taps.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::Device(format!(
+            "tap {} is given twice: each --net needs its own tap",
+            w[0]
+        )));
+    }
+    Ok(())
+}
+
+fn check_disk(path: &Path) -> Result<(), Error> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::Io(format!("disk image {}", path.display()), e))?;
+    let ft = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if !(ft.is_file() || ft.is_block_device()) {
+        return Err(Error::Device(format!(
+            "disk image {} is not a regular file or a block device",
+            path.display()
+        )));
+    }
+    if ft.is_file() && meta.len() < 512 {
+        return Err(Error::Device(format!(
+            "disk image {} is smaller than one 512-byte sector",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The disks in the order the guest finds them: the root disk first, so it
+/// is always /dev/vda.
+pub fn ordered(disks: &[DiskSpec]) -> Vec<DiskSpec> {
+    let mut v: Vec<DiskSpec> = disks.iter().filter(|d| d.root).cloned().collect();
+    v.extend(disks.iter().filter(|d| !d.root).cloned());
+    v
+}
+
+/// What the guest is told about the devices that were attached.
+#[derive(Debug, Default)]
+pub struct Attached {
+    pub acpi: Vec<AcpiDevice>,
+    /// Command-line fragments: `virtio_mmio.device=` for kernels that take
+    /// it, and `root=` when a disk is the root.
+    pub cmdline: Vec<String>,
+}
+
+/// Creates the devices and wires each into `vm`: the next MMIO window and
+/// IOAPIC pin, ioeventfds on QueueNotify, the irqfd, and its worker in the
+/// event loop.
+pub fn attach(vm: &mut Vm, disks: &[DiskSpec], nets: &[NetSpec]) -> Result<Attached, Error> {
+    let mut out = Attached::default();
+    let mut slot = 0u32;
+    for d in ordered(disks) {
+        let dev = Block::new(BlockConfig {
+            path: d.path.clone(),
+            read_only: d.read_only,
+            id: d.id.clone(),
+        })?;
+        let (base, irq) = place(slot)?;
+        let (transport, worker) = virtio::mmio_device(vm.memory().clone(), dev)?;
+        wire(vm, transport, worker, base, irq)?;
+        if d.root {
+            out.cmdline.push(format!(
+                "root=/dev/vda {}",
+                if d.read_only { "ro" } else { "rw" }
+            ));
+        }
+        out.acpi.push(AcpiDevice::VirtioMmio {
+            base,
+            len: VIRTIO_MMIO_SIZE,
+            irq,
+        });
+        slot += 1;
+    }
+    for n in nets {
+        let dev = Net::new(NetConfig {
+            tap: n.tap.clone(),
+            mac: n.mac,
+        })?;
+        let (base, irq) = place(slot)?;
+        let (transport, worker) = virtio::mmio_device(vm.memory().clone(), dev)?;
+        wire(vm, transport, worker, base, irq)?;
+        out.acpi.push(AcpiDevice::VirtioMmio {
+            base,
+            len: VIRTIO_MMIO_SIZE,
+            irq,
+        });
+        slot += 1;
+    }
+    // Debian's kernels find the devices in the DSDT; kernels built with
+    // VIRTIO_MMIO_CMDLINE_DEVICES (and no ACPI) find them here.
+    for dev in &out.acpi {
+        if let AcpiDevice::VirtioMmio { base, len, irq } = dev {
+            out.cmdline
+                .push(format!("virtio_mmio.device={}K@{base:#x}:{irq}", len >> 10));
+        }
+    }
+    Ok(out)
+}
+
+fn place(slot: u32) -> Result<(u64, u32), Error> {
+    if slot >= MAX_DEVICES {
+        return Err(Error::Device(format!(
+            "more than {MAX_DEVICES} virtio devices"
+        )));
+    }
+    Ok((
+        VIRTIO_MMIO_BASE + u64::from(slot) * VIRTIO_MMIO_SIZE,
+        VIRTIO_IRQ_BASE + slot,
+    ))
+}
+
+fn wire<D>(
+    vm: &mut Vm,
+    transport: virtio::MmioTransport,
+    worker: Arc<Mutex<D>>,
+    base: u64,
+    irq: u32,
+) -> Result<(), Error>
+where
+    D: event_manager::MutEventSubscriber + Send + 'static,
+{
+    const _: () = assert!(VIRTIO_MMIO_SIZE == MMIO_WINDOW_SIZE);
+    for (queue, evt) in transport.ioeventfds() {
+        vm.fd()
+            .register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                queue,
+            )
+            .map_err(|e| Error::Kvm("KVM_IOEVENTFD", e))?;
+    }
+    vm.fd()
+        .register_irqfd(transport.irq_eventfd(), irq)
+        .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+    vm.add_subscriber(worker);
+    vm.add_mmio_device(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_specs() {
+        let d: DiskSpec = "/img/a.raw".parse().unwrap();
+        assert_eq!(
+            d,
+            DiskSpec {
+                path: "/img/a.raw".into(),
+                read_only: false,
+                id: None,
+                root: false
+            }
+        );
+        let d: DiskSpec = "a.raw,ro,id=data,root".parse().unwrap();
+        assert!(d.read_only && d.root);
+        assert_eq!(d.id.as_deref(), Some("data"));
+        for bad in [
+            "",
+            ",ro",
+            "a,rx",
+            "a,id=",
+            "a,id=123456789012345678901",
+            "a,size=3",
+        ] {
+            assert!(bad.parse::<DiskSpec>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn net_specs() {
+        let n: NetSpec = "tap=uvmtap0,mac=52:54:00:AB:cd:01".parse().unwrap();
+        assert_eq!(n.tap, "uvmtap0");
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0xab, 0xcd, 1]));
+        assert_eq!(format_mac(&n.mac.unwrap()), "52:54:00:ab:cd:01");
+        for bad in [
+            "",
+            "mac=52:54:00:00:00:01",
+            "tap=",
+            "tap=a/b",
+            "tap=waytoolonginterfacename",
+            "tap=t,mac=52:54:00:00:00",
+            "tap=t,mac=52:54:00:00:00:01:02",
+            "tap=t,mac=zz:54:00:00:00:01",
+            "tap=t,mac=01:00:5e:00:00:01",
+            "tap=t,queues=2",
+        ] {
+            assert!(bad.parse::<NetSpec>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn root_disk_comes_first_and_windows_do_not_overlap() {
+        let disks: Vec<DiskSpec> = ["a", "b,root", "c"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let order: Vec<_> = ordered(&disks).into_iter().map(|d| d.path).collect();
+        assert_eq!(order, [PathBuf::from("b"), "a".into(), "c".into()]);
+        let (b0, i0) = place(0).unwrap();
+        let (b1, i1) = place(1).unwrap();
+        assert_eq!((b0, i0), (VIRTIO_MMIO_BASE, VIRTIO_IRQ_BASE));
+        assert_eq!(b1 - b0, VIRTIO_MMIO_SIZE);
+        assert_eq!(i1, i0 + 1);
+        let (_, last) = place(MAX_DEVICES - 1).unwrap();
+        assert_eq!(last, IOAPIC_PINS - 1);
+        assert!(place(MAX_DEVICES).is_err());
+    }
+
+    #[test]
+    fn validation_catches_what_it_can_without_kvm() {
+        let dir = std::env::temp_dir().join(format!("uvm-virtio-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let small = dir.join("small");
+        std::fs::write(&small, [0u8; 100]).unwrap();
+        let ok = dir.join("ok");
+        std::fs::write(&ok, [0u8; 4096]).unwrap();
+        let spec = |p: &Path, root| DiskSpec {
+            path: p.to_path_buf(),
+            read_only: false,
+            id: None,
+            root,
+        };
+        assert!(validate(&[spec(&ok, true)], &[]).is_ok());
+        for bad in [
+            vec![spec(&small, false)],
+            vec![spec(&dir, false)],
+            vec![spec(&dir.join("missing"), false)],
+            vec![spec(&ok, true), spec(&ok, true)],
+        ] {
+            let e = validate(&bad, &[]).unwrap_err().to_string();
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let tap = |t: &str| NetSpec {
+            tap: t.into(),
+            mac: None,
+        };
+        assert!(validate(&[], &[tap("a"), tap("a")]).is_err());
+        let many: Vec<_> = (0..MAX_DEVICES + 1)
+            .map(|i| tap(&format!("t{i}")))
+            .collect();
+        assert!(validate(&[], &many).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
