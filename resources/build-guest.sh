@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds uvm's default guest under build/guest/:
 #   vmlinuz          Debian's cloud kernel (fetched by fetch-kernels.sh)
-#   initramfs.cpio   uvm-init as /init (static Rust), busybox-static, and the
+#   initramfs.cpio   uvm-init as /init (static Rust), busybox-static, uvm's
+#                    container runtime (/bin/uvm-container, static), and the
 #                    kernel modules the guest needs with their modules.dep
 # Uncompressed on purpose: the kernel copies it in less time than it would
 # take to decompress it, above all under nested virtualisation.
@@ -18,14 +19,18 @@ step() { echo "build-guest: $*" >&2; }
 KROOT=$(readlink -f "$CACHE/cloud-amd64")
 KVER=$(ls "$KROOT/lib/modules")
 
-step "building uvm-init (static)"
+step "building uvm-init and uvm-container (static)"
 (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --quiet --target x86_64-unknown-linux-gnu -p uvm-guest --bin uvm-init)
+    cargo build --release --quiet --target x86_64-unknown-linux-gnu -p uvm-guest \
+    --bin uvm-init --bin uvm-container)
 INIT=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-init
-if ! file -b "$INIT" | grep -q "static"; then
-    echo "build-guest: $INIT is not static" >&2
-    exit 1
-fi
+CONTAINER=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-container
+for bin in "$INIT" "$CONTAINER"; do
+    if ! file -b "$bin" | grep -q "static"; then
+        echo "build-guest: $bin is not static" >&2
+        exit 1
+    fi
+done
 
 BUSYBOX=$(command -v busybox || true)
 if [ -z "$BUSYBOX" ] || ! file -b "$(readlink -f "$BUSYBOX")" | grep -q "static"; then
@@ -38,6 +43,8 @@ STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE"/{bin,sbin,usr/bin,usr/sbin,etc/uvm,proc,sys,dev,run,tmp,root,mnt,lib/modules/"$KVER"}
 install -m 0755 "$INIT" "$STAGE/init"
+# Stripped: symbols would double the image and the boot's copy of it.
+install -m 0755 --strip "$CONTAINER" "$STAGE/bin/uvm-container"
 install -m 0755 "$BUSYBOX" "$STAGE/bin/busybox"
 for applet in $("$BUSYBOX" --list-full); do
     [ -e "$STAGE/$applet" ] || ln -s /bin/busybox "$STAGE/$applet"

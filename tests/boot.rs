@@ -184,6 +184,22 @@ rm -f $B.img
 "#,
     },
     Scripted {
+        name: "container",
+        // uvm's container runtime inside a uvm guest (cgroup v2 there): the
+        // VM half and the container half of the comparison, nested.
+        script: r#"
+run_uvm --mem 512M -- sh -c '
+  uvm-container mkrootfs /tmp/rootfs >/dev/null || echo mkrootfs-failed
+  grep -q "^cgroup2 /sys/fs/cgroup cgroup2" /proc/mounts && echo cgroup-v2
+  uvm-container run --rootfs /tmp/rootfs --net none --hostname box --memory 64m --pids-limit 32 -- sh -c "echo inside pid=\$\$ host=\$(hostname) procs=\$(ls /proc | grep -c ^[0-9]) cgroup=\$(cat /proc/self/cgroup); echo hi > /written; mknod /dev/x c 1 3 2>/dev/null && echo mknod-allowed || echo mknod-refused; exit 3"
+  echo "run rc=$?"
+  test -e /tmp/rootfs/written && echo image-changed || echo image-unchanged
+  head -c 100000000 /dev/zero | uvm-container run --rootfs /tmp/rootfs --net none --memory 32m -- sort >/dev/null
+  echo "oom rc=$?"
+  echo "left cgroups=$(find /sys/fs/cgroup/uvm -mindepth 1 -type d 2>/dev/null | wc -l) overlays=$(grep -c overlay /proc/mounts)"'
+"#,
+    },
+    Scripted {
         name: "net",
         // A tap made here with an address; the guest configures eth0 from
         // ip=, pings the tap's address, and 50 MB go each way over TCP
@@ -588,4 +604,19 @@ fn guest_network_over_a_tap_carries_50_mb_each_way() {
             "{dir}: the data changed on the way"
         );
     }
+}
+
+#[test]
+fn the_container_runtime_runs_inside_a_guest() {
+    let o = case("container");
+    assert_eq!(o.rc, 0);
+    let out = &o.stdout;
+    assert!(out.contains("\ncgroup-v2\n"), "{out}");
+    assert_eq!(field(out, "inside"), "pid=1 host=box procs=4 cgroup=0::/");
+    assert!(out.contains("\nmknod-refused\n"), "{out}");
+    assert_eq!(field(out, "run"), "rc=3", "the workload's status");
+    assert!(out.contains("\nimage-unchanged\n"), "{out}");
+    assert_eq!(field(out, "oom"), "rc=137", "{out}");
+    assert!(out.contains("OOM-killed"), "{out}");
+    assert_eq!(field(out, "left"), "cgroups=0 overlays=0");
 }

@@ -87,7 +87,7 @@ fn ip_config(cmdline: &str) -> Option<net::IpConfig> {
 fn switch_root(cmdline: &str) {
     let result = match root::parse_root(cmdline) {
         Ok(Some(cfg)) => root::mount_and_switch(&cfg),
-        Ok(None) => Ok(()),
+        Ok(None) => root::move_initramfs_to_tmpfs(),
         Err(e) => Err(InitError::Cmdline(e)),
     };
     if let Err(e) = result {

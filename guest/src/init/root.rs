@@ -2,6 +2,8 @@
 //! switches into it the way busybox's switch_root does (move the API
 //! filesystems over, move the new root onto `/`, chroot), then goes on as
 //! PID 1 there. The initramfs stays underneath, unreachable and untouched.
+//! Without a root disk the initramfs itself moves into a tmpfs the same way,
+//! because containers need a root that pivot_root(2) accepts.
 //!
 //! Parameters: `root=/dev/...`, `rootfstype=fs[,fs...]` (default: ext4, then
 //! the block filesystems of /proc/filesystems), `rootflags=` (mount data),
@@ -236,6 +238,87 @@ fn enter_new_root() -> Result<(), String> {
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
 }
 
+/// Without a root disk, `/` is the initramfs, and the kernel refuses
+/// pivot_root(2) off it (EINVAL), which the container runtime needs. So the
+/// init moves the initramfs into a tmpfs and switches to that: each file is
+/// copied, then unlinked from the initramfs, so the memory is not held
+/// twice. Mount points of the carried filesystems are only recreated.
+pub fn move_initramfs_to_tmpfs() -> Result<(), InitError> {
+    let fail = |why: String| InitError::Root {
+        device: "tmpfs".into(),
+        why,
+    };
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if !root_is_initramfs(&mounts) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(NEW_ROOT).map_err(|e| fail(format!("creating {NEW_ROOT}: {e}")))?;
+    mount(
+        Some("tmpfs"),
+        NEW_ROOT,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(|e| fail(format!("mounting a tmpfs on {NEW_ROOT}: {e}")))?;
+    let skip: Vec<&Path> = CARRIED
+        .iter()
+        .map(|(d, _)| Path::new(*d))
+        .chain([Path::new(NEW_ROOT)])
+        .collect();
+    move_tree(Path::new("/"), Path::new(NEW_ROOT), &skip).map_err(fail)?;
+    carry_mounts().map_err(fail)?;
+    enter_new_root().map_err(fail)
+}
+
+/// Moves what is under `from` to `to` (file by file: copy, then unlink),
+/// leaving out the `skip` paths, which are mount points.
+fn move_tree(from: &Path, to: &Path, skip: &[&Path]) -> Result<(), String> {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let entries =
+        std::fs::read_dir(from).map_err(|e| format!("reading {}: {e}", from.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("reading {}: {e}", from.display()))?;
+        let src = entry.path();
+        if skip.contains(&src.as_path()) {
+            continue;
+        }
+        let dst = to.join(entry.file_name());
+        let meta =
+            std::fs::symlink_metadata(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+        let ft = meta.file_type();
+        let moved = if ft.is_dir() {
+            std::fs::create_dir_all(&dst)
+                .and_then(|()| std::fs::set_permissions(&dst, meta.permissions()))
+                .map_err(|e| format!("{}: {e}", dst.display()))
+                .and_then(|()| move_tree(&src, &dst, skip))
+        } else if ft.is_symlink() {
+            std::fs::read_link(&src)
+                .and_then(|target| symlink(target, &dst))
+                .map_err(|e| format!("{}: {e}", dst.display()))
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst)
+                .and_then(|_| {
+                    std::fs::set_permissions(
+                        &dst,
+                        std::fs::Permissions::from_mode(meta.permissions().mode()),
+                    )
+                })
+                .map(|_| ())
+                .map_err(|e| format!("{}: {e}", dst.display()))
+        } else {
+            // Device nodes and fifos do not live in uvm's initramfs.
+            Ok(())
+        };
+        moved?;
+        if !ft.is_dir() {
+            // Failing to free a file's pages costs memory, not correctness.
+            let _ = std::fs::remove_file(&src);
+        }
+    }
+    Ok(())
+}
+
 /// At shutdown, after sync: a read-write disk root goes read-only so that
 /// ext4 is clean. EBUSY (a file still open for writing) is not worth a word.
 pub fn remount_readonly() {
@@ -255,6 +338,42 @@ mod tests {
 
     const FILESYSTEMS: &str = "nodev\tsysfs\nnodev\ttmpfs\n\text3\n\text2\n\text4\n\
                                nodev\tdevtmpfs\n\tsquashfs\nnodev\toverlay\n\txfs\n";
+
+    #[test]
+    fn moving_a_tree_copies_files_links_and_modes_and_skips_mount_points() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("uvm-move-tree-{}", std::process::id()));
+        let (from, to) = (base.join("from"), base.join("to"));
+        std::fs::create_dir_all(from.join("bin")).unwrap();
+        std::fs::create_dir_all(from.join("proc/self")).unwrap();
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::write(from.join("bin/busybox"), b"elf").unwrap();
+        std::fs::set_permissions(
+            from.join("bin/busybox"),
+            std::fs::Permissions::from_mode(0o751),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("busybox", from.join("bin/sh")).unwrap();
+        let proc_dir = from.join("proc");
+        move_tree(&from, &to, &[proc_dir.as_path()]).unwrap();
+        assert_eq!(std::fs::read(to.join("bin/busybox")).unwrap(), b"elf");
+        let mode = std::fs::metadata(to.join("bin/busybox"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o751);
+        assert_eq!(
+            std::fs::read_link(to.join("bin/sh")).unwrap(),
+            Path::new("busybox")
+        );
+        assert!(!to.join("proc").exists(), "a mount point was copied");
+        assert!(
+            !from.join("bin/busybox").exists(),
+            "the source was not freed"
+        );
+        assert!(from.join("proc/self").exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn no_root_no_switch() {
