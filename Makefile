@@ -44,10 +44,13 @@ run: guest
 	@echo "== uvm boot: Debian's kernel in a uvm microVM =="
 	$(RUNNER) -- $(UVM) boot --vcpus 2 --mem 512M -- sh -c 'uname -sr; echo "vcpus: $$(nproc)"; grep MemTotal /proc/meminfo; echo "hostname: $$(hostname)"'
 
-# Boot time and VMM memory, uvm vs QEMU microvm, same kernel and initramfs.
+# Boot time and VMM memory, then virtio disk and network throughput, uvm vs
+# QEMU microvm, same kernel and initramfs (and disk image, and tap).
 bench: guest
 	$(RUNNER) -- $(UVM) bench boot --runs 5 --json /tmp/uvm-bench-boot.json --plot /tmp/uvm-bench-boot.svg
 	@echo "plot: /tmp/uvm-bench-boot.svg, samples: /tmp/uvm-bench-boot.json"
+	$(RUNNER) -- $(UVM) bench io --runs 1 --json /tmp/uvm-bench-io.json --plot /tmp/uvm-bench-io.svg
+	@echo "plot: /tmp/uvm-bench-io.svg, samples: /tmp/uvm-bench-io.json"
 
 clean:
 	$(CARGO) clean

@@ -4,7 +4,7 @@
 //! RAM at that moment. Reported side by side, with ratios.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -78,13 +78,52 @@ fn measure(mut cmd: Command, mem: u64) -> Result<Sample, Error> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// QEMU's microvm (ACPI on, KVM, no default devices, no user config), the
+/// serial console on stdout, booting `kernel` and `initrd` to run `argv`
+/// through uvm's init; `extra` is appended to the kernel command line.
+/// Callers add their devices.
+pub(crate) fn qemu_microvm(
+    kernel: &Path,
+    initrd: &Path,
+    mem: u64,
+    vcpus: u32,
+    argv: &[String],
+    extra: &str,
+) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-M", "microvm,acpi=on", "-enable-kvm", "-cpu", "host"])
+        .args(["-smp", &vcpus.to_string()])
+        .args(["-m", &format!("{}M", mem >> 20)])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args([
+            "-append",
+            format!(
+                "console=ttyS0 reboot=k panic=-1 quiet {} {extra}",
+                uvm_guest::protocol::encode_command(argv)
+            )
+            .trim_end(),
+        ]);
+    c
 }
 
 pub struct BootBench {
@@ -167,37 +206,14 @@ impl BootBench {
     }
 
     fn qemu(&self) -> Command {
-        let mut c = Command::new("qemu-system-x86_64");
-        c.args([
-            "-M",
-            "microvm,acpi=on",
-            "-enable-kvm",
-            "-cpu",
-            "host",
-            "-smp",
-            "1",
-        ])
-        .args(["-m", &format!("{}M", self.mem >> 20)])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(&self.kernel)
-        .arg("-initrd")
-        .arg(&self.initrd)
-        .args([
-            "-append",
-            &format!(
-                "console=ttyS0 reboot=k panic=-1 quiet {}",
-                uvm_guest::protocol::encode_command(&["true".into()])
-            ),
-        ]);
-        c
+        qemu_microvm(
+            &self.kernel,
+            &self.initrd,
+            self.mem,
+            1,
+            &["true".into()],
+            "",
+        )
     }
 
     pub fn run(&self) -> Result<String, Error> {

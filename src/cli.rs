@@ -60,6 +60,8 @@ pub enum BenchCommand {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// virtio-blk and virtio-net throughput in the guest, uvm vs QEMU microvm (same kernel, image, tap).
+    Io(crate::bench_io::IoArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -84,6 +84,7 @@ fn main() {
                 }
             }
         }
+        Command::Bench(BenchCommand::Io(args)) => uvm::bench_io::main(&args),
         Command::Boot(args) => match boot(&args) {
             Ok(outcome) => {
                 let (code, message) = outcome.exit();

@@ -239,8 +239,8 @@ impl IrqTrigger {
 /// asked to be. When a batch's budget runs out, `kick` (the queue's own
 /// eventfd) is written so the event loop serves the other devices first and
 /// comes back. Returns the number of ring errors met; an avail index that
-/// promises chains which cannot be popped means a corrupt ring, and the
-/// driver is told it needs a reset instead of the loop spinning on it.
+/// keeps promising chains which cannot be popped means a corrupt ring, and
+/// the driver is told it needs a reset instead of the loop spinning on it.
 pub(crate) fn serve_queue<'m>(
     queue: &mut Queue,
     mem: &'m Memory,
@@ -252,6 +252,7 @@ pub(crate) fn serve_queue<'m>(
     let mut errors = 0;
     let mut used = false;
     let mut budget = queue.size();
+    let mut rechecked = false;
     'batch: loop {
         if queue.disable_notification(mem).is_err() {
             errors += 1;
@@ -273,8 +274,17 @@ pub(crate) fn serve_queue<'m>(
             }
         }
         match queue.enable_notification(mem) {
-            Ok(true) if popped => continue,
             Ok(false) => break,
+            // The driver queued more while notifications were off, which
+            // it may not have announced: look again, even if this pass
+            // found nothing (the driver can add a chain between the empty
+            // pop and the re-enabling).
+            Ok(true) if popped || !rechecked => {
+                rechecked = !popped;
+                continue;
+            }
+            // Twice in a row the index promised chains that cannot be
+            // popped: the ring is corrupt, and looping would spin.
             Ok(true) | Err(_) => {
                 errors += 1;
                 irq.signal_needs_reset();

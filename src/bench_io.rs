@@ -1,0 +1,1076 @@
+//! `uvm bench io`: the virtio devices' throughput, uvm against QEMU's
+//! microvm machine (its virtio-mmio blk and net) booting the same kernel and
+//! initramfs, on the same raw disk image and a tap made the same way, one
+//! after the other in one process.
+//!
+//! In the guest, busybox `dd` with O_DIRECT writes and then reads the whole
+//! disk, timed by the guest itself (`/proc/uptime`, 10 ms resolution) and
+//! reported as `uvm-bench ...` lines on the console. Then the guest listens
+//! with `nc` and the bench pushes bytes to it and pulls bytes from it over
+//! TCP through the tap, timed on this side.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::bench::{median, qemu_microvm, svg_plot, Panel};
+use crate::error::Error;
+use crate::vmm::memory::parse_size;
+use crate::vmm::shutdown::EXIT_UVM_ERROR;
+
+/// The guest's console lines meant for the bench start with this.
+const TAG: &str = "uvm-bench";
+const GUEST_IP: [u8; 4] = [10, 0, 2, 2];
+const HOST_CIDR: &str = "10.0.2.1/24";
+const IP_PARAM: &str = "ip=10.0.2.2::10.0.2.1:255.255.255.0::eth0:off";
+const MAC: &str = "52:54:00:12:34:56";
+const PORT_TO_GUEST: u16 = 5002;
+const PORT_FROM_GUEST: u16 = 5003;
+/// Connection attempts to a guest port the guest said it listens on (it
+/// may take a moment to actually listen), one every 100 ms.
+const CONNECT_TRIES: u32 = 300;
+/// A transfer that moves no byte for this long has stalled.
+const STALL: Duration = Duration::from_secs(60);
+/// How long a VMM may take to exit once its guest said it is done.
+const EXIT_GRACE: Duration = Duration::from_secs(60);
+/// Console lines kept to explain a failure.
+const RECENT_LINES: usize = 30;
+
+const USAGE_EXIT: &str = "\
+Exit status: 0 when every run of both VMMs completed; 1 when a run failed
+(a VM crashed, hung, or moved the wrong number of bytes: the last console
+lines are shown); 125 when the environment cannot run the bench (no usable
+KVM, no QEMU, no permission to make a tap, bad sizes).";
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = USAGE_EXIT)]
+pub struct IoArgs {
+    /// Runs of each VMM (alternating)
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Guest memory (both VMMs)
+    #[arg(long, default_value = "512M", value_parser = parse_size)]
+    pub mem: u64,
+    /// vCPUs (both VMMs)
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Size of the raw disk image, written then read whole (a multiple of 1M)
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub disk_size: u64,
+    /// Bytes sent over TCP each way (host to guest, guest to host)
+    #[arg(long, default_value = "128M", value_parser = parse_size)]
+    pub net_size: u64,
+    /// Where the disk image is made (and deleted afterwards)
+    #[arg(long, default_value = "/tmp")]
+    pub dir: PathBuf,
+    /// Give up on a VM (and the bench) after this many seconds
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+    /// Also write the samples as JSON here
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also draw the results as an SVG plot here (one panel per metric)
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// What went wrong: the environment (exit 125) or a run (exit 1).
+#[derive(Debug, PartialEq, Eq)]
+pub enum BenchError {
+    Environment(String),
+    Run(String),
+}
+
+impl fmt::Display for BenchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BenchError::Environment(m) | BenchError::Run(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<Error> for BenchError {
+    fn from(e: Error) -> Self {
+        BenchError::Environment(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    DiskWrite,
+    DiskRead,
+    NetToGuest,
+    NetFromGuest,
+}
+
+pub const METRICS: [Metric; 4] = [
+    Metric::DiskWrite,
+    Metric::DiskRead,
+    Metric::NetToGuest,
+    Metric::NetFromGuest,
+];
+
+impl Metric {
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::DiskWrite => "disk_write",
+            Metric::DiskRead => "disk_read",
+            Metric::NetToGuest => "net_to_guest",
+            Metric::NetFromGuest => "net_from_guest",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::DiskWrite => "disk write (MB/s)",
+            Metric::DiskRead => "disk read (MB/s)",
+            Metric::NetToGuest => "net host->guest (MB/s)",
+            Metric::NetFromGuest => "net guest->host (MB/s)",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Metric::DiskWrite => 0,
+            Metric::DiskRead => 1,
+            Metric::NetToGuest => 2,
+            Metric::NetFromGuest => 3,
+        }
+    }
+}
+
+/// One VM's results, MB/s (10^6 bytes per second) in `METRICS` order.
+pub type Sample = [f64; 4];
+
+/// A line the guest printed for the bench.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GuestLine {
+    /// `dd` wrote or read `bytes` between uptimes `t0` and `t1`, status `rc`.
+    Disk {
+        write: bool,
+        bytes: u64,
+        t0: f64,
+        t1: f64,
+        rc: i32,
+    },
+    /// The guest is about to listen on this port.
+    Listen(u16),
+    /// What the guest's `nc` received on the host-to-guest port.
+    Received(u64),
+    /// Something for the user: a failing command's message, a dmesg line.
+    Note(String),
+    Done,
+}
+
+fn field<'a>(words: &[&'a str], key: &str) -> Result<&'a str, String> {
+    words
+        .iter()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .ok_or_else(|| format!("no {key}="))
+}
+
+fn number<T: std::str::FromStr>(words: &[&str], key: &str) -> Result<T, String> {
+    let v = field(words, key)?;
+    v.parse().map_err(|_| format!("{key}={v}: not a number"))
+}
+
+/// Parses a console line: `None` when it is not the bench's (kernel or
+/// init messages), an error when it is but makes no sense. The serial
+/// console's `\r` and anything before the tag (a kernel message the line
+/// was printed into) are ignored.
+pub fn parse_guest_line(line: &str) -> Option<Result<GuestLine, String>> {
+    let start = line.find(&format!("{TAG} "))?;
+    let rest = line[start + TAG.len() + 1..].trim_end_matches(['\r', '\n']);
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let bad = |why: String| Err(format!("guest line {rest:?}: {why}"));
+    let parsed = match words.first().copied() {
+        Some("disk") => {
+            let write = match words.get(1).copied() {
+                Some("write") => true,
+                Some("read") => false,
+                other => return Some(bad(format!("unknown disk operation {other:?}"))),
+            };
+            (|| {
+                Ok(GuestLine::Disk {
+                    write,
+                    bytes: number(&words, "bytes")?,
+                    t0: number(&words, "t0")?,
+                    t1: number(&words, "t1")?,
+                    rc: number(&words, "rc")?,
+                })
+            })()
+        }
+        Some("listen") => match words.get(1).map(|p| p.parse()) {
+            Some(Ok(port)) => Ok(GuestLine::Listen(port)),
+            _ => Err("listen: no port".to_string()),
+        },
+        Some("received") => number(&words, "bytes").map(GuestLine::Received),
+        Some("note") | Some("dmesg") => Ok(GuestLine::Note(rest.to_string())),
+        Some("done") => Ok(GuestLine::Done),
+        other => Err(format!("unknown kind {other:?}")),
+    };
+    Some(parsed.or_else(bad))
+}
+
+/// MB/s (10^6 bytes per second); NaN for a time too short to measure.
+pub fn mb_per_s(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 && secs.is_finite() {
+        bytes as f64 / secs / 1e6
+    } else {
+        f64::NAN
+    }
+}
+
+/// uvm / QEMU; NaN when QEMU's side is not a positive number.
+pub fn ratio(uvm: f64, qemu: f64) -> f64 {
+    if qemu > 0.0 && qemu.is_finite() {
+        uvm / qemu
+    } else {
+        f64::NAN
+    }
+}
+
+fn medians(samples: &[Sample]) -> Sample {
+    METRICS.map(|m| median(samples.iter().map(|s| s[m.index()]).collect()))
+}
+
+/// The side-by-side table: medians of each VMM and their ratio per metric.
+pub fn table(header: &str, uvm: &[Sample], qemu: &[Sample]) -> String {
+    let (u, q) = (medians(uvm), medians(qemu));
+    let mut out = String::from(header);
+    out.push_str(&format!(
+        "{:<24} {:>10} {:>14} {:>12}\n",
+        "", "uvm", "qemu microvm", "uvm / qemu"
+    ));
+    for m in METRICS {
+        let i = m.index();
+        out.push_str(&format!(
+            "{:<24} {:>10.2} {:>14.2} {:>12.2}\n",
+            m.label(),
+            u[i],
+            q[i],
+            ratio(u[i], q[i])
+        ));
+    }
+    out
+}
+
+fn json_number(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.3}")
+    } else {
+        "null".into()
+    }
+}
+
+fn json_samples(samples: &[Sample]) -> String {
+    let metrics: Vec<String> = METRICS
+        .iter()
+        .map(|m| {
+            let values: Vec<String> = samples.iter().map(|s| json_number(s[m.index()])).collect();
+            format!("\"{}\":[{}]", m.key(), values.join(","))
+        })
+        .collect();
+    format!("{{{}}}", metrics.join(","))
+}
+
+/// The samples, the settings and the ratios of the medians, as JSON.
+pub fn json(args: &IoArgs, uvm: &[Sample], qemu: &[Sample]) -> String {
+    let (u, q) = (medians(uvm), medians(qemu));
+    let ratios: Vec<String> = METRICS
+        .iter()
+        .map(|m| {
+            format!(
+                "\"{}\":{}",
+                m.key(),
+                json_number(ratio(u[m.index()], q[m.index()]))
+            )
+        })
+        .collect();
+    format!(
+        "{{\"runs\":{},\"mem_mib\":{},\"vcpus\":{},\"disk_mib\":{},\"net_mib\":{},\"unit\":\"MB/s (10^6 bytes/s)\",\"uvm\":{},\"qemu_microvm\":{},\"ratio\":{{{}}}}}\n",
+        args.runs,
+        args.mem >> 20,
+        args.vcpus,
+        args.disk_size >> 20,
+        args.net_size >> 20,
+        json_samples(uvm),
+        json_samples(qemu),
+        ratios.join(",")
+    )
+}
+
+fn plot(args: &IoArgs, uvm: &[Sample], qemu: &[Sample]) -> String {
+    let values = |s: &[Sample], m: Metric| s.iter().map(|x| x[m.index()]).collect::<Vec<_>>();
+    let panels: Vec<Panel<'_>> = METRICS
+        .iter()
+        .map(|&m| {
+            (
+                m.label(),
+                [("uvm", values(uvm, m)), ("qemu microvm", values(qemu, m))],
+            )
+        })
+        .collect();
+    svg_plot(
+        &format!(
+            "virtio I/O, uvm vs QEMU microvm: {} MiB disk (O_DIRECT dd), {} MiB each way over TCP, {} run(s)",
+            args.disk_size >> 20,
+            args.net_size >> 20,
+            args.runs
+        ),
+        &panels,
+    )
+}
+
+/// The guest's side, for `sh -c`: time dd on /dev/vda both ways, then
+/// listen for the host's bytes and send it some, then the kernel's
+/// messages about the devices. Kept short: it travels on the kernel
+/// command line (base64), which holds 2048 bytes.
+pub fn guest_script(disk_size: u64, net_size: u64) -> String {
+    let count = disk_size >> 20;
+    let bytes = count << 20;
+    format!(
+        r#"up(){{ read t _ </proc/uptime;echo $t;}}
+say(){{ echo "{TAG} $*";}}
+disk(){{ op=$1;shift;t0=$(up);dd "$@" bs=1M count={count} 2>/tmp/e;rc=$?;t1=$(up)
+say disk $op bytes={bytes} t0=$t0 t1=$t1 rc=$rc;[ $rc = 0 ]||sed "s/^/{TAG} note dd: /" /tmp/e;}}
+disk write if=/dev/zero of=/dev/vda oflag=direct conv=fsync
+disk read if=/dev/vda of=/dev/null iflag=direct
+say listen {PORT_TO_GUEST};n=$(nc -l -p {PORT_TO_GUEST}|wc -c);say received bytes=$((n))
+say listen {PORT_FROM_GUEST};nc -l -p {PORT_FROM_GUEST} -e head -c {net_size} /dev/zero
+dmesg|grep -iE "virtio|vda|eth0|error|fail|warn|stall|timed out"|grep -vE "command line|ip="|sed "s/^/{TAG} dmesg /"
+say done"#
+    )
+}
+
+/// A child process that is killed if the bench gives up on it.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run `ip` (iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}`: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A tap made for one VM, with the host's address, deleted when dropped:
+/// each VM gets a fresh one, so no VMM inherits the other's offloads.
+struct TapGuard(String);
+
+impl TapGuard {
+    fn create(name: &str) -> Result<Self, BenchError> {
+        let env = |e: String| BenchError::Environment(format!("cannot make tap {name}: {e}"));
+        ip(&["tuntap", "add", name, "mode", "tap"]).map_err(env)?;
+        let tap = TapGuard(name.to_string());
+        ip(&["addr", "add", HOST_CIDR, "dev", name]).map_err(env)?;
+        ip(&["link", "set", name, "up"]).map_err(env)?;
+        Ok(tap)
+    }
+}
+
+impl Drop for TapGuard {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.0]);
+    }
+}
+
+/// The raw disk image, allocated with zeros (so neither VMM pays for the
+/// host filesystem's allocation), deleted when dropped.
+struct ImageGuard(PathBuf);
+
+impl ImageGuard {
+    fn create(path: &Path, size: u64) -> Result<Self, BenchError> {
+        let env = |e: std::io::Error| {
+            BenchError::Environment(format!("cannot make disk image {}: {e}", path.display()))
+        };
+        let mut f = std::fs::File::create(path).map_err(env)?;
+        let image = ImageGuard(path.to_path_buf());
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..size >> 20 {
+            f.write_all(&chunk).map_err(env)?;
+        }
+        f.sync_all().map_err(env)?;
+        Ok(image)
+    }
+}
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn connect(port: u16, deadline: Instant) -> Result<TcpStream, String> {
+    let addr = SocketAddr::from((GUEST_IP, port));
+    let mut last = None;
+    for _ in 0..CONNECT_TRIES {
+        if Instant::now() >= deadline {
+            break;
+        }
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) => {
+                s.set_read_timeout(Some(STALL))
+                    .and_then(|()| s.set_write_timeout(Some(STALL)))
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!(
+        "cannot connect to the guest at {addr}: {}",
+        last.map_or("out of time".into(), |e| e.to_string())
+    ))
+}
+
+/// Sends `size` bytes to the guest's listener and waits until the guest
+/// closes its side (it has read them all); the seconds that took.
+fn send_to_guest(size: u64, deadline: Instant) -> Result<f64, String> {
+    let mut s = connect(PORT_TO_GUEST, deadline)?;
+    let buf = vec![0u8; 1 << 16];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < size {
+        let n = usize::try_from(size - sent).map_or(buf.len(), |left| left.min(buf.len()));
+        s.write_all(&buf[..n])
+            .map_err(|e| format!("host->guest: after {sent} of {size} bytes: {e}"))?;
+        sent += n as u64;
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "host->guest: out of time after {sent} of {size} bytes"
+            ));
+        }
+    }
+    s.shutdown(Shutdown::Write)
+        .map_err(|e| format!("host->guest: shutdown: {e}"))?;
+    let mut sink = [0u8; 4096];
+    loop {
+        match s.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(format!("host->guest: waiting for the guest to close: {e}")),
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Reads what the guest sends until it closes; the seconds that took.
+fn receive_from_guest(size: u64, deadline: Instant) -> Result<f64, String> {
+    let mut s = connect(PORT_FROM_GUEST, deadline)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let start = Instant::now();
+    let mut got = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) => return Err(format!("guest->host: after {got} of {size} bytes: {e}")),
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "guest->host: out of time after {got} of {size} bytes"
+            ));
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if got != size {
+        return Err(format!("guest->host: got {got} bytes, expected {size}"));
+    }
+    Ok(secs)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vmm {
+    Uvm,
+    Qemu,
+}
+
+impl fmt::Display for Vmm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Vmm::Uvm => "uvm",
+            Vmm::Qemu => "qemu microvm",
+        })
+    }
+}
+
+struct IoBench<'a> {
+    args: &'a IoArgs,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    image: PathBuf,
+    tap: String,
+}
+
+impl IoBench<'_> {
+    fn argv(&self) -> Vec<String> {
+        vec![
+            "sh".into(),
+            "-c".into(),
+            guest_script(self.args.disk_size, self.args.net_size),
+        ]
+    }
+
+    fn uvm(&self) -> Result<Command, BenchError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| BenchError::Environment(format!("locating uvm: {e}")))?;
+        let mut c = Command::new(exe);
+        c.args(["boot", "--mem", &format!("{}M", self.args.mem >> 20)])
+            .args(["--vcpus", &self.args.vcpus.to_string()])
+            .arg("--kernel")
+            .arg(&self.kernel)
+            .arg("--initrd")
+            .arg(&self.initrd)
+            .arg("--disk")
+            .arg(&self.image)
+            .args(["--net", &format!("tap={},mac={MAC}", self.tap)])
+            .args(["--cmdline", IP_PARAM])
+            .args(["--timeout", &self.args.timeout.to_string()])
+            .arg("--")
+            .args(self.argv());
+        Ok(c)
+    }
+
+    fn qemu(&self) -> Command {
+        let mut c = qemu_microvm(
+            &self.kernel,
+            &self.initrd,
+            self.args.mem,
+            self.args.vcpus,
+            &self.argv(),
+            IP_PARAM,
+        );
+        c.args([
+            "-drive",
+            &format!(
+                "id=d0,file={},format=raw,if=none,cache=none,aio=threads",
+                self.image.display()
+            ),
+            "-device",
+            "virtio-blk-device,drive=d0",
+            "-netdev",
+            &format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
+            "-device",
+            &format!("virtio-net-device,netdev=n0,mac={MAC}"),
+        ]);
+        c
+    }
+
+    /// Boots one VM on a fresh tap and runs the guest's side of the bench.
+    fn run_vm(&self, vmm: Vmm, label: &str) -> Result<Sample, BenchError> {
+        let _tap = TapGuard::create(&self.tap)?;
+        let mut cmd = match vmm {
+            Vmm::Uvm => self.uvm()?,
+            Vmm::Qemu => self.qemu(),
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| BenchError::Environment(format!("starting {vmm}: {e}")))?;
+        let mut child = ChildGuard(child);
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.0.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = Vec::new();
+            while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                if tx.send(text).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+        });
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.0.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&stderr_text);
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            sink.lock().map(|mut t| t.push_str(&s)).ok();
+        });
+
+        let args = self.args;
+        let deadline = Instant::now() + Duration::from_secs(args.timeout);
+        let mut recent: VecDeque<String> = VecDeque::new();
+        let mut sample = [f64::NAN; 4];
+        let mut done = false;
+        let fail = |what: String, recent: &VecDeque<String>| {
+            let mut m = format!("{label}: {what}");
+            if !recent.is_empty() {
+                m.push_str("\nlast console lines:");
+                for l in recent {
+                    m.push_str("\n  ");
+                    m.push_str(l);
+                }
+            }
+            BenchError::Run(m)
+        };
+        let mut put = |m: Metric, v: f64| {
+            eprintln!("bench io: {label}: {} {v:.2}", m.label());
+            sample[m.index()] = v;
+        };
+        while !done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(fail(
+                        format!("no progress within --timeout {} s", args.timeout),
+                        &recent,
+                    ))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            if recent.len() == RECENT_LINES {
+                recent.pop_front();
+            }
+            recent.push_back(line.clone());
+            let event = match parse_guest_line(&line) {
+                None => continue,
+                Some(Ok(e)) => e,
+                Some(Err(e)) => return Err(fail(e, &recent)),
+            };
+            match event {
+                GuestLine::Disk {
+                    write,
+                    bytes,
+                    t0,
+                    t1,
+                    rc,
+                } => {
+                    let op = if write { "write" } else { "read" };
+                    if rc != 0 {
+                        return Err(fail(format!("guest dd {op} failed ({rc})"), &recent));
+                    }
+                    let m = if write {
+                        Metric::DiskWrite
+                    } else {
+                        Metric::DiskRead
+                    };
+                    put(m, mb_per_s(bytes, t1 - t0));
+                }
+                GuestLine::Listen(PORT_TO_GUEST) => {
+                    let secs =
+                        send_to_guest(args.net_size, deadline).map_err(|e| fail(e, &recent))?;
+                    put(Metric::NetToGuest, mb_per_s(args.net_size, secs));
+                }
+                GuestLine::Received(n) if n != args.net_size => {
+                    return Err(fail(
+                        format!("the guest received {n} bytes, expected {}", args.net_size),
+                        &recent,
+                    ))
+                }
+                GuestLine::Received(_) => {}
+                GuestLine::Listen(PORT_FROM_GUEST) => {
+                    let secs = receive_from_guest(args.net_size, deadline)
+                        .map_err(|e| fail(e, &recent))?;
+                    put(Metric::NetFromGuest, mb_per_s(args.net_size, secs));
+                }
+                GuestLine::Listen(port) => {
+                    return Err(fail(format!("the guest listens on {port}?"), &recent))
+                }
+                GuestLine::Note(n) => eprintln!("bench io: {label}: guest: {n}"),
+                GuestLine::Done => done = true,
+            }
+        }
+        // The guest is done (or the VMM closed its console): let it exit.
+        let exit_by = Instant::now() + EXIT_GRACE;
+        let status = loop {
+            match child.0.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if Instant::now() < exit_by => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => break None,
+            }
+        };
+        let stderr_tail = || {
+            let text = stderr_text.lock().map(|t| t.clone()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().rev().take(5).collect();
+            lines.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+        };
+        let status = status.ok_or_else(|| {
+            fail(
+                format!(
+                    "{vmm} did not exit within {} s of the guest's last line",
+                    EXIT_GRACE.as_secs()
+                ),
+                &recent,
+            )
+        })?;
+        if !done {
+            return Err(fail(
+                format!(
+                    "{vmm} exited ({status}) before the guest finished; its stderr:\n  {}",
+                    stderr_tail()
+                ),
+                &recent,
+            ));
+        }
+        if !status.success() {
+            return Err(fail(
+                format!(
+                    "{vmm} exited with {status}; its stderr:\n  {}",
+                    stderr_tail()
+                ),
+                &recent,
+            ));
+        }
+        if let Some(m) = METRICS.iter().find(|m| !sample[m.index()].is_finite()) {
+            return Err(fail(format!("no measurement of {}", m.label()), &recent));
+        }
+        Ok(sample)
+    }
+}
+
+/// Refuses at once what cannot work, with the reason on one line.
+fn preflight(args: &IoArgs) -> Result<(), BenchError> {
+    let env = |m: String| Err(BenchError::Environment(m));
+    if args.runs == 0 {
+        return env("--runs 0: nothing to measure".into());
+    }
+    if args.disk_size < 1 << 20 || !args.disk_size.is_multiple_of(1 << 20) {
+        return env(format!(
+            "--disk-size {}: must be a whole number of MiB",
+            crate::error::human(args.disk_size)
+        ));
+    }
+    if args.net_size == 0 {
+        return env("--net-size 0: nothing to send".into());
+    }
+    if args.timeout == 0 {
+        return env("--timeout 0: no time to run".into());
+    }
+    crate::check::ensure_can_boot_linux()?;
+    match Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return env(format!(
+                "qemu-system-x86_64 --version failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+        Err(e) => {
+            return env(format!(
+                "cannot run qemu-system-x86_64 ({e}): install qemu-system-x86"
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Runs the bench; the table on success.
+pub fn run(args: &IoArgs) -> Result<String, BenchError> {
+    preflight(args)?;
+    let (kernel, initrd) = crate::bench::default_paths()?;
+    let pid = std::process::id();
+    let bench = IoBench {
+        args,
+        kernel,
+        initrd,
+        image: args.dir.join(format!("uvm-bench-io-{pid}.img")),
+        tap: format!("uvmbio{}", pid % 1_000_000),
+    };
+    eprintln!(
+        "bench io: making a {} MiB disk image {}",
+        args.disk_size >> 20,
+        bench.image.display()
+    );
+    let _image = ImageGuard::create(&bench.image, args.disk_size)?;
+    let (mut u, mut q) = (vec![], vec![]);
+    for i in 1..=args.runs {
+        for vmm in [Vmm::Uvm, Vmm::Qemu] {
+            let label = format!("run {i}/{} {vmm}", args.runs);
+            eprintln!("bench io: {label}: booting (tap {})", bench.tap);
+            let sample = bench.run_vm(vmm, &label)?;
+            match vmm {
+                Vmm::Uvm => u.push(sample),
+                Vmm::Qemu => q.push(sample),
+            }
+        }
+    }
+    let header = format!(
+        "virtio I/O, uvm vs QEMU microvm, {} run(s) each (medians), {} MiB guest, {} vCPU(s)\n\
+         disk: {} MiB raw image, dd bs=1M O_DIRECT, timed in the guest; \
+         net: {} MiB each way over TCP on a tap, timed on the host; MB = 10^6 bytes\n",
+        args.runs,
+        args.mem >> 20,
+        args.vcpus,
+        args.disk_size >> 20,
+        args.net_size >> 20
+    );
+    let out = table(&header, &u, &q);
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot(args, &u, &q))
+            .map_err(|e| BenchError::Environment(format!("{}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, json(args, &u, &q))
+            .map_err(|e| BenchError::Environment(format!("{}: {e}", path.display())))?;
+    }
+    Ok(out)
+}
+
+/// `uvm bench io`: prints the table, or the error; the exit status.
+pub fn main(args: &IoArgs) -> i32 {
+    match run(args) {
+        Ok(table) => {
+            print!("{table}");
+            0
+        }
+        Err(e @ BenchError::Environment(_)) => {
+            eprintln!("uvm bench io: {e}");
+            EXIT_UVM_ERROR
+        }
+        Err(e) => {
+            eprintln!("uvm bench io: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> IoArgs {
+        IoArgs {
+            runs: 2,
+            mem: 512 << 20,
+            vcpus: 1,
+            disk_size: 256 << 20,
+            net_size: 128 << 20,
+            dir: "/tmp".into(),
+            timeout: 900,
+            json: None,
+            plot: None,
+        }
+    }
+
+    #[test]
+    fn guest_lines_parse() {
+        assert_eq!(parse_guest_line("uvm-init: ready after 1.2 s"), None);
+        assert_eq!(
+            parse_guest_line("[    1.0] virtio_blk virtio0: [vda]"),
+            None
+        );
+        assert_eq!(
+            parse_guest_line("uvm-bench disk write bytes=268435456 t0=3.10 t1=13.35 rc=0\r"),
+            Some(Ok(GuestLine::Disk {
+                write: true,
+                bytes: 268435456,
+                t0: 3.10,
+                t1: 13.35,
+                rc: 0
+            }))
+        );
+        // Printed into the middle of a kernel message.
+        assert_eq!(
+            parse_guest_line("[ 5.1] random: crnguvm-bench disk read bytes=1048576 t0=1 t1=2 rc=1"),
+            Some(Ok(GuestLine::Disk {
+                write: false,
+                bytes: 1 << 20,
+                t0: 1.0,
+                t1: 2.0,
+                rc: 1
+            }))
+        );
+        assert_eq!(
+            parse_guest_line("uvm-bench listen 5002\r"),
+            Some(Ok(GuestLine::Listen(5002)))
+        );
+        assert_eq!(
+            parse_guest_line("uvm-bench received bytes=134217728"),
+            Some(Ok(GuestLine::Received(128 << 20)))
+        );
+        assert_eq!(
+            parse_guest_line("uvm-bench dmesg [1.0] virtio_net: oops"),
+            Some(Ok(GuestLine::Note("dmesg [1.0] virtio_net: oops".into())))
+        );
+        assert_eq!(
+            parse_guest_line("uvm-bench done\r"),
+            Some(Ok(GuestLine::Done))
+        );
+        for bad in [
+            "uvm-bench disk erase bytes=1 t0=1 t1=2 rc=0",
+            "uvm-bench disk write bytes=1 t0=1 rc=0",
+            "uvm-bench disk write bytes=x t0=1 t1=2 rc=0",
+            "uvm-bench listen",
+            "uvm-bench received bytes=",
+            "uvm-bench frobnicate",
+        ] {
+            assert!(matches!(parse_guest_line(bad), Some(Err(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rates_and_ratios() {
+        assert_eq!(mb_per_s(200_000_000, 10.0), 20.0);
+        assert!(mb_per_s(1, 0.0).is_nan(), "uptime did not move");
+        assert!(mb_per_s(1, -1.0).is_nan());
+        assert_eq!(ratio(10.0, 20.0), 0.5);
+        assert!(ratio(1.0, 0.0).is_nan());
+        assert!(ratio(1.0, f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn table_has_one_row_per_metric_with_medians_and_ratio() {
+        let u = [[10.0, 20.0, 30.0, 1.0], [12.0, 22.0, 34.0, 3.0]];
+        let q = [[20.0, 10.0, 30.0, 4.0], [20.0, 10.0, 30.0, 4.0]];
+        let t = table("header\n", &u, &q);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 6, "{t}");
+        assert_eq!(lines[0], "header");
+        assert!(lines[1].contains("uvm") && lines[1].contains("qemu microvm"));
+        let row = |i: usize| {
+            lines[i]
+                .split_whitespace()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+        };
+        assert!(lines[2].starts_with("disk write (MB/s)"));
+        assert_eq!(row(2), ["0.55", "20.00", "11.00"]);
+        assert_eq!(row(3), ["2.10", "10.00", "21.00"]);
+        assert_eq!(row(4), ["1.07", "30.00", "32.00"]);
+        assert!(lines[5].starts_with("net guest->host (MB/s)"));
+        assert_eq!(row(5), ["0.50", "4.00", "2.00"]);
+    }
+
+    #[test]
+    fn json_holds_samples_and_ratios() {
+        let a = args();
+        let u = [[10.0, 20.0, 30.0, 1.0], [12.0, 22.0, 34.0, f64::NAN]];
+        let q = [[20.0, 10.0, 30.0, 4.0], [20.0, 10.0, 30.0, 4.0]];
+        let j = json(&a, &u, &q);
+        assert!(
+            j.starts_with(
+                "{\"runs\":2,\"mem_mib\":512,\"vcpus\":1,\"disk_mib\":256,\"net_mib\":128,"
+            ),
+            "{j}"
+        );
+        assert!(j.contains("\"uvm\":{\"disk_write\":[10.000,12.000],\"disk_read\":[20.000,22.000],\"net_to_guest\":[30.000,34.000],\"net_from_guest\":[1.000,null]}"), "{j}");
+        assert!(
+            j.contains(
+                "\"ratio\":{\"disk_write\":0.550,\"disk_read\":2.100,\"net_to_guest\":1.067,"
+            ),
+            "{j}"
+        );
+        assert_eq!(j.matches('{').count(), j.matches('}').count());
+        let svg = plot(&a, &u, &q);
+        assert_eq!(
+            svg.matches("<rect").count(),
+            1 + 8,
+            "background and 2 bars x 4 panels"
+        );
+    }
+
+    #[test]
+    fn guest_script_fits_on_the_kernel_command_line() {
+        let s = guest_script(256 << 20, 128 << 20);
+        assert!(s.contains("count=256") && s.contains("bytes=268435456"));
+        assert!(s.contains("head -c 134217728 /dev/zero"));
+        assert!(s.contains("oflag=direct") && s.contains("iflag=direct"));
+        let param = uvm_guest::protocol::encode_command(&["sh".into(), "-c".into(), s.clone()]);
+        assert!(
+            param.len() + crate::vmm::linux::DEFAULT_CMDLINE.len() + IP_PARAM.len() < 1800,
+            "{} bytes",
+            param.len()
+        );
+        // Every line the script prints is one the parser knows.
+        for line in s.lines().filter(|l| l.contains("say ")) {
+            for part in line
+                .split(';')
+                .filter_map(|p| p.trim().strip_prefix("say "))
+            {
+                let kind = part.split_whitespace().next().unwrap();
+                assert!(
+                    ["disk", "listen", "received", "done"].contains(&kind),
+                    "{part}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn vmm_command_lines_share_kernel_image_and_tap() {
+        let a = args();
+        let b = IoBench {
+            args: &a,
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            image: "/tmp/x.img".into(),
+            tap: "uvmbio1".into(),
+        };
+        let q: Vec<String> = b
+            .qemu()
+            .get_args()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let qs = q.join(" ");
+        assert!(
+            qs.contains("-nodefaults") && qs.contains("microvm,acpi=on"),
+            "{qs}"
+        );
+        assert!(qs.contains("file=/tmp/x.img,format=raw,if=none,cache=none,aio=threads"));
+        assert!(qs.contains("tap,id=n0,ifname=uvmbio1,script=no,downscript=no"));
+        assert!(qs.contains(&format!("virtio-net-device,netdev=n0,mac={MAC}")));
+        assert!(qs.contains("-m 512M") && qs.contains("-smp 1"));
+        let append = &q[q.iter().position(|a| a == "-append").unwrap() + 1];
+        assert!(append.ends_with(IP_PARAM) && append.contains("uvm.cmd="));
+        let u: Vec<String> = b
+            .uvm()
+            .unwrap()
+            .get_args()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let us = u.join(" ");
+        assert!(us.contains("--disk /tmp/x.img") && us.contains("--mem 512M"));
+        assert!(us.contains(&format!("--net tap=uvmbio1,mac={MAC}")));
+        assert!(us.contains(&format!("--cmdline {IP_PARAM}")));
+        assert_eq!(u[u.len() - 3..u.len() - 1], ["sh", "-c"]);
+    }
+
+    #[test]
+    fn bad_sizes_are_environment_errors() {
+        let mut a = args();
+        a.disk_size = (1 << 20) + 1;
+        assert!(matches!(preflight(&a), Err(BenchError::Environment(_))));
+        let mut a = args();
+        a.runs = 0;
+        assert!(matches!(preflight(&a), Err(BenchError::Environment(_))));
+    }
+}
