@@ -27,6 +27,7 @@ lint: setup
 unit-test: guest
 	$(CARGO) test --release --locked --workspace --lib --bins
 	$(CARGO) test --release --locked -p uvm --test cli_errors --test exit_loop
+	$(CARGO) test --release --locked -p uvm-devices --tests
 	resources/build-rootfs.sh --install-deps
 	$(CARGO) test --release --locked -p uvm-guest --tests
 
