@@ -52,6 +52,8 @@ bench: guest
 	@echo "plot: /tmp/uvm-bench-boot.svg, samples: /tmp/uvm-bench-boot.json"
 	$(RUNNER) -- $(UVM) bench io --runs 1 --json /tmp/uvm-bench-io.json --plot /tmp/uvm-bench-io.svg
 	@echo "plot: /tmp/uvm-bench-io.svg, samples: /tmp/uvm-bench-io.json"
+	resources/bench-container.sh
+	resources/bench-container-guest.sh
 
 clean:
 	$(CARGO) clean
