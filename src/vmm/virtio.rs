@@ -2,13 +2,13 @@
 //! and how each becomes a virtio-mmio window with its ioeventfds, irqfd and
 //! event-loop worker.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::IoEventAddress;
-use uvm_devices::virtio::block::{Block, BlockConfig};
-use uvm_devices::virtio::net::{Net, NetConfig};
+use uvm_devices::virtio::block::{self, Block, BlockConfig};
+use uvm_devices::virtio::net::{format_mac, tap, Net, NetConfig};
 use uvm_devices::virtio::{self, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 
 use super::layout::{IOAPIC_PINS, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
@@ -18,9 +18,6 @@ use crate::error::Error;
 
 /// How many virtio devices fit: one IOAPIC pin each, from the first free one.
 pub const MAX_DEVICES: u32 = IOAPIC_PINS - VIRTIO_IRQ_BASE;
-
-/// The most a virtio-blk serial holds.
-const ID_MAX: usize = 20;
 
 /// `--disk PATH[,ro][,id=NAME][,root]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +49,11 @@ impl FromStr for DiskSpec {
                 None if opt == "ro" => spec.read_only = true,
                 None if opt == "rw" => spec.read_only = false,
                 None if opt == "root" => spec.root = true,
-                Some(("id", id)) if id.is_empty() || id.len() > ID_MAX => {
-                    return Err(format!("id={id:?}: a disk id is 1 to {ID_MAX} bytes"))
+                Some(("id", id)) if id.is_empty() || id.len() > block::ID_BYTES => {
+                    return Err(format!(
+                        "id={id:?}: a disk id is 1 to {} bytes",
+                        block::ID_BYTES
+                    ))
                 }
                 Some(("id", id)) => spec.id = Some(id.to_string()),
                 _ => {
@@ -92,9 +92,9 @@ impl FromStr for NetSpec {
             }
         }
         let tap = tap.ok_or("a network device needs a tap: --net tap=NAME")?;
-        if tap.is_empty() || tap.len() >= libc::IFNAMSIZ || tap.contains(['/', ':', '%', ' ']) {
+        if !tap::valid_name(&tap) {
             return Err(format!(
-                "tap={tap:?}: an interface name is 1 to 15 bytes, without '/', ':', '%' or spaces"
+                "tap={tap:?}: an interface name is 1 to 15 bytes, without '/', ':', '%' or whitespace"
             ));
         }
         if let Some(m) = mac {
@@ -123,13 +123,6 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
-pub fn format_mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// Checks that can be made without KVM, so bad input fails the same way on
 /// every host.
 pub fn validate(disks: &[DiskSpec], nets: &[NetSpec]) -> Result<(), Error> {
@@ -143,7 +136,7 @@ pub fn validate(disks: &[DiskSpec], nets: &[NetSpec]) -> Result<(), Error> {
         return Err(Error::Device("only one disk can be the root".into()));
     }
     for d in disks {
-        check_disk(&d.path)?;
+        block::check_image(&d.path)?;
     }
     let mut taps: Vec<&str> = nets.iter().map(|n| n.tap.as_str()).collect();
     taps.sort_unstable();
@@ -151,26 +144,6 @@ pub fn validate(disks: &[DiskSpec], nets: &[NetSpec]) -> Result<(), Error> {
         return Err(Error::Device(format!(
             "tap {} is given twice: each --net needs its own tap",
             w[0]
-        )));
-    }
-    Ok(())
-}
-
-fn check_disk(path: &Path) -> Result<(), Error> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::Io(format!("disk image {}", path.display()), e))?;
-    let ft = meta.file_type();
-    use std::os::unix::fs::FileTypeExt;
-    if !(ft.is_file() || ft.is_block_device()) {
-        return Err(Error::Device(format!(
-            "disk image {} is not a regular file or a block device",
-            path.display()
-        )));
-    }
-    if ft.is_file() && meta.len() < 512 {
-        return Err(Error::Device(format!(
-            "disk image {} is smaller than one 512-byte sector",
-            path.display()
         )));
     }
     Ok(())
@@ -198,43 +171,26 @@ pub struct Attached {
 /// event loop.
 pub fn attach(vm: &mut Vm, disks: &[DiskSpec], nets: &[NetSpec]) -> Result<Attached, Error> {
     let mut out = Attached::default();
-    let mut slot = 0u32;
     for d in ordered(disks) {
         let dev = Block::new(BlockConfig {
             path: d.path.clone(),
             read_only: d.read_only,
             id: d.id.clone(),
         })?;
-        let (base, irq) = place(slot)?;
-        let (transport, worker) = virtio::mmio_device(vm.memory().clone(), dev)?;
-        wire(vm, transport, worker, base, irq)?;
+        add_device(vm, &mut out, dev)?;
         if d.root {
             out.cmdline.push(format!(
                 "root=/dev/vda {}",
                 if d.read_only { "ro" } else { "rw" }
             ));
         }
-        out.acpi.push(AcpiDevice::VirtioMmio {
-            base,
-            len: VIRTIO_MMIO_SIZE,
-            irq,
-        });
-        slot += 1;
     }
     for n in nets {
         let dev = Net::new(NetConfig {
             tap: n.tap.clone(),
             mac: n.mac,
         })?;
-        let (base, irq) = place(slot)?;
-        let (transport, worker) = virtio::mmio_device(vm.memory().clone(), dev)?;
-        wire(vm, transport, worker, base, irq)?;
-        out.acpi.push(AcpiDevice::VirtioMmio {
-            base,
-            len: VIRTIO_MMIO_SIZE,
-            irq,
-        });
-        slot += 1;
+        add_device(vm, &mut out, dev)?;
     }
     // Debian's kernels find the devices in the DSDT; kernels built with
     // VIRTIO_MMIO_CMDLINE_DEVICES (and no ACPI) find them here.
@@ -245,6 +201,24 @@ pub fn attach(vm: &mut Vm, disks: &[DiskSpec], nets: &[NetSpec]) -> Result<Attac
         }
     }
     Ok(out)
+}
+
+/// Puts `dev` in the next window: the slot is the number of devices
+/// already described.
+fn add_device<D>(vm: &mut Vm, out: &mut Attached, dev: D) -> Result<(), Error>
+where
+    D: virtio::VirtioDevice + event_manager::MutEventSubscriber + 'static,
+{
+    let slot = u32::try_from(out.acpi.len()).unwrap_or(u32::MAX);
+    let (base, irq) = place(slot)?;
+    let (transport, worker) = virtio::mmio_device(vm.memory().clone(), dev)?;
+    wire(vm, transport, worker, base, irq)?;
+    out.acpi.push(AcpiDevice::VirtioMmio {
+        base,
+        len: VIRTIO_MMIO_SIZE,
+        irq,
+    });
+    Ok(())
 }
 
 fn place(slot: u32) -> Result<(u64, u32), Error> {
@@ -289,6 +263,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn disk_specs() {

@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::*;
@@ -38,7 +38,8 @@ const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 17;
 const MAX_DISCARD_SEGMENTS: u32 = 32;
 /// 4 KiB: below that a punched hole only zeroes, it frees nothing.
 const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
-const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
+/// The most a virtio-blk serial holds.
+pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 const CONFIG_LEN: usize = 60;
 const HEADER_LEN: usize = 16;
 const SEGMENT_LEN: usize = 16;
@@ -96,6 +97,29 @@ struct Active {
     irq: IrqTrigger,
 }
 
+/// What can be known of a disk image without opening it: it exists, is a
+/// regular file or a block device, and (a file) holds at least one sector.
+/// The VMM calls this before it has KVM, so bad input fails alike anywhere.
+pub fn check_image(path: &Path) -> Result<std::fs::Metadata, Error> {
+    let meta = std::fs::metadata(path).map_err(|source| Error::DiskOpen {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let ft = meta.file_type();
+    if !ft.is_file() && !ft.is_block_device() {
+        return Err(Error::DiskType {
+            path: path.to_path_buf(),
+        });
+    }
+    // A block device's st_size is 0; its size is found once it is open.
+    if ft.is_file() && meta.len() < SECTOR_SIZE {
+        return Err(Error::DiskEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(meta)
+}
+
 /// A virtio-blk device with one request queue.
 pub struct Block {
     disk: Disk,
@@ -121,11 +145,7 @@ impl Block {
             path: path.clone(),
             source,
         };
-        let meta = std::fs::metadata(&path).map_err(open_err)?;
-        let ft = meta.file_type();
-        if !ft.is_file() && !ft.is_block_device() {
-            return Err(Error::DiskType { path });
-        }
+        let meta = check_image(&path)?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(!cfg.read_only)

@@ -389,7 +389,7 @@ pub struct Net {
     counters: NetCounters,
 }
 
-fn format_mac(m: &[u8; 6]) -> String {
+pub fn format_mac(m: &[u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()

@@ -40,7 +40,9 @@ pub struct Tap {
     name: String,
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` can name a tap uvm opens (1 to 15 bytes, no '/', '%',
+/// ':', NUL or whitespace).
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() < libc::IFNAMSIZ
         && !name
