@@ -196,6 +196,8 @@ run_uvm --mem 512M -- sh -c '
   test -e /tmp/rootfs/written && echo image-changed || echo image-unchanged
   head -c 100000000 /dev/zero | uvm-container run --rootfs /tmp/rootfs --net none --memory 32m -- sort >/dev/null
   echo "oom rc=$?"
+  uvm-container run --rootfs /tmp/rootfs --net none --cap-add CAP_MKNOD -v /dev/kmsg:/dev/kmsg -- sh -c "d=made; mknod /tmp/d b 254 0 2>/dev/null || d=refused; n=refused; mknod /tmp/n c 1 3 && echo x > /tmp/n && n=ok; k=refused; (exec 3>/dev/kmsg) 2>/dev/null && k=opened; echo devices disk=\$d null=\$n kmsg=\$k"
+  (exec 3>/dev/kmsg) && echo kmsg-outside-opened
   echo "left cgroups=$(find /sys/fs/cgroup/uvm -mindepth 1 -type d 2>/dev/null | wc -l) overlays=$(grep -c overlay /proc/mounts)"'
 "#,
     },
@@ -634,5 +636,10 @@ fn the_container_runtime_runs_inside_a_guest() {
     assert!(out.contains("\nimage-unchanged\n"), "{out}");
     assert_eq!(field(out, "oom"), "rc=137", "{out}");
     assert!(out.contains("OOM-killed"), "{out}");
+    // cgroup v2 device rules (an eBPF program): no disk node even with
+    // CAP_MKNOD, the default devices work, and a bound-in node outside the
+    // rules does not open, though it does outside the container.
+    assert_eq!(field(out, "devices"), "disk=refused null=ok kmsg=refused");
+    assert!(out.contains("\nkmsg-outside-opened\n"), "{out}");
     assert_eq!(field(out, "left"), "cgroups=0 overlays=0");
 }

@@ -537,6 +537,31 @@ fn library_api_run_with_volumes_and_drop() {
     env.assert_clean();
 }
 
+/// The unified (v2) hierarchy of a hybrid host: `/sys/fs/cgroup/unified`,
+/// or, where the host does not mount it, a mount of the test's own (the
+/// same hierarchy; controllers stay with v1 either way).
+fn unified_hierarchy() -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap();
+    let host = PathBuf::from("/sys/fs/cgroup/unified");
+    if host.join("cgroup.procs").exists() {
+        return host;
+    }
+    let own = PathBuf::from("/tmp/uvm-test-cgroup2");
+    if !own.join("cgroup.procs").exists() {
+        std::fs::create_dir_all(&own).unwrap();
+        nix::mount::mount(
+            Some("cgroup2"),
+            &own,
+            Some("cgroup2"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap_or_else(|e| panic!("mounting cgroup2 at {}: {e}", own.display()));
+    }
+    own
+}
+
 /// The cgroup v2 code path on this host's (controller-less) unified
 /// hierarchy: the container joins its own v2 cgroup, sees it as its root,
 /// and it is removed afterwards; limits fail with a clear message since no
@@ -546,11 +571,7 @@ fn cgroup_v2_path_on_the_unified_hierarchy() {
     use uvm_guest::container::cgroups::Hierarchy;
     use uvm_guest::container::{state::Paths, NetMode, RunOptions, Runtime, Source, Volume};
     require_root!();
-    let unified = PathBuf::from("/sys/fs/cgroup/unified");
-    if !unified.join("cgroup.procs").exists() {
-        eprintln!("skipped: no cgroup2 at {}", unified.display());
-        return;
-    }
+    let unified = unified_hierarchy();
     let env = Env::new("v2");
     let mut rt = Runtime::new(Paths::new(&env.root));
     rt.cgroup_parent = env.cgroup_parent.clone();
@@ -910,26 +931,48 @@ fn seccomp_blocks_with_eperm_and_can_be_turned_off() {
     env.assert_clean();
 }
 
+/// The default device rules on the host's cgroup version, and on cgroup v2
+/// (an eBPF device program; the host's unified hierarchy on a hybrid host).
 #[test]
 fn device_access_is_restricted_by_the_device_cgroup() {
     require_root!();
     let v1 = !Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    if !v1 {
-        eprintln!("skipped: the device cgroup test is for cgroup v1 hosts");
-        return;
+    let mut envs = vec![Env::new("devices")];
+    if v1 {
+        let mut v2 = Env::new("devv2");
+        v2.global.push("--cgroup2-root".into());
+        v2.global.push(unified_hierarchy().display().to_string());
+        envs.push(v2);
     }
-    let env = Env::new("devices");
-    // Even with CAP_MKNOD, no node for the host's disk.
-    let out = env.run(&[
-        "--net", "none", "--cap-add", "CAP_MKNOD", "--", "sh", "-c",
-        "mknod /tmp/disk b 254 0 2>&1; mknod /tmp/null2 c 1 3 && echo hi > /tmp/null2 && echo null-ok",
-    ]);
-    let s = ok(&out);
-    // The device cgroup refuses the disk (mknod needs its 'm' permission),
-    // while an allowed device can be made and used.
-    assert!(s.contains("Operation not permitted"), "{s}");
-    assert!(s.contains("null-ok"), "allowed devices still work: {s}");
-    env.assert_clean();
+    for env in &envs {
+        // Even with CAP_MKNOD, no node for a disk; an allowed device can be
+        // made and used. A device outside the rules cannot be opened even
+        // when the host's node is bound in (tun opens for anyone otherwise).
+        let out = env.run(&[
+            "--net", "none", "--cap-add", "CAP_MKNOD", "-v", "/dev/net/tun:/dev/tun", "--", "sh", "-c",
+            "mknod /tmp/disk b 254 0 2>&1; mknod /tmp/null2 c 1 3 && echo hi > /tmp/null2 && echo null-ok; \
+             exec 3</dev/tun && echo tun-opened",
+        ]);
+        let s = text(&out.stdout) + &text(&out.stderr);
+        assert!(
+            s.contains("mknod: /tmp/disk: Operation not permitted"),
+            "{:?}: {s}",
+            env.global
+        );
+        assert!(s.contains("null-ok"), "allowed devices still work: {s}");
+        assert!(s.contains("/dev/tun: Operation not permitted"), "{s}");
+        assert!(!s.contains("tun-opened"), "{s}");
+        env.assert_clean();
+    }
+    // Without the device cgroup (the control): tun opens for root.
+    let out = Command::new("sh")
+        .args(["-c", "exec 3</dev/net/tun && echo tun-opened"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "tun-opened\n");
+    for env in &envs {
+        let _ = std::fs::remove_dir(unified_hierarchy().join(&env.cgroup_parent));
+    }
 }
 
 // ---------------------------------------------------------------- exec, ps, kill, stats, gc

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::device_filter;
 use super::error::{Error, Result};
 
 /// Where cgroup hierarchies are normally mounted.
@@ -31,7 +32,8 @@ pub struct Resources {
     pub cpu_shares: Option<u64>,
     /// Maximum number of tasks.
     pub pids: Option<i64>,
-    /// Device access rules (v1 devices controller): (allow, "c 1:3 rwm").
+    /// Device access rules, (allow, "c 1:3 rwm"): the v1 devices controller's
+    /// files, or an eBPF device program on v2.
     pub devices: Vec<(bool, String)>,
 }
 
@@ -297,6 +299,8 @@ impl Cgroup {
     }
 
     fn apply(&self, h: &Hierarchy, res: &Resources) -> Result<()> {
+        // Checked on both versions, so a bad rule fails the same way everywhere.
+        let device_rules = device_filter::parse_rules(&res.devices)?;
         let files = match h {
             Hierarchy::V2 { .. } => v2_limit_files(res),
             Hierarchy::V1 { .. } => v1_limit_files(res),
@@ -312,6 +316,11 @@ impl Cgroup {
                 continue;
             }
             write_file(&path, &value)?;
+        }
+        if self.version == 2 && !device_rules.is_empty() {
+            if let Some((_, dir)) = self.dirs.first() {
+                device_filter::restrict(dir, &device_rules)?;
+            }
         }
         Ok(())
     }

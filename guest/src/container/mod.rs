@@ -4,7 +4,8 @@
 //! - [`spec`]: flags or a bundle's `config.json` to an OCI [`oci_spec::runtime::Spec`];
 //! - [`process`]: namespaces, PID 1, the exec handshake, exit status;
 //! - [`rootfs`]: overlay, mounts, devices, `pivot_root`, masked paths;
-//! - [`cgroups`]: limits and accounting over cgroup v1 and v2;
+//! - [`cgroups`]: limits and accounting over cgroup v1 and v2 (device rules
+//!   on v2 through [`device_filter`], an eBPF program);
 //! - [`seccomp`] and capabilities (in [`process`]): privileges;
 //! - [`network`]: bridge, veth, addresses, nftables NAT and port publishing;
 //! - [`state`] and [`runtime`]: names, state on disk, run/exec/kill/ps/stats/gc;
@@ -12,6 +13,7 @@
 //! - [`cli`]: `uvm container ...`.
 pub mod cgroups;
 pub mod cli;
+pub mod device_filter;
 pub mod error;
 pub mod image;
 pub mod limits;

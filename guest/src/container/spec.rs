@@ -659,9 +659,12 @@ pub fn resources(spec: &Spec) -> Resources {
     }
     for d in res.devices().as_deref().unwrap_or_default() {
         let typ = match d.typ() {
-            Some(LinuxDeviceType::C) => 'c',
+            // 'u' (unbuffered) is a character device too.
+            Some(LinuxDeviceType::C | LinuxDeviceType::U) => 'c',
             Some(LinuxDeviceType::B) => 'b',
-            _ => 'a',
+            // FIFOs are not under the device cgroup.
+            Some(LinuxDeviceType::P) => continue,
+            Some(LinuxDeviceType::A) | None => 'a',
         };
         let num = |n: Option<i64>| n.map_or("*".to_string(), |n| n.to_string());
         let access = d.access().clone().unwrap_or_else(|| "rwm".into());
