@@ -2,8 +2,9 @@
 # Builds uvm's default guest under build/guest/:
 #   vmlinuz          Debian's cloud kernel (fetched by fetch-kernels.sh)
 #   initramfs.cpio   uvm-init as /init (static Rust), busybox-static, uvm's
-#                    container runtime (/bin/uvm-container, static), and the
-#                    kernel modules the guest needs with their modules.dep
+#                    container runtime (/bin/uvm-container, static), nft
+#                    with its libraries, and the kernel modules the guest
+#                    needs with their modules.dep and modules.alias
 # Uncompressed on purpose: the kernel copies it in less time than it would
 # take to decompress it, above all under nested virtualisation.
 set -euo pipefail
@@ -12,6 +13,13 @@ CACHE=${UVM_CACHE:-/var/cache/uvm}
 OUT=$ROOT/build/guest
 # Modules the guest loads at boot (dependencies are resolved from modules.dep).
 MODULES=(virtio_mmio virtio_blk virtio_net pvpanic_mmio overlay)
+# Modules shipped but loaded only when the kernel asks for them (busybox
+# modprobe, through modules.alias): the container runtime's bridge mode,
+# i.e. bridge and veth links and the nftables expressions of its NAT table.
+ON_DEMAND=(bridge veth nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_ipv4)
+# Dynamically linked programs shipped with their libraries: nft, for the
+# runtime's NAT rules.
+PROGRAMS=(/usr/sbin/nft)
 
 step() { echo "build-guest: $*" >&2; }
 
@@ -52,14 +60,28 @@ done
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$STAGE/etc/passwd"
 printf 'root:x:0:\ntty:x:5:\n' >"$STAGE/etc/group"
 
+for prog in "${PROGRAMS[@]}"; do
+    install -D -m 0755 --strip "$prog" "$STAGE$prog"
+    for lib in $(ldd "$prog" | awk '$2=="=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'); do
+        [ -e "$STAGE$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$STAGE$lib"
+    done
+done
+# nft resolves protocol names (tcp, udp) through it.
+install -m 0644 /etc/protocols "$STAGE/etc/protocols"
+
 MODDIR=$KROOT/lib/modules/$KVER
-mapfile -t KOS < <("$ROOT/resources/module-closure.sh" "$KROOT" "$KVER" "${MODULES[@]}")
+mapfile -t KOS < <("$ROOT/resources/module-closure.sh" "$KROOT" "$KVER" "${MODULES[@]}" "${ON_DEMAND[@]}")
 for ko in "${KOS[@]}"; do
     mkdir -p "$STAGE/lib/modules/$KVER/$(dirname "$ko")"
     cp "$MODDIR/$ko" "$STAGE/lib/modules/$KVER/$ko"
 done
 # Only the lines of the modules shipped, so the init never looks for others.
 grep -F -f <(printf '%s:\n' "${KOS[@]}") "$MODDIR/modules.dep" >"$STAGE/lib/modules/$KVER/modules.dep"
+# The aliases the kernel asks for (rtnl-link-veth, nft-expr-masq, ...), for
+# the shipped modules only.
+names=$(printf '%s\n' "${KOS[@]}" | sed 's|.*/||; s|\.ko.*||; s|-|_|g')
+awk 'NR==FNR {want[$1]=1; next} $1=="alias" && want[$3]' <(echo "$names") "$MODDIR/modules.alias" \
+    >"$STAGE/lib/modules/$KVER/modules.alias"
 printf '%s\n' "${MODULES[@]}" >"$STAGE/etc/uvm/modules"
 
 mkdir -p "$OUT"

@@ -235,6 +235,56 @@ ip link del $tap
 rm -f $B.h2g $B.g2h
 "#,
     },
+    Scripted {
+        name: "bridge",
+        // The runtime's bridge mode inside a guest, with the guest's own
+        // virtio-net behind it: two containers talk over the guest's bridge,
+        // one reaches the runner host (standing in for "outside") through
+        // the guest's NAT, and the runner host reaches a published port
+        // through the guest's DNAT. Modules load on demand (modprobe).
+        script: r#"
+tap=uvmbr$$
+ip tuntap add $tap mode tap && ip addr add 10.0.2.1/24 dev $tap && ip link set $tap up
+# "Outside": records who connects (after NAT, the guest's own address).
+python3 -c '
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.0.2.1", 5010)); s.listen(1); s.settimeout(170)
+c, peer = s.accept(); data = c.recv(100).decode().strip()
+c.sendall(b"hello-from-outside\n"); c.close()
+print("outside peer=%s data=%s" % (peer[0], data))' > $B.outside 2>&1 &
+listener=$!
+# Python starts slowly in the runner's L1: listen before the guest boots.
+for i in $(seq 300); do ss -Hltn "sport = :5010" | grep -q . && break; sleep 0.1; done
+retry() { for i in $(seq 240); do timeout 60 bash -c "$1" 2>/dev/null && return 0; sleep 0.5; done; return 1; }
+(
+  # Refused (or unreachable) until the guest has published the port.
+  retry "cat < /dev/tcp/10.0.2.2/8080 > $B.published && test -s $B.published"
+  retry "echo done > /dev/tcp/10.0.2.2/5004"
+) &
+helper=$!
+run_uvm --mem 512M --net tap=$tap --cmdline "ip=10.0.2.2::10.0.2.1:255.255.255.0::eth0:off" -- sh -c '
+  uvm-container mkrootfs /tmp/rootfs >/dev/null || echo mkrootfs-failed
+  uvm-container run --rootfs /tmp/rootfs --name web -p 8080:80 -- nc -ll -p 80 -e echo hello-from-web >/tmp/web.out 2>&1 &
+  for i in $(seq 150); do web=$(uvm-container ps | awk "\$1==\"web\" && \$5!=\"-\" {print \$5}"); [ -n "$web" ] && break; sleep 0.2; done
+  echo "web ip=$web"
+  uvm-container run --rootfs /tmp/rootfs --net bridge -- sh -c "ip -4 addr show eth0 | grep -o \"inet [0-9.]*\"; nc -w 10 $web 80; echo via-nat | nc -w 10 10.0.2.1 5010"
+  echo "client rc=$?"
+  nc -l -p 5004 >/dev/null
+  echo "published map: $(nft list map ip uvm ports | grep -o "tcp . 8080 : [0-9.]* . 80")"
+  uvm-container kill web; wait
+  echo "left ports=$(nft list map ip uvm ports | grep -c "tcp \.") veths=$(ip -o link | grep -c uvmv) containers=$(uvm-container ps | grep -vc ^NAME)"
+  uvm-container gc
+  echo "ruleset=[$(nft list ruleset)] bridge=$(ip -o link | grep -c uvm0)"'
+kill $helper $listener 2>/dev/null; wait $helper $listener
+{
+  cat $B.outside
+  echo "published $(cat $B.published 2>/dev/null)"
+} > $B.host
+ip link del $tap
+rm -f $B.outside $B.published
+"#,
+    },
 ];
 
 /// tests/runner/kvm-runner's status when its L1 VM wedged.
@@ -622,6 +672,40 @@ fn guest_network_over_a_tap_carries_50_mb_each_way() {
             "{dir}: the data changed on the way"
         );
     }
+}
+
+/// Bridge networking of the runtime inside a guest, end to end through the
+/// guest's virtio-net: container to container, NAT out of the VM, a
+/// published port from outside the VM, and nothing left afterwards.
+#[test]
+fn containers_in_a_guest_network_over_its_bridge_nat_and_published_ports() {
+    let o = case("bridge");
+    assert_eq!(o.rc, 0);
+    let out = &o.stdout;
+    let web = field(out, "web").trim_start_matches("ip=");
+    assert!(web.starts_with("10.88."), "{out}");
+    let client = field(out, "inet");
+    assert!(client.starts_with("10.88.") && client != web, "{out}");
+    assert!(
+        out.contains("\nhello-from-web\n"),
+        "container to container: {out}"
+    );
+    assert!(out.contains("\nhello-from-outside\n"), "egress: {out}");
+    assert_eq!(field(out, "client"), "rc=0");
+    assert_eq!(
+        field(&o.host, "outside"),
+        "peer=10.0.2.2 data=via-nat",
+        "masqueraded to the guest's address"
+    );
+    assert_eq!(field(&o.host, "published"), "hello-from-web");
+    assert_eq!(
+        field(out, "published map:"),
+        format!("tcp . 8080 : {web} . 80")
+    );
+    assert_eq!(field(out, "left"), "ports=0 veths=0 containers=0");
+    assert!(out.contains("removed bridge uvm0"), "{out}");
+    assert!(out.contains("removed nftables table ip uvm"), "{out}");
+    assert_eq!(field(out, "ruleset=[]"), "bridge=0");
 }
 
 #[test]
