@@ -208,10 +208,8 @@ run_uvm --mem 512M -- sh -c '
         // (bash's /dev/tcp on this side, busybox nc in the guest).
         script: r#"
 tap=uvmtest$$
-ip tuntap add $tap mode tap && ip addr add 10.0.2.1/24 dev $tap && ip link set $tap up
+tap_up $tap 10.0.2.1/24
 head -c 52428800 /dev/urandom > $B.h2g
-# A refused connection (the guest not listening yet) fails at once: retry.
-retry() { for i in $(seq 240); do timeout 120 bash -c "$1" 2>/dev/null && return 0; sleep 0.5; done; return 1; }
 (
   retry "cat $B.h2g > /dev/tcp/10.0.2.2/5002"
   retry "cat < /dev/tcp/10.0.2.2/5003 > $B.g2h"
@@ -244,31 +242,31 @@ rm -f $B.h2g $B.g2h
         // through the guest's DNAT. Modules load on demand (modprobe).
         script: r#"
 tap=uvmbr$$
-ip tuntap add $tap mode tap && ip addr add 10.0.2.1/24 dev $tap && ip link set $tap up
+# Its own subnet: the net case's tap is up at the same time.
+tap_up $tap 10.0.3.1/24
 # "Outside": records who connects (after NAT, the guest's own address).
 python3 -c '
 import socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("10.0.2.1", 5010)); s.listen(1); s.settimeout(170)
+s.bind(("10.0.3.1", 5010)); s.listen(1); s.settimeout(170)
 c, peer = s.accept(); data = c.recv(100).decode().strip()
 c.sendall(b"hello-from-outside\n"); c.close()
 print("outside peer=%s data=%s" % (peer[0], data))' > $B.outside 2>&1 &
 listener=$!
 # Python starts slowly in the runner's L1: listen before the guest boots.
 for i in $(seq 300); do ss -Hltn "sport = :5010" | grep -q . && break; sleep 0.1; done
-retry() { for i in $(seq 240); do timeout 60 bash -c "$1" 2>/dev/null && return 0; sleep 0.5; done; return 1; }
 (
   # Refused (or unreachable) until the guest has published the port.
-  retry "cat < /dev/tcp/10.0.2.2/8080 > $B.published && test -s $B.published"
-  retry "echo done > /dev/tcp/10.0.2.2/5004"
+  retry "cat < /dev/tcp/10.0.3.2/8080 > $B.published && test -s $B.published"
+  retry "echo done > /dev/tcp/10.0.3.2/5004"
 ) &
 helper=$!
-run_uvm --mem 512M --net tap=$tap --cmdline "ip=10.0.2.2::10.0.2.1:255.255.255.0::eth0:off" -- sh -c '
+run_uvm --mem 512M --net tap=$tap --cmdline "ip=10.0.3.2::10.0.3.1:255.255.255.0::eth0:off" -- sh -c '
   uvm-container mkrootfs /tmp/rootfs >/dev/null || echo mkrootfs-failed
   uvm-container run --rootfs /tmp/rootfs --name web -p 8080:80 -- nc -ll -p 80 -e echo hello-from-web >/tmp/web.out 2>&1 &
   for i in $(seq 150); do web=$(uvm-container ps | awk "\$1==\"web\" && \$5!=\"-\" {print \$5}"); [ -n "$web" ] && break; sleep 0.2; done
   echo "web ip=$web"
-  uvm-container run --rootfs /tmp/rootfs --net bridge -- sh -c "ip -4 addr show eth0 | grep -o \"inet [0-9.]*\"; nc -w 10 $web 80; echo via-nat | nc -w 10 10.0.2.1 5010"
+  uvm-container run --rootfs /tmp/rootfs --net bridge -- sh -c "ip -4 addr show eth0 | grep -o \"inet [0-9.]*\"; nc -w 10 $web 80; echo via-nat | nc -w 10 10.0.3.1 5010"
   echo "client rc=$?"
   nc -l -p 5004 >/dev/null
   echo "published map: $(nft list map ip uvm ports | grep -o "tcp . 8080 : [0-9.]* . 80")"
@@ -327,7 +325,10 @@ fn session() -> &'static Session {
                  boot_once \"$@\"\n\
                fi\n\
              }}\n\
-             run_uvm() {{ run_case --timeout 180 \"$@\"; }}\n",
+             run_uvm() {{ run_case --timeout 180 \"$@\"; }}\n\
+             tap_up() {{ ip tuntap add $1 mode tap && ip addr add $2 dev $1 && ip link set $1 up; }}\n\
+             # A refused connection (the guest not listening yet) fails at once.\n\
+             retry() {{ for i in $(seq 240); do timeout 120 bash -c \"$1\" 2>/dev/null && return 0; sleep 0.5; done; return 1; }}\n",
             uvm = env!("CARGO_BIN_EXE_uvm"),
             dir = dir.display(),
         );
@@ -694,7 +695,7 @@ fn containers_in_a_guest_network_over_its_bridge_nat_and_published_ports() {
     assert_eq!(field(out, "client"), "rc=0");
     assert_eq!(
         field(&o.host, "outside"),
-        "peer=10.0.2.2 data=via-nat",
+        "peer=10.0.3.2 data=via-nat",
         "masqueraded to the guest's address"
     );
     assert_eq!(field(&o.host, "published"), "hello-from-web");
