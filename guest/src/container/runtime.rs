@@ -163,9 +163,20 @@ impl Runtime {
                 Some(profile) => super::seccomp::compile(profile)?,
                 None => Vec::new(),
             };
-        let hierarchy = self.hierarchy()?;
         let resources = spec::resources(spec);
-        let cgroup = !rootless || self.rootless_cgroup(&hierarchy, &resources)?;
+        // Rootless without limits: no cgroup, so the host's layout (perhaps
+        // not even visible) does not matter.
+        let hierarchy = match rootless && !resources.limits() {
+            true => None,
+            false => Some(self.hierarchy()?),
+        };
+        let cgroup = match &hierarchy {
+            Some(h) if rootless => {
+                self.check_delegated(h)?;
+                Some(h)
+            }
+            h => h.as_ref(),
+        };
         self.paths.ensure_root()?;
         // Stale containers of the same name (their runtime was killed) go first.
         if let Ok(old) = State::load(&self.paths, &name) {
@@ -203,7 +214,7 @@ impl Runtime {
             &prepared.rootfs,
             &namespaces,
             &seccomp,
-            cgroup.then_some((&hierarchy, &resources)),
+            cgroup.map(|h| (h, &resources)),
             opts,
         ) {
             Ok(()) => Ok(Container {
@@ -318,18 +329,10 @@ impl Runtime {
         started.release().map(drop)
     }
 
-    /// Rootless, whether the container gets a cgroup: only for limits, and
-    /// only in a cgroup v2 directory delegated to the caller (the
-    /// `cgroup_parent`, made writable for it by an administrator or systemd).
-    fn rootless_cgroup(
-        &self,
-        hierarchy: &Hierarchy,
-        r: &super::cgroups::Resources,
-    ) -> Result<bool> {
-        if r.memory.is_none() && r.cpu_quota.is_none() && r.cpu_shares.is_none() && r.pids.is_none()
-        {
-            return Ok(false);
-        }
+    /// Rootless limits need a cgroup v2 directory delegated to the caller
+    /// (the `cgroup_parent`, made writable for it by an administrator or
+    /// systemd): the refusal when there is none.
+    fn check_delegated(&self, hierarchy: &Hierarchy) -> Result<()> {
         const FLAGS: &str = "--memory, --cpus, --cpu-shares and --pids-limit";
         match hierarchy {
             Hierarchy::V1 { .. } => Err(Error::Rootless(format!(
@@ -339,7 +342,7 @@ impl Runtime {
                 let parent = root.join(&self.cgroup_parent);
                 let writable = |p: &Path| unistd::access(p, unistd::AccessFlags::W_OK).is_ok();
                 if writable(&parent) && writable(&parent.join("cgroup.procs")) {
-                    Ok(true)
+                    Ok(())
                 } else {
                     Err(Error::Rootless(format!(
                         "{FLAGS} need a cgroup v2 directory delegated to you at {} \
