@@ -1524,6 +1524,8 @@ fn userns_as_root_maps_root_to_an_unprivileged_range() {
         "0:200000:1000",
         "--gidmap",
         "0:300000:1000",
+        "--memory",
+        "64m",
         "--",
         "sleep",
         "60",
@@ -1542,6 +1544,8 @@ fn userns_as_root_maps_root_to_an_unprivileged_range() {
     assert_eq!(l[0], ["0", "200000", "1000"], "{s}");
     assert_eq!(l[1], ["0", "300000", "1000"], "{s}");
     assert_eq!(l[2], ["0", "0"], "{s}");
+    // As root, limits work with a user namespace too.
+    assert_eq!(stats(&env, "mapped")["memory_limit"], 64 << 20);
     ok(&env.ctl(&["kill", "mapped"]));
     assert_eq!(child.output().status.code(), Some(137));
     std::fs::remove_dir_all(&vol).unwrap();
