@@ -65,6 +65,9 @@ struct Env {
     global: Vec<String>,
     /// Network namespace to run the runtime in.
     netns: Option<String>,
+    /// Rootless: the scratch directory holding the caller's rootfs copy and
+    /// runtime directory; the runtime then runs as [`NOBODY`].
+    rootless: Option<PathBuf>,
 }
 
 impl Env {
@@ -78,10 +81,47 @@ impl Env {
             cgroup_parent: format!("uvm-test-{unique}"),
             global: vec!["--bridge".into(), bridge],
             netns: None,
+            rootless: None,
+        }
+    }
+
+    /// A rootless caller: uid/gid 65534 through setpriv, with a runtime
+    /// directory and a copy of the rootfs of its own (an image the user
+    /// unpacked). The runtime finds its state root ($XDG_RUNTIME_DIR/uvm)
+    /// by itself.
+    fn rootless(tag: &str) -> Env {
+        let dir = tmp().join(format!("rootless-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("xdg")).unwrap();
+        sh(&format!(
+            "cp -a {} {d}/rootfs && chown -R {NOBODY}:{NOBODY} {d} && chmod 700 {d}/xdg",
+            rootfs().display(),
+            d = dir.display()
+        ));
+        let mut env = Env::new(tag);
+        env.root = dir.join("xdg/uvm");
+        env.global.clear();
+        env.rootless = Some(dir);
+        env
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        match &self.rootless {
+            Some(dir) => dir.join("rootfs"),
+            None => rootfs().to_path_buf(),
         }
     }
 
     fn cmd(&self) -> Command {
+        if let Some(dir) = &self.rootless {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={NOBODY}"))
+                .arg(format!("--regid={NOBODY}"))
+                .arg("--clear-groups")
+                .arg(BIN)
+                .env("XDG_RUNTIME_DIR", dir.join("xdg"));
+            return c;
+        }
         let mut c = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
@@ -103,7 +143,7 @@ impl Env {
         self.cmd()
             .arg("run")
             .arg("--rootfs")
-            .arg(rootfs())
+            .arg(self.rootfs())
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -115,7 +155,7 @@ impl Env {
             self.cmd()
                 .arg("run")
                 .arg("--rootfs")
-                .arg(rootfs())
+                .arg(self.rootfs())
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -197,6 +237,9 @@ impl Drop for Env {
             let _ = std::fs::remove_dir(&d);
         }
         let _ = std::fs::remove_dir_all(&self.root);
+        if let Some(dir) = &self.rootless {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -1305,5 +1348,286 @@ fn net_none_and_host() {
         "the host namespace's interfaces are visible: {s}"
     );
     drop(host);
+    env.assert_clean();
+}
+
+// ---------------------------------------------------------------- user namespaces, rootless
+
+/// The unprivileged user rootless tests run the runtime as.
+const NOBODY: u32 = 65534;
+
+/// A block device of the host (the root filesystem's, else loop0).
+fn host_block_device() -> Option<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_block = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device());
+    let root = PathBuf::from(sh("findmnt -no SOURCE /").trim());
+    [root, PathBuf::from("/dev/loop0")]
+        .into_iter()
+        .find(|p| is_block(p))
+}
+
+fn owner(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    (m.uid(), m.gid())
+}
+
+/// The upper directory `--keep` reports on stderr.
+fn kept_upper(out: &Output) -> PathBuf {
+    let err = text(&out.stderr);
+    let upper = PathBuf::from(err.trim().rsplit(' ').next().unwrap());
+    assert!(upper.ends_with("upper"), "{err}");
+    upper
+}
+
+#[test]
+fn rootless_run_maps_the_caller_to_root() {
+    require_root!();
+    let rl = Env::rootless("run");
+    let disk = host_block_device().expect("a host block device");
+    let vol = format!("{}:/dev/hostdisk", disk.display());
+    let out = rl.run(&[
+        "--hostname",
+        "rl1",
+        "--name",
+        "rl",
+        "--keep",
+        "-v",
+        &vol,
+        "--",
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; echo pid=$$; hostname; echo data > /newfile; \
+         mknod /tmp/disk b 8 0 2>/dev/null || echo mknod-denied; \
+         mount -t ext4 /dev/hostdisk /mnt 2>/dev/null || echo mount-denied; \
+         head -c1 /dev/hostdisk >/dev/null 2>&1 || echo read-denied; \
+         ip -o link | cut -d' ' -f2; grep ' /sys/' /proc/mounts | grep -vc ' /sys/firmware ' || true",
+    ]);
+    let s = ok(&out);
+    let l: Vec<&str> = s.lines().collect();
+    assert_eq!(l[0], "0", "{s}");
+    assert_eq!(
+        l[1].split_whitespace().collect::<Vec<_>>(),
+        ["0", "65534", "1"],
+        "{s}"
+    );
+    assert_eq!(l[2], "pid=1");
+    assert_eq!(l[3], "rl1");
+    for denied in ["mknod-denied", "mount-denied", "read-denied"] {
+        assert!(l.contains(&denied), "{denied} missing:\n{s}");
+    }
+    // --net none by default without root: loopback only, and /sys is a
+    // sysfs of its own (the network namespace is the container's), not the
+    // host's bound with its submounts.
+    assert_eq!(l[l.len() - 2], "lo:", "{s}");
+    assert_eq!(l[l.len() - 1], "0", "{s}");
+    let upper = kept_upper(&out);
+    assert!(upper.starts_with(&rl.root), "{}", upper.display());
+    assert_eq!(
+        std::fs::read_to_string(upper.join("newfile")).unwrap(),
+        "data\n"
+    );
+    assert_eq!(owner(&upper.join("newfile")), (NOBODY, NOBODY));
+    sh(&format!("rm -rf {}", upper.parent().unwrap().display()));
+    rl.assert_clean();
+    // --net host works too: /sys is then the host's, bound read-only with
+    // every mount below it.
+    let out = rl.run(&[
+        "--net",
+        "host",
+        "--",
+        "sh",
+        "-c",
+        "id -u; grep ' /sys' /proc/mounts | grep -c ' rw[, ]' || true",
+    ]);
+    assert_eq!(ok(&out), "0\n0\n");
+    rl.assert_clean();
+}
+
+#[test]
+fn rootless_refusals_leave_nothing_behind() {
+    require_root!();
+    let rl = Env::rootless("refuse");
+    for (args, needle) in [
+        (&["--memory", "64m"][..], "rootless: --memory"),
+        (&["--pids-limit", "10"][..], "rootless: --memory"),
+        (
+            &["--net", "bridge"][..],
+            "rootless: --net bridge needs root",
+        ),
+        (
+            &["-p", "8080:80"][..],
+            "rootless: publishing ports (-p) needs root",
+        ),
+        (
+            &["--uidmap", "0:100000:65536"][..],
+            "only your own ID can be mapped",
+        ),
+        (&["--user", "1000"][..], "uid 1000 is not mapped"),
+    ] {
+        let mut a = args.to_vec();
+        a.extend(["--", "true"]);
+        let out = rl.run(&a);
+        assert_fails(&out, 125, needle);
+        rl.assert_clean();
+    }
+}
+
+#[test]
+fn rootless_ps_exec_kill_and_gc() {
+    require_root!();
+    let rl = Env::rootless("ctl");
+    let child = rl.spawn_run(&["--name", "svc", "--hostname", "svch", "--", "sleep", "60"]);
+    let c = rl.wait_running("svc");
+    assert!(c["pid"].as_i64().unwrap() > 1);
+    let table = ok(&rl.ctl(&["ps"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("svc ") && l.contains("running")),
+        "{table}"
+    );
+    let out = rl.ctl(&[
+        "exec",
+        "svc",
+        "--",
+        "sh",
+        "-c",
+        "id -u; hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; cat /proc/self/uid_map",
+    ]);
+    let s = ok(&out);
+    let l: Vec<&str> = s.lines().collect();
+    assert_eq!(l[..3], ["0", "svch", "sleep 60 "], "{s}");
+    assert_eq!(
+        l[3].split_whitespace().collect::<Vec<_>>(),
+        ["0", "65534", "1"]
+    );
+    assert_eq!(
+        rl.ctl(&["exec", "svc", "--", "sh", "-c", "exit 4"])
+            .status
+            .code(),
+        Some(4)
+    );
+    ok(&rl.ctl(&["kill", "svc", "-s", "KILL"]));
+    assert_eq!(child.output().status.code(), Some(137));
+    rl.assert_clean();
+    // A runtime killed outright: its container dies, `gc` removes the rest.
+    let child = rl.spawn_run(&[
+        "--name",
+        "orphan",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /d/e && chmod 500 /d/e /d && sleep 60",
+    ]);
+    rl.wait_running("orphan");
+    child.kill_runtime();
+    let out = ok(&rl.ctl(&["gc"]));
+    assert!(out.contains("removed container orphan"), "{out}");
+    rl.assert_clean();
+}
+
+#[test]
+fn userns_as_root_maps_root_to_an_unprivileged_range() {
+    require_root!();
+    let env = Env::new("userns");
+    let vol = tmp().join(format!("userns-vol-{}", std::process::id()));
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("hostfile"), "host\n").unwrap();
+    let v = format!("{}:/vol", vol.display());
+    let script = "cat /proc/self/uid_map /proc/self/gid_map; id -u; echo data > /newfile; \
+                  stat -c '%u %g' /vol/hostfile; echo x >> /vol/hostfile 2>/dev/null || echo write-denied";
+    let out = env.run(&[
+        "--net", "none", "--userns", "--keep", "-v", &v, "--", "sh", "-c", script,
+    ]);
+    let s = ok(&out);
+    let l: Vec<Vec<&str>> = s.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(l[0], ["0", "100000", "65536"], "{s}");
+    assert_eq!(l[1], ["0", "100000", "65536"], "{s}");
+    assert_eq!(l[2], ["0"]);
+    // Host root is not mapped: its files show as the overflow IDs and the
+    // container's root has no power over them.
+    assert_eq!(l[3], ["65534", "65534"], "{s}");
+    assert_eq!(l[4], ["write-denied"], "{s}");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("hostfile")).unwrap(),
+        "host\n"
+    );
+    let upper = kept_upper(&out);
+    assert_eq!(owner(&upper.join("newfile")), (100_000, 100_000));
+    std::fs::remove_dir_all(upper.parent().unwrap()).unwrap();
+
+    // Explicit ranges, groups apart; exec joins the user namespace.
+    let child = env.spawn_run(&[
+        "--net",
+        "none",
+        "--name",
+        "mapped",
+        "--uidmap",
+        "0:200000:1000",
+        "--gidmap",
+        "0:300000:1000",
+        "--memory",
+        "64m",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    env.wait_running("mapped");
+    let out = env.ctl(&[
+        "exec",
+        "mapped",
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map /proc/self/gid_map; touch /made; stat -c '%u %g' /made",
+    ]);
+    let s = ok(&out);
+    let l: Vec<Vec<&str>> = s.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(l[0], ["0", "200000", "1000"], "{s}");
+    assert_eq!(l[1], ["0", "300000", "1000"], "{s}");
+    assert_eq!(l[2], ["0", "0"], "{s}");
+    // As root, limits work with a user namespace too.
+    assert_eq!(stats(&env, "mapped")["memory_limit"], 64 << 20);
+    ok(&env.ctl(&["kill", "mapped"]));
+    assert_eq!(child.output().status.code(), Some(137));
+    std::fs::remove_dir_all(&vol).unwrap();
+    env.assert_clean();
+}
+
+#[test]
+fn bad_id_mappings_one_line_errors() {
+    require_root!();
+    let env = Env::new("badmap");
+    for (args, needle) in [
+        (
+            &["--uidmap", "garbage"][..],
+            "invalid --uidmap value \"garbage\"",
+        ),
+        (
+            &["--uidmap", "0:100000:0"][..],
+            "the size must be at least 1",
+        ),
+        (&["--uidmap", "0:4294967295:1"][..], "past the largest ID"),
+        (&["--gidmap", "0:4294967000:1000"][..], "invalid --gidmap"),
+        (
+            &["--uidmap", "0:100000:10", "--uidmap", "5:200000:10"][..],
+            "overlap on the container side",
+        ),
+        (
+            &["--uidmap", "0:100000:10", "--uidmap", "10:100005:10"][..],
+            "overlap on the host side",
+        ),
+        (&["--uidmap", "0:1:x"][..], "numbers from 0"),
+        (
+            &["--userns", "--user", "70000"][..],
+            "uid 70000 is not mapped",
+        ),
+    ] {
+        let mut a = vec!["--net", "none"];
+        a.extend_from_slice(args);
+        a.extend(["--", "true"]);
+        assert_fails(&env.run(&a), 125, needle);
+    }
     env.assert_clean();
 }

@@ -37,6 +37,16 @@ pub struct Resources {
     pub devices: Vec<(bool, String)>,
 }
 
+impl Resources {
+    /// Whether any limit is set (device rules alone are not one).
+    pub fn limits(&self) -> bool {
+        self.memory.is_some()
+            || self.cpu_quota.is_some()
+            || self.cpu_shares.is_some()
+            || self.pids.is_some()
+    }
+}
+
 /// Which cgroup layout this host has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Hierarchy {

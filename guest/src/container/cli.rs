@@ -10,13 +10,15 @@ use super::limits;
 use super::network::BridgeConfig;
 use super::runtime::{ExecOptions, Runtime};
 use super::spec::{NetMode, PortMap, RunOptions, Source, Volume};
-use super::state::{Paths, DEFAULT_ROOT};
+use super::state::{self, Paths};
+use super::userns::IdMap;
 
 #[derive(Debug, clap::Args)]
 pub struct ContainerArgs {
-    /// Directory for container state.
-    #[arg(long, global = true, default_value = DEFAULT_ROOT, value_name = "DIR")]
-    pub root: PathBuf,
+    /// Directory for container state (default: /run/uvm as root; without
+    /// root $XDG_RUNTIME_DIR/uvm, else /tmp/uvm-UID).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
     /// Bridge used by --net bridge.
     #[arg(long, global = true, default_value = "uvm0", value_name = "NAME")]
     pub bridge: String,
@@ -152,6 +154,18 @@ pub struct RunArgs {
     /// reaps zombies (the workload is then PID 2).
     #[arg(long)]
     pub init: bool,
+    /// New user namespace: the container's root is an unprivileged host
+    /// user (default mapping 0:100000:65536). Always on without root, with
+    /// the caller's own uid and gid as the container's root.
+    #[arg(long)]
+    pub userns: bool,
+    /// User ID mapping CONTAINER_ID:HOST_ID:SIZE (repeatable; implies
+    /// --userns; the groups are mapped the same unless --gidmap is given).
+    #[arg(long, value_name = "CTR:HOST:SIZE")]
+    pub uidmap: Vec<String>,
+    /// Group ID mapping CONTAINER_ID:HOST_ID:SIZE (repeatable; implies --userns).
+    #[arg(long, value_name = "CTR:HOST:SIZE")]
+    pub gidmap: Vec<String>,
     /// The command and its arguments (after --).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -240,6 +254,17 @@ fn run_options(a: RunArgs) -> Result<RunOptions> {
     o.cap_add = a.cap_add;
     o.cap_drop = a.cap_drop;
     o.init = a.init;
+    o.userns = a.userns;
+    o.uid_map = a
+        .uidmap
+        .iter()
+        .map(|m| IdMap::parse("--uidmap", m))
+        .collect::<Result<_>>()?;
+    o.gid_map = a
+        .gidmap
+        .iter()
+        .map(|m| IdMap::parse("--gidmap", m))
+        .collect::<Result<_>>()?;
     o.sysctl = a
         .sysctl
         .iter()
@@ -295,9 +320,7 @@ fn parse_signal(s: &str) -> Result<Signal> {
 fn cmd_run(rt: &Runtime, a: RunArgs) -> Result<i32> {
     let opts = run_options(a)?;
     // Containers whose runtime was killed go first.
-    if unistd_is_root() {
-        rt.sweep();
-    }
+    rt.sweep();
     let sigs = forwarded_signals();
     sigs.thread_block()
         .map_err(|e| Error::sys("blocking signals", e))?;
@@ -321,10 +344,6 @@ fn cmd_run(rt: &Runtime, a: RunArgs) -> Result<i32> {
     });
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&sigs), None);
     r
-}
-
-fn unistd_is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 fn cmd_ps(rt: &Runtime, json: bool) -> Result<i32> {
@@ -409,7 +428,7 @@ fn cmd_stats(rt: &Runtime, name: &str, json: bool) -> Result<i32> {
 }
 
 fn dispatch(args: ContainerArgs) -> Result<i32> {
-    let mut rt = Runtime::new(Paths::new(args.root));
+    let mut rt = Runtime::new(Paths::new(args.root.unwrap_or_else(state::default_root)));
     rt.bridge = BridgeConfig::with_subnet(&args.bridge, &args.subnet)?;
     if args.cgroup_parent.is_empty()
         || args.cgroup_parent.starts_with('/')
@@ -533,7 +552,7 @@ mod tests {
         ])
         .unwrap();
         let Sub::Container(a) = t.command;
-        assert_eq!(a.root, PathBuf::from("/x"));
+        assert_eq!(a.root, Some(PathBuf::from("/x")));
         let ContainerCommand::Run(r) = a.command else {
             panic!("not run")
         };

@@ -64,6 +64,9 @@ pub enum Error {
     State { name: String, msg: String },
     #[error("this command needs root (the runtime creates namespaces, cgroups and mounts)")]
     NotRoot,
+    /// Something a rootless container cannot have (and what to do instead).
+    #[error("rootless: {0}")]
+    Rootless(String),
 }
 
 impl Error {

@@ -7,6 +7,7 @@
 //! - [`cgroups`]: limits and accounting over cgroup v1 and v2 (device rules
 //!   on v2 through [`device_filter`], an eBPF program);
 //! - [`seccomp`] and capabilities (in [`process`]): privileges;
+//! - [`userns`]: user namespaces, ID mappings, rootless use;
 //! - [`network`]: bridge, veth, addresses, nftables NAT and port publishing;
 //! - [`state`] and [`runtime`]: names, state on disk, run/exec/kill/ps/stats/gc;
 //! - [`image`]: building a minimal rootfs;
@@ -24,6 +25,7 @@ pub mod runtime;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+pub mod userns;
 
 pub use error::{Error, Result};
 pub use runtime::{Container, ExecOptions, Exit, Runtime};

@@ -34,6 +34,7 @@ use super::cgroups::Cgroup;
 use super::error::{Error, Result};
 use super::rootfs::{self, RootfsPlan};
 use super::spec::NetConfig;
+use super::userns::{self, IdMap};
 
 /// Default PATH when the process environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -189,6 +190,9 @@ fn fork_into_cgroup(cgroup: BorrowedFd) -> std::result::Result<ForkResult, nix::
 pub struct Namespaces {
     pub unshare: CloneFlags,
     pub join: Vec<(OwnedFd, CloneFlags)>,
+    /// Mappings of a new user namespace (empty without one).
+    pub uid_map: Vec<IdMap>,
+    pub gid_map: Vec<IdMap>,
 }
 
 fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
@@ -218,11 +222,6 @@ impl Namespaces {
             .unwrap_or_default()
         {
             let flag = ns_flag(ns.typ());
-            if flag == CloneFlags::CLONE_NEWUSER {
-                return Err(Error::Setup(
-                    "user namespaces are not supported by this runtime yet (run as root)".into(),
-                ));
-            }
             if flag.is_empty() {
                 return Err(Error::Setup(format!(
                     "the {:?} namespace is not supported",
@@ -238,7 +237,34 @@ impl Namespaces {
                 None => unshare |= flag,
             }
         }
-        Ok(Namespaces { unshare, join })
+        // A joined user namespace first: the others are then entered with
+        // the capabilities it gives.
+        join.sort_by_key(|(_, f)| *f != CloneFlags::CLONE_NEWUSER);
+        let (mut uid_map, mut gid_map) = (Vec::new(), Vec::new());
+        if unshare.contains(CloneFlags::CLONE_NEWUSER) {
+            let linux = spec.linux().as_ref();
+            uid_map = IdMap::from_oci(
+                linux
+                    .and_then(|l| l.uid_mappings().as_deref())
+                    .unwrap_or_default(),
+            );
+            gid_map = IdMap::from_oci(
+                linux
+                    .and_then(|l| l.gid_mappings().as_deref())
+                    .unwrap_or_default(),
+            );
+            if uid_map.is_empty() || gid_map.is_empty() {
+                return Err(Error::Setup(
+                    "the spec's user namespace has no uidMappings or gidMappings".into(),
+                ));
+            }
+        }
+        Ok(Namespaces {
+            unshare,
+            join,
+            uid_map,
+            gid_map,
+        })
     }
 
     pub fn has(&self, flag: CloneFlags) -> bool {
@@ -304,7 +330,7 @@ pub fn spawn(plan: &ChildPlan) -> Result<Started> {
         }
         ForkResult::Parent { child } => {
             drop(csock);
-            let msg = recv(psock.as_fd());
+            let msg = first_child_report(plan.namespaces, child, psock.as_fd());
             let _ = waitpid(child, None);
             let msg = msg?;
             match msg.first() {
@@ -323,6 +349,24 @@ pub fn spawn(plan: &ChildPlan) -> Result<Started> {
                     "the container's first process exited during set-up".into(),
                 )),
             }
+        }
+    }
+}
+
+/// The first child's final message, after writing its user namespace's
+/// mappings when it asks ("U": created; "M": written, go on). On a failed
+/// write the child is killed and the error returned.
+fn first_child_report(ns: &Namespaces, child: Pid, sock: BorrowedFd) -> Result<Vec<u8>> {
+    loop {
+        let msg = recv(sock)?;
+        if msg != b"U" {
+            return Ok(msg);
+        }
+        if let Err(e) =
+            userns::write_maps(child, &ns.uid_map, &ns.gid_map).and_then(|()| send(sock, b"M"))
+        {
+            let _ = signal::kill(child, Signal::SIGKILL);
+            return Err(e);
         }
     }
 }
@@ -355,10 +399,29 @@ fn first_child(plan: &ChildPlan, sock: BorrowedFd, in_cgroup: bool) -> Result<()
     if let Some(cg) = plan.cgroup.filter(|_| !in_cgroup) {
         cg.add_pid(0)?;
     }
-    for (fd, flag) in &plan.namespaces.join {
+    let ns = plan.namespaces;
+    for (fd, flag) in &ns.join {
         setns(fd, *flag)?;
     }
-    nix::sched::unshare(plan.namespaces.unshare)
+    // The user namespace first, so that it owns the others (mounting /proc,
+    // /sys or an overlay inside needs that); its mappings are written by the
+    // runtime, outside, before anything else is done in it.
+    let user = ns.unshare & CloneFlags::CLONE_NEWUSER;
+    if !user.is_empty() {
+        nix::sched::unshare(user).map_err(|e| {
+            Error::sys(
+                "creating the user namespace (are unprivileged user namespaces disabled?)",
+                e,
+            )
+        })?;
+        send(sock, b"U")?;
+        if recv(sock)? != b"M" {
+            // The runtime failed to write the mappings and reports why.
+            exit_now(1);
+        }
+        userns::become_root(&ns.uid_map, &ns.gid_map)?;
+    }
+    nix::sched::unshare(ns.unshare - user)
         .map_err(|e| Error::sys("creating namespaces (unshare)", e))?;
     // SAFETY: this process is single-threaded (a fork child).
     match unsafe { unistd::fork() }.map_err(|e| Error::sys("fork", e))? {
@@ -484,7 +547,10 @@ fn apply_user_and_caps(process: &Process) -> Result<()> {
         .flatten()
         .map(|g| Gid::from_raw(*g))
         .collect();
-    unistd::setgroups(&gids).map_err(|e| Error::sys("setgroups", e))?;
+    // Rootless, setgroups is denied and the groups stay as they are.
+    if !gids.is_empty() || userns::setgroups_allowed() {
+        unistd::setgroups(&gids).map_err(|e| Error::sys("setgroups", e))?;
+    }
     let gid = Gid::from_raw(user.gid());
     unistd::setresgid(gid, gid, gid).map_err(|e| Error::sys(format!("setgid {gid}"), e))?;
     let uid = Uid::from_raw(user.uid());

@@ -215,6 +215,8 @@ pub struct RootfsPlan<'a> {
     pub overlay: Option<(&'a Path, &'a Path)>,
     /// The container's cgroup, shown at /sys/fs/cgroup if the spec mounts it.
     pub cgroup: Option<&'a Cgroup>,
+    /// Mounted from inside a new user namespace.
+    pub userns: bool,
 }
 
 fn overlay_path_ok(p: &Path) -> Result<String> {
@@ -247,13 +249,21 @@ pub fn setup(plan: &RootfsPlan) -> Result<()> {
                 overlay_path_ok(upper)?,
                 overlay_path_ok(work)?
             );
-            mnt(
-                Some(Path::new("overlay")),
-                target,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(&data),
-            )?;
+            let overlay = |data: &str| {
+                mnt(
+                    Some(Path::new("overlay")),
+                    target,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(data),
+                )
+            };
+            // trusted.* xattrs cannot be set from a user namespace: without
+            // user.* ones, removing a lower directory fails (EIO). Kernels or
+            // upper filesystems without them get the plain mount.
+            if !plan.userns || overlay(&format!("{data},userxattr")).is_err() {
+                overlay(&data)?;
+            }
         }
         None => mnt(
             Some(plan.rootfs),
@@ -355,7 +365,13 @@ fn mount_one(plan: &RootfsPlan, m: &Mount) -> Result<()> {
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 None,
             )?;
-            remount(&dest, opts.flags & MsFlags::MS_RDONLY)
+            remount(&dest, opts.flags & MsFlags::MS_RDONLY)?;
+            // The host's submounts (cgroup hierarchies...) came along,
+            // writable: read-only too where the kernel can (5.12+).
+            if opts.flags.contains(MsFlags::MS_RDONLY) {
+                let _ = read_only_tree(&dest);
+            }
+            Ok(())
         }
         r => r,
     }?;
@@ -363,6 +379,39 @@ fn mount_one(plan: &RootfsPlan, m: &Mount) -> Result<()> {
         mnt(None, &dest, None, opts.propagation, None)?;
     }
     Ok(())
+}
+
+/// Makes every mount at and below `path` read-only, nosuid, nodev, noexec
+/// in one call (mount_setattr with AT_RECURSIVE).
+fn read_only_tree(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY
+            | libc::MOUNT_ATTR_NOSUID
+            | libc::MOUNT_ATTR_NODEV
+            | libc::MOUNT_ATTR_NOEXEC,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `c` is a NUL-terminated path and `attr` a mount_attr whose
+    // size is passed; both outlive the call, which only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// /sys/fs/cgroup inside: the container's own cgroup directories, bound

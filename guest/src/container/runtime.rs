@@ -4,7 +4,8 @@
 
 use std::fs;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{self, Signal};
@@ -19,6 +20,7 @@ use super::process::{self, ChildPlan, ExitKind, Namespaces};
 use super::rootfs::RootfsPlan;
 use super::spec::{self, NetConfig, NetMode, RunOptions};
 use super::state::{self, Paths, State};
+use super::userns;
 
 /// The runtime: where state lives, which bridge bridge-mode uses, and the
 /// host's cgroup layout.
@@ -58,12 +60,27 @@ pub struct Container {
     done: bool,
 }
 
-fn require_root() -> Result<()> {
-    if unistd::geteuid().is_root() {
-        Ok(())
-    } else {
-        Err(Error::NotRoot)
+fn is_root() -> bool {
+    unistd::geteuid().is_root()
+}
+
+/// Removes a tree the container wrote. Rootless, its files are the
+/// caller's but a directory it left without write permission stops
+/// `remove_dir_all`: make directories writable, then try again.
+fn remove_tree(path: &Path) {
+    if fs::remove_dir_all(path).is_ok() || fs::symlink_metadata(path).is_err() {
+        return;
     }
+    fn open_up(dir: &Path) {
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                open_up(&e.path());
+            }
+        }
+    }
+    open_up(path);
+    let _ = fs::remove_dir_all(path);
 }
 
 /// Removes everything recorded in `st` (ports, veth, cgroup, overlay, state
@@ -81,9 +98,9 @@ fn cleanup(paths: &Paths, st: &State) {
     }
     if let Some(ov) = &st.overlay {
         if st.keep {
-            let _ = fs::remove_dir_all(ov.join("work"));
+            remove_tree(&ov.join("work"));
         } else {
-            let _ = fs::remove_dir_all(ov);
+            remove_tree(ov);
         }
     }
     let _ = fs::remove_dir_all(st.dir(paths));
@@ -110,7 +127,7 @@ impl Runtime {
     /// Creates and starts a container; returns once the workload runs (its
     /// exec succeeded). On error nothing is left behind.
     pub fn create(&self, opts: &RunOptions) -> Result<Container> {
-        require_root()?;
+        let rootless = !is_root();
         let id = state::new_id();
         let name = match &opts.name {
             Some(n) => {
@@ -120,6 +137,18 @@ impl Runtime {
             None => format!("uvm-{}", &id[..8]),
         };
         let prepared = spec::prepare(opts, &name)?;
+        if rootless && !opts.ports.is_empty() {
+            return Err(Error::Rootless(
+                "publishing ports (-p) needs root: they are NAT rules on the host".into(),
+            ));
+        }
+        if rootless && prepared.net == NetMode::Bridge {
+            return Err(Error::Rootless(
+                "--net bridge needs root (its veth and NAT rules are made on the host); \
+                 use --net none or --net host"
+                    .into(),
+            ));
+        }
         if !opts.ports.is_empty() && prepared.net != NetMode::Bridge {
             return Err(Error::invalid(
                 "-p",
@@ -134,8 +163,21 @@ impl Runtime {
                 Some(profile) => super::seccomp::compile(profile)?,
                 None => Vec::new(),
             };
-        let hierarchy = self.hierarchy()?;
         let resources = spec::resources(spec);
+        // Rootless without limits: no cgroup, so the host's layout (perhaps
+        // not even visible) does not matter.
+        let hierarchy = match rootless && !resources.limits() {
+            true => None,
+            false => Some(self.hierarchy()?),
+        };
+        let cgroup = match &hierarchy {
+            Some(h) if rootless => {
+                self.check_delegated(h)?;
+                Some(h)
+            }
+            h => h.as_ref(),
+        };
+        self.paths.ensure_root()?;
         // Stale containers of the same name (their runtime was killed) go first.
         if let Ok(old) = State::load(&self.paths, &name) {
             if !old.runtime_alive() {
@@ -172,8 +214,7 @@ impl Runtime {
             &prepared.rootfs,
             &namespaces,
             &seccomp,
-            &hierarchy,
-            &resources,
+            cgroup.map(|h| (h, &resources)),
             opts,
         ) {
             Ok(()) => Ok(Container {
@@ -196,23 +237,29 @@ impl Runtime {
         rootfs: &std::path::Path,
         namespaces: &Namespaces,
         seccomp: &[BpfProgram],
-        hierarchy: &Hierarchy,
-        resources: &super::cgroups::Resources,
+        cgroup: Option<(&Hierarchy, &super::cgroups::Resources)>,
         opts: &RunOptions,
     ) -> Result<()> {
-        let cg = Cgroup::create(
-            hierarchy,
-            &PathBuf::from(&self.cgroup_parent).join(&st.id),
-            resources,
-        )?;
-        // Recorded on disk with the pid below; until then `gc` finds it as
-        // an orphan cgroup if this process dies.
-        st.cgroup = Some(cg);
+        if let Some((hierarchy, resources)) = cgroup {
+            let cg = Cgroup::create(
+                hierarchy,
+                &PathBuf::from(&self.cgroup_parent).join(&st.id),
+                resources,
+            )?;
+            // Recorded on disk with the pid below; until then `gc` finds it
+            // as an orphan cgroup if this process dies.
+            st.cgroup = Some(cg);
+        }
 
         if let Some(ov) = &st.overlay {
             for d in ["upper", "work"] {
-                fs::create_dir_all(ov.join(d))
-                    .map_err(|e| Error::io(format!("creating {}", ov.join(d).display()), e))?;
+                let dir = ov.join(d);
+                fs::create_dir_all(&dir)
+                    .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                // The overlay is mounted, and written, by the container's root.
+                if !namespaces.uid_map.is_empty() {
+                    userns::chown_to_root(&dir, &namespaces.uid_map, &namespaces.gid_map)?;
+                }
             }
         }
         if st.net_mode == NetMode::Bridge {
@@ -257,6 +304,7 @@ impl Runtime {
                 target: &target,
                 overlay: upper.as_deref().zip(work.as_deref()),
                 cgroup: st.cgroup.as_ref(),
+                userns: namespaces.unshare.contains(CloneFlags::CLONE_NEWUSER),
             },
             cgroup: st.cgroup.as_ref(),
             namespaces,
@@ -279,6 +327,31 @@ impl Runtime {
             return Err(e);
         }
         started.release().map(drop)
+    }
+
+    /// Rootless limits need a cgroup v2 directory delegated to the caller
+    /// (the `cgroup_parent`, made writable for it by an administrator or
+    /// systemd): the refusal when there is none.
+    fn check_delegated(&self, hierarchy: &Hierarchy) -> Result<()> {
+        const FLAGS: &str = "--memory, --cpus, --cpu-shares and --pids-limit";
+        match hierarchy {
+            Hierarchy::V1 { .. } => Err(Error::Rootless(format!(
+                "{FLAGS} need root on this cgroup v1 host; run without limits"
+            ))),
+            Hierarchy::V2 { root } => {
+                let parent = root.join(&self.cgroup_parent);
+                let writable = |p: &Path| unistd::access(p, unistd::AccessFlags::W_OK).is_ok();
+                if writable(&parent) && writable(&parent.join("cgroup.procs")) {
+                    Ok(())
+                } else {
+                    Err(Error::Rootless(format!(
+                        "{FLAGS} need a cgroup v2 directory delegated to you at {} \
+                         (see --cgroup-parent); run without limits",
+                        parent.display()
+                    )))
+                }
+            }
+        }
     }
 
     /// Creates a container, waits for it and cleans up.
@@ -350,9 +423,11 @@ impl Runtime {
     /// Removes what containers whose runtime died left behind: state,
     /// cgroups, veths, published ports, overlays. Returns what was removed.
     pub fn gc(&self) -> Result<Vec<String>> {
-        require_root()?;
         let mut removed = Vec::new();
-        let hierarchy = self.hierarchy().ok();
+        // Rootless containers have no cgroup, veth or NAT rule of their own,
+        // and the host's are not ours to remove.
+        let root = is_root();
+        let hierarchy = self.hierarchy().ok().filter(|_| root);
         // Cgroups and veths first listed, then states: a container created in
         // between has its state written before either exists.
         let mut cgroup_dirs: Vec<PathBuf> = Vec::new();
@@ -375,6 +450,7 @@ impl Runtime {
             .and_then(|mut nl| nl.link_names())
             .unwrap_or_default()
             .into_iter()
+            .filter(|_| root)
             .filter(|n| {
                 n.starts_with(network::VETH_PREFIX) && n.len() == network::VETH_PREFIX.len() + 10
             })
@@ -429,10 +505,11 @@ impl Runtime {
             }
         }
         // The bridge and its NAT rules, once no container uses them.
-        if !self
-            .list()
-            .iter()
-            .any(|s| s.net.as_ref().is_some_and(|n| n.bridge == self.bridge.name))
+        if root
+            && !self
+                .list()
+                .iter()
+                .any(|s| s.net.as_ref().is_some_and(|n| n.bridge == self.bridge.name))
         {
             let _lock = self.paths.lock_net()?;
             removed.extend(network::teardown(&self.bridge)?);
@@ -460,7 +537,6 @@ impl Runtime {
     /// Runs a command in a running container (joins its namespaces and
     /// cgroup); returns its exit.
     pub fn exec(&self, name: &str, opts: &ExecOptions) -> Result<ExitKind> {
-        require_root()?;
         let st = self.running_state(name)?;
         let pid = st.pid.ok_or_else(|| Error::NotRunning(name.to_string()))?;
         let config = st.dir(&self.paths).join("config.json");
@@ -493,6 +569,9 @@ impl Runtime {
         // Open the namespaces now: pid reuse cannot swap them under us after
         // the liveness check below.
         let order = [
+            // First: the others are owned by it, and joining it gives the
+            // capabilities joining them needs (rootless: the only way in).
+            ("user", CloneFlags::CLONE_NEWUSER),
             ("ipc", CloneFlags::CLONE_NEWIPC),
             ("uts", CloneFlags::CLONE_NEWUTS),
             ("net", CloneFlags::CLONE_NEWNET),

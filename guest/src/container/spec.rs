@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cgroups::Resources;
 use super::error::{Error, Result};
+use super::userns::{self, IdMap};
 
 /// Network mode of a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -178,6 +179,12 @@ pub struct RunOptions {
     pub init: bool,
     /// Kernel parameters to set in the container's namespaces (`--sysctl`).
     pub sysctl: Vec<(String, String)>,
+    /// A new user namespace even when run as root (`--userns`); without
+    /// root one is always made.
+    pub userns: bool,
+    /// `--uidmap`/`--gidmap` ranges (imply `--userns`).
+    pub uid_map: Vec<IdMap>,
+    pub gid_map: Vec<IdMap>,
 }
 
 impl RunOptions {
@@ -205,6 +212,9 @@ impl RunOptions {
             cap_drop: Vec::new(),
             init: false,
             sysctl: Vec::new(),
+            userns: false,
+            uid_map: Vec::new(),
+            gid_map: Vec::new(),
         }
     }
 }
@@ -557,8 +567,11 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
     let linux = spec
         .linux_mut()
         .get_or_insert_with(oci_spec::runtime::Linux::default);
+    let rootless = userns::rootless_ids();
     let net_mode = match (opts.net, is_rootfs) {
         (Some(m), _) => m,
+        // A bridge needs root: rootless containers default to loopback only.
+        (None, true) if rootless.is_some() => NetMode::None,
         (None, true) => NetMode::Bridge,
         (None, false) => match linux
             .namespaces()
@@ -622,11 +635,16 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
         }
         linux.set_sysctl(Some(map));
     }
+    let maps = user_namespace(linux, opts, rootless)?;
     if is_rootfs && opts.seccomp {
         linux.set_seccomp(Some(super::seccomp::default_profile(&bounding)));
     }
     if !opts.seccomp {
         linux.set_seccomp(None);
+    }
+    if let Some((uids, gids)) = &maps {
+        check_user_mapped(&spec, uids, gids)?;
+        devpts_without_unmapped_gid(&mut spec, gids);
     }
     let overlay = opts.overlay.unwrap_or(overlay_default);
     Ok(Prepared {
@@ -635,6 +653,95 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
         overlay,
         net: net_mode,
     })
+}
+
+/// Adds the user namespace (rootless, `--userns`, `--uidmap`, or the
+/// bundle's own) and its mappings; returns them, `None` without a new one.
+fn user_namespace(
+    linux: &mut oci_spec::runtime::Linux,
+    opts: &RunOptions,
+    rootless: Option<(u32, u32)>,
+) -> Result<Option<(Vec<IdMap>, Vec<IdMap>)>> {
+    let mut ns = linux.namespaces().clone().unwrap_or_default();
+    let existing = ns.iter().find(|n| n.typ() == LinuxNamespaceType::User);
+    let asked = opts.userns || !opts.uid_map.is_empty() || !opts.gid_map.is_empty();
+    match existing {
+        // Joined by path: its mappings are already set.
+        Some(n) if n.path().is_some() => return Ok(None),
+        Some(_) => {}
+        None if asked || rootless.is_some() => {
+            let mut n = oci_spec::runtime::LinuxNamespace::default();
+            n.set_typ(LinuxNamespaceType::User);
+            ns.push(n);
+            linux.set_namespaces(Some(ns));
+        }
+        None => return Ok(None),
+    }
+    let (uids, gids) = userns::mappings(&userns::Request {
+        cli_uids: &opts.uid_map,
+        cli_gids: &opts.gid_map,
+        spec_uids: IdMap::from_oci(linux.uid_mappings().as_deref().unwrap_or_default()),
+        spec_gids: IdMap::from_oci(linux.gid_mappings().as_deref().unwrap_or_default()),
+        rootless,
+    })?;
+    linux.set_uid_mappings(Some(IdMap::to_oci(&uids)));
+    linux.set_gid_mappings(Some(IdMap::to_oci(&gids)));
+    Ok(Some((uids, gids)))
+}
+
+/// The process's IDs must exist in the user namespace (setuid to an
+/// unmapped ID fails with a bare EINVAL much later).
+fn check_user_mapped(spec: &Spec, uids: &[IdMap], gids: &[IdMap]) -> Result<()> {
+    let Some(p) = spec.process() else {
+        return Ok(());
+    };
+    let u = p.user();
+    let value = format!("{}:{}", u.uid(), u.gid());
+    if IdMap::to_host(uids, u.uid()).is_none() {
+        return Err(Error::invalid(
+            "--user",
+            &value,
+            format!(
+                "uid {} is not mapped in the user namespace (see --uidmap)",
+                u.uid()
+            ),
+        ));
+    }
+    for g in std::iter::once(u.gid()).chain(u.additional_gids().iter().flatten().copied()) {
+        if IdMap::to_host(gids, g).is_none() {
+            return Err(Error::invalid(
+                "--user",
+                &value,
+                format!("gid {g} is not mapped in the user namespace (see --gidmap)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// devpts refuses a `gid=` option naming a group the user namespace does
+/// not map (the tty group 5, rootless): drop it, ptys then get the
+/// creator's group.
+fn devpts_without_unmapped_gid(spec: &mut Spec, gids: &[IdMap]) {
+    let Some(mounts) = spec.mounts_mut() else {
+        return;
+    };
+    for m in mounts
+        .iter_mut()
+        .filter(|m| m.typ().as_deref() == Some("devpts"))
+    {
+        if let Some(opts) = m.options().clone() {
+            let kept: Vec<String> = opts
+                .into_iter()
+                .filter(|o| {
+                    o.strip_prefix("gid=")
+                        .and_then(|g| g.parse::<u32>().ok())
+                        .is_none_or(|g| IdMap::to_host(gids, g).is_some())
+                })
+                .collect();
+            m.set_options(Some(kept));
+        }
+    }
 }
 
 /// The cgroup limits a spec asks for.
@@ -777,6 +884,65 @@ mod tests {
         assert!(p.spec.linux().as_ref().unwrap().seccomp().is_some());
         let env = p.spec.process().as_ref().unwrap().env().clone().unwrap();
         assert!(env.contains(&"A=1".to_string()));
+    }
+
+    #[test]
+    fn user_namespace_and_mappings_from_flags() {
+        let has_user = |p: &Prepared| {
+            p.spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.namespaces().clone())
+                .unwrap_or_default()
+                .iter()
+                .any(|n| n.typ() == LinuxNamespaceType::User)
+        };
+        let devpts = |p: &Prepared| {
+            p.spec
+                .mounts()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .find(|m| m.typ().as_deref() == Some("devpts"))
+                .and_then(|m| m.options().clone())
+                .unwrap_or_default()
+        };
+        let mut o = RunOptions::new(Source::Rootfs(std::env::temp_dir()), vec!["true".into()]);
+        o.net = Some(NetMode::None);
+        if userns::rootless_ids().is_none() {
+            assert!(!has_user(&prepare(&o, "c").unwrap()));
+        }
+        o.userns = true;
+        let p = prepare(&o, "c").unwrap();
+        assert!(has_user(&p));
+        let linux = p.spec.linux().as_ref().unwrap();
+        let uids = IdMap::from_oci(linux.uid_mappings().as_deref().unwrap());
+        if userns::rootless_ids().is_none() {
+            assert_eq!(
+                uids,
+                [IdMap {
+                    container: 0,
+                    host: 100_000,
+                    size: 65_536
+                }]
+            );
+            assert!(devpts(&p).contains(&"gid=5".to_string()));
+        }
+        // Group 5 unmapped: devpts must not be asked for it.
+        o.uid_map = vec![IdMap {
+            container: 0,
+            host: 100_000,
+            size: 1,
+        }];
+        if userns::rootless_ids().is_none() {
+            let p = prepare(&o, "c").unwrap();
+            assert!(!devpts(&p).iter().any(|x| x.starts_with("gid=")));
+        }
+        o.user = Some("1000".into());
+        assert!(prepare(&o, "c")
+            .unwrap_err()
+            .to_string()
+            .contains("uid 1000 is not mapped"));
     }
 
     #[test]

@@ -27,8 +27,21 @@ pub struct Paths {
 impl Default for Paths {
     fn default() -> Self {
         Paths {
-            root: PathBuf::from(DEFAULT_ROOT),
+            root: default_root(),
         }
+    }
+}
+
+/// Where state lives by default: [`DEFAULT_ROOT`] for root; rootless, the
+/// user's runtime directory (`$XDG_RUNTIME_DIR/uvm`), else `/tmp/uvm-UID`.
+pub fn default_root() -> PathBuf {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return PathBuf::from(DEFAULT_ROOT);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d).join("uvm"),
+        None => PathBuf::from(format!("/tmp/uvm-{uid}")),
     }
 }
 
@@ -46,6 +59,36 @@ impl Paths {
     pub fn overlay(&self, name: &str, id: &str) -> PathBuf {
         self.root.join("overlay").join(format!("{name}-{id}"))
     }
+    /// Creates the state root. Without root it is private (0700) and must
+    /// be a directory of the caller's own, not a symlink: in a shared place
+    /// such as /tmp another user could have made it first. Root's stays
+    /// searchable: with --userns the container's root, an unprivileged host
+    /// user, reaches its overlay and mount point through it.
+    pub fn ensure_root(&self) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let uid = nix::unistd::geteuid();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(if uid.is_root() { 0o755 } else { 0o700 })
+            .create(&self.root)
+            .map_err(|e| Error::io(format!("creating {}", self.root.display()), e))?;
+        if uid.is_root() {
+            return Ok(());
+        }
+        let meta = fs::symlink_metadata(&self.root)
+            .map_err(|e| Error::io(format!("checking {}", self.root.display()), e))?;
+        if !meta.is_dir() || meta.uid() != uid.as_raw() || meta.mode() & 0o022 != 0 {
+            return Err(Error::Rootless(format!(
+                "state directory {} is not a private directory of uid {uid} \
+                 (owner {}, mode {:o}): remove it or pass --root",
+                self.root.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            )));
+        }
+        Ok(())
+    }
+
     fn net_lock(&self) -> PathBuf {
         self.root.join("net.lock")
     }
