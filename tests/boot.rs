@@ -198,6 +198,8 @@ run_uvm --mem 512M -- sh -c '
   echo "oom rc=$?"
   uvm-container run --rootfs /tmp/rootfs --net none --cap-add CAP_MKNOD -v /dev/kmsg:/dev/kmsg -- sh -c "d=made; mknod /tmp/d b 254 0 2>/dev/null || d=refused; n=refused; mknod /tmp/n c 1 3 && echo x > /tmp/n && n=ok; k=refused; (exec 3>/dev/kmsg) 2>/dev/null && k=opened; echo devices disk=\$d null=\$n kmsg=\$k"
   (exec 3>/dev/kmsg) && echo kmsg-outside-opened
+  uvm-container run --rootfs /tmp/rootfs --net none --userns -- sh -c "echo userns uid=\$(id -u) map \$(cat /proc/self/uid_map); echo x > /by-root && echo wrote"
+  echo "userns rc=$? owner=$(stat -c %u /tmp/rootfs/by-root 2>/dev/null || echo none-in-image)"
   echo "left cgroups=$(find /sys/fs/cgroup/uvm -mindepth 1 -type d 2>/dev/null | wc -l) overlays=$(grep -c overlay /proc/mounts)"'
 "#,
     },
@@ -726,5 +728,10 @@ fn the_container_runtime_runs_inside_a_guest() {
     // rules does not open, though it does outside the container.
     assert_eq!(field(out, "devices"), "disk=refused null=ok kmsg=refused");
     assert!(out.contains("\nkmsg-outside-opened\n"), "{out}");
+    // A user namespace (overlay with or without userxattr on this kernel):
+    // container root is host uid 100000, and the image is untouched.
+    assert_eq!(field(out, "userns"), "uid=0 map 0 100000 65536", "{out}");
+    assert!(out.contains("\nwrote\n"), "{out}");
+    assert_eq!(field(out, "userns rc=0"), "owner=none-in-image", "{out}");
     assert_eq!(field(out, "left"), "cgroups=0 overlays=0");
 }
