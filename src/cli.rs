@@ -98,6 +98,10 @@ pub struct BootArgs {
     /// ip=ADDR::GW:MASK::eth0:off in --cmdline)
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     pub nets: Vec<NetSpec>,
+    /// When the VM ends, tell each virtio device's counters and queue state
+    /// and the accesses no device claimed (on stderr)
+    #[arg(long, short)]
+    pub verbose: bool,
     /// Command to run in the guest, with its arguments
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -146,6 +150,7 @@ impl BootArgs {
             timeout,
             disks,
             nets: self.nets.clone(),
+            verbose: self.verbose,
         })
     }
 }

@@ -154,3 +154,26 @@ fn a_stray_status_write_without_magic_is_ignored() {
         Outcome::Status(3)
     );
 }
+
+/// What the exit loop prints at a triple fault (the one clue to a rare
+/// early fault seen under nesting): where the vCPU was, on one line. (A
+/// real-mode triple fault itself does not reach KVM_EXIT_SHUTDOWN on PVM.)
+#[test]
+fn the_vcpu_state_told_at_a_triple_fault() {
+    let (vm, _, _) = vm_running(&[0xf4], false);
+    let vcpu = &vm.vcpus()[0];
+    let mut regs = vcpu.get_regs().unwrap();
+    regs.rax = 0xdead_beef;
+    vcpu.set_regs(&regs).unwrap();
+    let state = uvm::vmm::vcpu::triple_fault_state(vcpu, 0);
+    assert!(
+        state.starts_with("vCPU 0 triple-faulted at rip=0x1000 ")
+            && state.contains(" rax=0xdeadbeef "),
+        "{state}"
+    );
+    assert!(
+        state.contains(" cr0=0x") && state.contains(" efer=0x"),
+        "{state}"
+    );
+    assert!(!state.contains('\n'), "{state}");
+}

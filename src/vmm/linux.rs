@@ -34,6 +34,8 @@ pub struct LinuxVmConfig {
     pub timeout: Option<Duration>,
     pub disks: Vec<DiskSpec>,
     pub nets: Vec<NetSpec>,
+    /// Tell the devices' counters and queue state when the VM ends.
+    pub verbose: bool,
 }
 
 impl LinuxVmConfig {
@@ -80,6 +82,7 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
     ))));
 
     let attached = super::virtio::attach(&mut vm, &cfg.disks, &cfg.nets)?;
+    vm.set_verbose(cfg.verbose);
 
     let mem = vm.memory();
     let kernel = boot::load_kernel(mem, &cfg.kernel)?;

@@ -44,7 +44,13 @@ pub struct Vm {
     mmio: Bus,
     shutdown: Arc<Shutdown>,
     events: EventManager<Subscriber>,
+    /// Told on stderr when the VM ends, if `verbose`: (what, its account).
+    reports: Vec<(String, Report)>,
+    verbose: bool,
 }
+
+/// A device's one-line account, read when the VM has ended.
+pub type Report = Box<dyn Fn() -> String + Send>;
 
 impl Vm {
     /// A VM with `mem_size` bytes of RAM, an in-kernel irqchip and PIT, and
@@ -117,7 +123,20 @@ impl Vm {
             mmio: Bus::new(),
             shutdown: Arc::new(Shutdown::default()),
             events,
+            reports: Vec::new(),
+            verbose: false,
         })
+    }
+
+    /// Adds a device to the account given at the end with `verbose`.
+    pub fn add_report(&mut self, what: String, report: Report) {
+        self.reports.push((what, report));
+    }
+
+    /// At the end, tell each device's counters and queue state, and the
+    /// accesses nobody claimed, on stderr.
+    pub fn set_verbose(&mut self, verbose: bool) {
+        self.verbose = verbose;
     }
 
     pub fn memory(&self) -> &GuestMemoryMmap {
@@ -241,6 +260,16 @@ impl Vm {
         let outcome = self.shutdown.wait(timeout);
         vcpu::stop_all(threads);
         let _ = event_loop.join();
+        if self.verbose {
+            for (what, report) in &self.reports {
+                eprintln!("uvm: {what}: {}", report());
+            }
+            eprintln!(
+                "uvm: unclaimed accesses: {} port I/O, {} MMIO",
+                handlers.pio.unhandled(),
+                handlers.mmio.unhandled()
+            );
+        }
         // The fds (VM, vCPUs) close only now, after every thread is done.
         drop(self.fd);
         drop(self.mem);

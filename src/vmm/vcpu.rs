@@ -81,10 +81,49 @@ pub fn run(mut vcpu: VcpuFd, index: u32, h: ExitHandlers) {
             ))),
         };
         if let Some(outcome) = outcome {
+            if matches!(outcome, Outcome::TripleFault) {
+                // The one clue to why: where the guest was and in what mode.
+                eprintln!("uvm: {}", triple_fault_state(&vcpu, index));
+            }
             h.shutdown.report(outcome);
             return;
         }
     }
+}
+
+/// The vCPU's registers at a triple fault, on one line.
+pub fn triple_fault_state(vcpu: &VcpuFd, index: u32) -> String {
+    let (regs, sregs) = match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => (r, s),
+        (Err(e), _) | (_, Err(e)) => {
+            return format!("vCPU {index} triple-faulted; its registers are unreadable: {e}")
+        }
+    };
+    format!(
+        "vCPU {index} triple-faulted at rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} \
+         cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} idt={:#x}/{:#x} gdt={:#x}/{:#x} \
+         rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rbp={:#x}",
+        regs.rip,
+        regs.rsp,
+        regs.rflags,
+        sregs.cs.selector,
+        sregs.cr0,
+        sregs.cr2,
+        sregs.cr3,
+        sregs.cr4,
+        sregs.efer,
+        sregs.idt.base,
+        sregs.idt.limit,
+        sregs.gdt.base,
+        sregs.gdt.limit,
+        regs.rax,
+        regs.rbx,
+        regs.rcx,
+        regs.rdx,
+        regs.rsi,
+        regs.rdi,
+        regs.rbp,
+    )
 }
 
 /// Signal used to knock a vCPU thread out of KVM_RUN.

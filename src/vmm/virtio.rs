@@ -177,7 +177,12 @@ pub fn attach(vm: &mut Vm, disks: &[DiskSpec], nets: &[NetSpec]) -> Result<Attac
             read_only: d.read_only,
             id: d.id.clone(),
         })?;
-        add_device(vm, &mut out, dev)?;
+        add_device(
+            vm,
+            &mut out,
+            dev,
+            format!("virtio-blk {}", d.path.display()),
+        )?;
         if d.root {
             out.cmdline.push(format!(
                 "root=/dev/vda {}",
@@ -190,7 +195,8 @@ pub fn attach(vm: &mut Vm, disks: &[DiskSpec], nets: &[NetSpec]) -> Result<Attac
             tap: n.tap.clone(),
             mac: n.mac,
         })?;
-        add_device(vm, &mut out, dev)?;
+        let what = format!("virtio-net {} {}", n.tap, format_mac(&dev.mac()));
+        add_device(vm, &mut out, dev, what)?;
     }
     // Debian's kernels find the devices in the DSDT; kernels built with
     // VIRTIO_MMIO_CMDLINE_DEVICES (and no ACPI) find them here.
@@ -205,13 +211,21 @@ pub fn attach(vm: &mut Vm, disks: &[DiskSpec], nets: &[NetSpec]) -> Result<Attac
 
 /// Puts `dev` in the next window: the slot is the number of devices
 /// already described.
-fn add_device<D>(vm: &mut Vm, out: &mut Attached, dev: D) -> Result<(), Error>
+fn add_device<D>(vm: &mut Vm, out: &mut Attached, dev: D, what: String) -> Result<(), Error>
 where
     D: virtio::VirtioDevice + event_manager::MutEventSubscriber + 'static,
 {
     let slot = u32::try_from(out.acpi.len()).unwrap_or(u32::MAX);
     let (base, irq) = place(slot)?;
     let (transport, worker) = virtio::mmio_device(vm.memory().clone(), dev)?;
+    let device = worker.clone();
+    vm.add_report(
+        what,
+        Box::new(move || match device.lock() {
+            Ok(d) => d.summary(),
+            Err(_) => "(the device's worker panicked)".into(),
+        }),
+    );
     wire(vm, transport, worker, base, irq)?;
     out.acpi.push(AcpiDevice::VirtioMmio {
         base,

@@ -491,6 +491,22 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
+    fn summary(&self) -> String {
+        let c = &self.counters;
+        let mut s = format!(
+            "{} ok, {} I/O errors, {} unsupported, {} dropped chains, {} queue errors",
+            c.ok, c.ioerr, c.unsupp, c.dropped, c.queue_errors
+        );
+        if let Some(a) = &self.active {
+            s.push_str(&format!(
+                "; queue: {}; interrupt status {:#x}",
+                super::queue_summary(&a.queue, &a.mem),
+                a.irq.status()
+            ));
+        }
+        s
+    }
+
     fn reset(&mut self) {
         self.active = None;
     }

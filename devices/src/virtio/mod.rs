@@ -154,6 +154,26 @@ pub trait VirtioDevice: Send {
     /// Stops the device and forgets the driver: queues, memory and
     /// interrupt go away, and the device is as it was made.
     fn reset(&mut self);
+    /// One line for `uvm boot --verbose`: the device's counters and, while
+    /// it runs, where its queues stand (what a stalled guest needs known).
+    fn summary(&self) -> String {
+        String::new()
+    }
+}
+
+/// Where a queue stands: the driver's avail index, how far the device took
+/// from it, and how far it gave back.
+pub(crate) fn queue_summary(q: &Queue, mem: &Memory) -> String {
+    use std::sync::atomic::Ordering;
+    use virtio_queue::QueueT;
+    let avail = q
+        .avail_idx(mem, Ordering::Acquire)
+        .map_or_else(|_| "unreadable".to_string(), |w| w.0.to_string());
+    format!(
+        "avail {avail}, taken {}, used {}",
+        q.next_avail(),
+        q.next_used()
+    )
 }
 
 struct IrqState {

@@ -626,6 +626,41 @@ impl VirtioDevice for Net {
         Ok(())
     }
 
+    fn summary(&self) -> String {
+        let c = &self.counters;
+        let mut s = format!(
+            "rx {} frames {} bytes ({} dropped, {} bad chains), tx {} frames {} bytes \
+             ({} dropped, {} tap errors), {} tap read errors, {} queue errors",
+            c.rx_frames,
+            c.rx_bytes,
+            c.rx_dropped,
+            c.rx_bad_chains,
+            c.tx_frames,
+            c.tx_bytes,
+            c.tx_dropped,
+            c.tx_errors,
+            c.tap_read_errors,
+            c.queue_errors
+        );
+        if let Some(a) = &self.active {
+            s.push_str(&format!(
+                "; rx queue: {}, {} buffers held, a {}-byte frame pending, {}; \
+                 tx queue: {}; interrupt status {:#x}",
+                super::queue_summary(&a.rx.queue, &a.mem),
+                a.rx.held.len(),
+                self.rx_pending,
+                if self.rx_waiting {
+                    "waiting for the driver's buffers"
+                } else {
+                    "not waiting"
+                },
+                super::queue_summary(&a.tx, &a.mem),
+                a.irq.status()
+            ));
+        }
+        s
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.rx_pending = 0;
