@@ -347,14 +347,14 @@ fn session() -> &'static Session {
             // Default a bound on every boot so one hang cannot eat the suite.
             let timeout = if c.args.contains(&"--timeout") { "" } else { "--timeout 180 " };
             script.push_str(&format!(
-                "echo \"boot-tests: {name}\" >&2\nB={base}\nrun_case {timeout}{args}\n",
+                "echo \"boot-tests: {name} (session at ${{SECONDS}}s)\" >&2\nB={base}\nrun_case {timeout}{args}\n",
                 name = c.name,
                 args = args.join(" "),
             ));
         }
         for c in SCRIPTED.iter().filter(|c| wanted(c.name)) {
             script.push_str(&format!(
-                "echo \"boot-tests: {name}\" >&2\nB={base}\n(\n{body}\n)\n",
+                "echo \"boot-tests: {name} (session at ${{SECONDS}}s)\" >&2\nB={base}\n(\n{body}\n)\n",
                 name = c.name,
                 base = dir.join(c.name).display(),
                 body = c.script,
@@ -364,12 +364,13 @@ fn session() -> &'static Session {
         let base = dir.join("sigterm");
         if wanted("sigterm") {
         script.push_str(&format!(
-            "echo 'boot-tests: sigterm' >&2\n{uvm} boot -- sleep 1000 </dev/null >{b}.out 2>{b}.err & pid=$!\n\
+            "echo \"boot-tests: sigterm (session at ${{SECONDS}}s)\" >&2\n{uvm} boot -- sleep 1000 </dev/null >{b}.out 2>{b}.err & pid=$!\n\
              for i in $(seq 120); do grep -q 'uvm-init: ready' {b}.out 2>/dev/null && break; sleep 0.5; done\n\
              kill -TERM $pid; wait $pid; echo $? >{b}.rc\n",
             b = base.display()
         ));
         }
+        script.push_str("echo \"boot-tests: done (session at ${SECONDS}s)\" >&2\n");
         std::fs::write(dir.join("session.sh"), &script).unwrap();
         let run = || {
             Command::new(repo().join("tests/runner/kvm-runner"))
