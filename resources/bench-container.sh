@@ -17,16 +17,7 @@ set -eu
 RUNS=${1:-${RUNS:-40}}
 cd "$(dirname "$0")/.."
 
-if [ -z "${UVM_CONTAINER:-}" ]; then
-    if [ -x target/release/uvm ] && target/release/uvm container --help >/dev/null 2>&1; then
-        UVM_CONTAINER="$PWD/target/release/uvm container"
-    elif [ -x target/release/uvm-container ]; then
-        UVM_CONTAINER="$PWD/target/release/uvm-container"
-    else
-        echo "bench-container: build first (cargo build --release -p uvm-guest), or set UVM_CONTAINER" >&2
-        exit 1
-    fi
-fi
+. resources/uvm-container.sh
 for tool in hyperfine runc; do
     command -v "$tool" >/dev/null || {
         echo "bench-container: $tool is missing (apt-get install $tool)" >&2

@@ -32,18 +32,7 @@ fi
 DIR=$1
 shift
 
-if [ -z "${UVM_CONTAINER:-}" ]; then
-    if [ -x target/release/uvm ] && target/release/uvm container --help >/dev/null 2>&1; then
-        UVM_CONTAINER="target/release/uvm container"
-    elif [ -x target/release/uvm-container ]; then
-        UVM_CONTAINER="target/release/uvm-container"
-    elif [ -x target/debug/uvm-container ]; then
-        UVM_CONTAINER="target/debug/uvm-container"
-    else
-        echo "build-rootfs: build first (cargo build --release -p uvm-guest), or set UVM_CONTAINER" >&2
-        exit 1
-    fi
-fi
+. resources/uvm-container.sh
 
 set -- $(for b in "$@"; do printf ' --with %s' "$b"; done)
 exec $UVM_CONTAINER mkrootfs "$DIR" "$@"
