@@ -53,19 +53,12 @@ mkdir -p "$STAGE"/{bin,sbin,usr/bin,usr/sbin,etc/uvm,proc,sys,dev,run,tmp,root,m
 install -m 0755 "$INIT" "$STAGE/init"
 # Stripped: symbols would double the image and the boot's copy of it.
 install -m 0755 --strip "$CONTAINER" "$STAGE/bin/uvm-container"
-install -m 0755 "$BUSYBOX" "$STAGE/bin/busybox"
-for applet in $("$BUSYBOX" --list-full); do
-    [ -e "$STAGE/$applet" ] || ln -s /bin/busybox "$STAGE/$applet"
-done
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$STAGE/etc/passwd"
 printf 'root:x:0:\ntty:x:5:\n' >"$STAGE/etc/group"
-
-for prog in "${PROGRAMS[@]}"; do
-    install -D -m 0755 --strip "$prog" "$STAGE$prog"
-    for lib in $(ldd "$prog" | awk '$2=="=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'); do
-        [ -e "$STAGE$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$STAGE$lib"
-    done
-done
+# busybox with its applets, and the PROGRAMS with the libraries their ELF
+# headers name: the runtime's own image builder (it keeps the files above).
+"$CONTAINER" mkrootfs "$STAGE" --busybox "$BUSYBOX" \
+    $(printf -- '--with %s ' "${PROGRAMS[@]}") >/dev/null
 # nft resolves protocol names (tcp, udp) through it.
 install -m 0644 /etc/protocols "$STAGE/etc/protocols"
 

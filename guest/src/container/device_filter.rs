@@ -12,7 +12,6 @@
 //! whitelist). An allow rule matches when every requested access is in its
 //! set; a deny rule when any is.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -316,7 +315,6 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
 
 /// Loads a compiled program; the verifier's log comes with a refusal.
 pub fn load(prog: &[Insn]) -> Result<OwnedFd> {
-    let license = CString::new("GPL").unwrap_or_default();
     let mut log = vec![0u8; 64 * 1024];
     let mut name = [0u8; 16];
     name[..10].copy_from_slice(b"uvm_device");
@@ -325,7 +323,7 @@ pub fn load(prog: &[Insn]) -> Result<OwnedFd> {
         insn_cnt: u32::try_from(prog.len())
             .map_err(|_| Error::Cgroup("device program too long".into()))?,
         insns: prog.as_ptr() as u64,
-        license: license.as_ptr() as u64,
+        license: c"GPL".as_ptr() as u64,
         log_level: 1,
         log_size: u32::try_from(log.len()).unwrap_or(0),
         log_buf: log.as_mut_ptr() as u64,
