@@ -26,7 +26,7 @@ lint: setup
 # Unit tests and host-side CLI tests: everything but the KVM boot tests.
 unit-test: guest
 	$(CARGO) test --release --locked --workspace --lib --bins
-	$(CARGO) test --release --locked -p uvm --test cli_errors --test exit_loop
+	$(CARGO) test --release --locked -p uvm --test cli_errors --test exit_loop --test run
 	$(CARGO) test --release --locked -p uvm-devices --tests
 	resources/build-rootfs.sh --install-deps
 	$(CARGO) test --release --locked -p uvm-guest --tests

@@ -90,22 +90,28 @@ fn aml_bytes(a: &dyn Aml) -> Vec<u8> {
 pub fn dsdt(devices: &[AcpiDevice]) -> Result<Sdt, AcpiError> {
     let mut body = Vec::new();
     let mut virtio_index = 0u8;
+    let mut serial_index = 0u8;
     for dev in devices {
         let bytes = match dev {
-            AcpiDevice::Serial { port, irq } => aml_bytes(&aml::Device::new(
-                "_SB_.COM1".into(),
-                vec![
-                    &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
-                    &aml::Name::new("_UID".into(), &aml::ZERO),
-                    &aml::Name::new(
-                        "_CRS".into(),
-                        &aml::ResourceTemplate::new(vec![
-                            &aml::IO::new(*port, *port, 1, 8),
-                            &aml::Interrupt::new(true, true, false, false, *irq),
-                        ]),
-                    ),
-                ],
-            )),
+            AcpiDevice::Serial { port, irq } => {
+                serial_index = serial_index.wrapping_add(1);
+                let name = format!("_SB_.COM{serial_index}");
+                let uid = u32::from(serial_index - 1);
+                aml_bytes(&aml::Device::new(
+                    name.as_str().into(),
+                    vec![
+                        &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
+                        &aml::Name::new("_UID".into(), &uid),
+                        &aml::Name::new(
+                            "_CRS".into(),
+                            &aml::ResourceTemplate::new(vec![
+                                &aml::IO::new(*port, *port, 1, 8),
+                                &aml::Interrupt::new(true, true, false, false, *irq),
+                            ]),
+                        ),
+                    ],
+                ))
+            }
             AcpiDevice::Pvpanic { port } => aml_bytes(&aml::Device::new(
                 "_SB_.PEVT".into(),
                 vec![

@@ -22,6 +22,16 @@ Exit status of `uvm boot`:
 Without a command, the guest runs a shell on the console; powering off or
 rebooting the guest ends uvm with status 0.";
 
+pub const RUN_EXIT_CODES: &str = "\
+Exit status of `uvm run`:
+  0-255  the workload's own exit status (128+N if it died of signal N)
+  2      invalid command line
+  124    --timeout expired, or the guest crashed (vm levels)
+  125    uvm could not run the workload (bad flag for the level, missing
+         rootfs, unwritable cache, no usable KVM, ...)
+At the vm levels only the workload's output reaches stdout; the guest's
+console (kernel and init) goes to a log, shown with --verbose.";
+
 #[derive(Debug, Parser)]
 #[command(name = "uvm", version, about = "KVM microVMs and containers, side by side", after_help = EXIT_CODES)]
 pub struct Cli {
@@ -38,6 +48,9 @@ pub enum Command {
     Check,
     /// The container runtime on this host (the same code runs in the guest).
     Container(uvm_guest::container::cli::ContainerArgs),
+    /// Run one workload at an isolation level: process, container, vm or vm+container.
+    #[command(after_help = RUN_EXIT_CODES)]
+    Run(crate::run::RunArgs),
     /// Benchmarks, side by side with a reference (run through tests/runner/kvm-runner on a PVM host).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -151,6 +164,8 @@ impl BootArgs {
             disks,
             nets: self.nets.clone(),
             verbose: self.verbose,
+            console: crate::vmm::linux::Output::Stdout,
+            workload_output: None,
         })
     }
 }

@@ -40,6 +40,21 @@ pub enum Error {
     DefaultGuestMissing(PathBuf),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// A flag or value on uvm's command line that cannot be used.
+    #[error("{0}")]
+    Usage(String),
+    #[error("the {level} level cannot honour {flag}: {why}")]
+    Unsupported {
+        level: &'static str,
+        flag: String,
+        why: String,
+    },
+    #[error("cache folder {0} is not writable ({1}): pass --cache-dir DIR or set UVM_CACHE_DIR")]
+    Cache(PathBuf, std::io::Error),
+    #[error("root image for {0}: {1}")]
+    RootImage(PathBuf, String),
+    #[error("{0}")]
+    Container(#[from] uvm_guest::container::error::Error),
 }
 
 /// 512M, 3.5G, 1536K: sizes the way the user typed them.

@@ -8,4 +8,5 @@ pub mod check;
 pub mod cli;
 pub mod error;
 pub mod guest_image;
+pub mod run;
 pub mod vmm;

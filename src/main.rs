@@ -10,26 +10,9 @@ fn boot(args: &BootArgs) -> Result<Outcome, Error> {
     cfg.validate()?;
     check::ensure_can_boot_linux()?;
     let vm = vmm::linux::build(&cfg)?;
-    stop_on_signals(vm.shutdown())?;
+    vmm::shutdown::stop_on_signals(vm.shutdown())?;
     let _raw = RawStdin::enter();
     vm.run(cfg.timeout)
-}
-
-/// SIGINT/SIGTERM/SIGHUP end the VM like any other outcome, so the terminal
-/// is restored and the threads stopped before exit.
-fn stop_on_signals(shutdown: std::sync::Arc<vmm::shutdown::Shutdown>) -> Result<(), Error> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .map_err(|e| Error::Io("installing signal handlers".into(), e))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                shutdown.report(Outcome::Signal(sig));
-            }
-        })
-        .map_err(|e| Error::Io("starting the signal thread".into(), e))?;
-    Ok(())
 }
 
 /// With a terminal on stdin, keys go to the guest as typed (the guest
@@ -85,6 +68,7 @@ fn main() {
             }
         }
         Command::Bench(BenchCommand::Io(args)) => uvm::bench_io::main(&args),
+        Command::Run(args) => uvm::run::main(&args),
         Command::Boot(args) => match boot(&args) {
             Ok(outcome) => {
                 let (code, message) = outcome.exit();

@@ -290,6 +290,38 @@ ip link del $tap
 rm -f $B.outside $B.published
 "#,
     },
+    Scripted {
+        name: "run_vm",
+        // `uvm run` at the vm level: the default busybox root folder becomes
+        // the guest's root disk; only the workload's lines reach stdout.
+        script: r#"
+uvm_run -i vm --name lvl-vm -e FOO=bar -w /tmp -u 65534:65534 -- sh -c "$RUN_WORKLOAD"
+echo "left $(ls /run/uvm/vm 2>/dev/null | wc -l)" > $B.host
+"#,
+    },
+    Scripted {
+        name: "run_vmc",
+        // `uvm run` at vm+container: the same image read-only under a
+        // container that the guest's runtime starts with the limits.
+        script: r#"
+uvm_run -i vm+container --name lvl-vmc --memory 64m --pids-limit 20 -e FOO=bar -w /tmp -u 65534:65534 -- sh -c "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max; $RUN_WORKLOAD"
+"#,
+    },
+    Scripted {
+        name: "run_verbose",
+        // --verbose: the console (kernel and init) on stderr, still not on
+        // stdout.
+        script: r#"
+uvm_run -i vm --verbose --timeout 120 -- echo only-this
+"#,
+    },
+    Scripted {
+        name: "run_timeout",
+        script: r#"
+uvm_run -i vm --name lvl-tmo --timeout 3 -- sleep 100
+echo "left $(ls /run/uvm/vm 2>/dev/null | wc -l)" > $B.host
+"#,
+    },
 ];
 
 /// tests/runner/kvm-runner's status when its L1 VM wedged.
@@ -333,6 +365,9 @@ fn session() -> &'static Session {
                fi\n\
              }}\n\
              run_uvm() {{ run_case --timeout 180 \"$@\"; }}\n\
+             export UVM_CACHE_DIR=/dev/shm/uvm-run-cache\n\
+             RUN_WORKLOAD='hostname; cat /proc/self/cgroup; echo \"env=$FOO cwd=$(pwd) id=$(id -u):$(id -g)\"; exit 3'\n\
+             uvm_run() {{ {uvm} run \"$@\" </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }}\n\
              tap_up() {{ ip tuntap add $1 mode tap && ip addr add $2 dev $1 && ip link set $1 up; }}\n\
              # A refused connection (the guest not listening yet) fails at once.\n\
              retry() {{ for i in $(seq 240); do timeout 120 bash -c \"$1\" 2>/dev/null && return 0; sleep 0.5; done; return 1; }}\n",
@@ -793,4 +828,56 @@ fn the_container_runtime_runs_inside_a_guest() {
     assert!(out.contains("\nwrote\n"), "{out}");
     assert_eq!(field(out, "userns rc=0"), "owner=none-in-image", "{out}");
     assert_eq!(field(out, "left"), "cgroups=0 overlays=0");
+}
+
+/// The workload's lines at a vm level: exactly what it printed.
+fn run_lines(o: &Outcome) -> Vec<&str> {
+    o.stdout.lines().collect()
+}
+
+#[test]
+fn run_vm_level_gives_the_workload_status_and_only_its_output() {
+    let o = case("run_vm");
+    assert_eq!(o.rc, 3, "{}", o.stderr);
+    // The guest's own hostname and its root cgroup (cgroup v2).
+    assert_eq!(
+        run_lines(o),
+        ["lvl-vm", "0::/", "env=bar cwd=/tmp id=65534:65534"]
+    );
+    assert_eq!(o.host.trim(), "left 0", "the VM's folder is removed");
+}
+
+#[test]
+fn run_vm_container_level_applies_the_limits_in_the_guest() {
+    let o = case("run_vmc");
+    assert_eq!(o.rc, 3, "{}", o.stderr);
+    // The container's limits as its cgroup (v2, in the guest) has them,
+    // then the workload's lines: its own hostname, its cgroup namespace.
+    assert_eq!(
+        run_lines(o),
+        [
+            "67108864",
+            "20",
+            "lvl-vmc",
+            "0::/",
+            "env=bar cwd=/tmp id=65534:65534"
+        ]
+    );
+}
+
+#[test]
+fn run_verbose_shows_the_console_on_stderr_only() {
+    let o = case("run_verbose");
+    assert_eq!(o.rc, 0, "{}", o.stderr);
+    assert_eq!(run_lines(o), ["only-this"]);
+    assert!(o.stderr.contains("uvm-init: ready"), "{}", o.stderr);
+}
+
+#[test]
+fn run_timeout_ends_the_vm_with_124() {
+    let o = case("run_timeout");
+    assert_eq!(o.rc, 124, "{}", o.stderr);
+    assert!(o.stdout.is_empty(), "{}", o.stdout);
+    assert!(o.stderr.contains("--timeout"), "{}", o.stderr);
+    assert_eq!(o.host.trim(), "left 0");
 }

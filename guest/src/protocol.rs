@@ -19,15 +19,41 @@ pub fn status_value(kind: u32, payload: u8) -> u32 {
     (STATUS_MAGIC << 16) | (kind << 8) | u32::from(payload)
 }
 
+/// The workload's environment (`KEY=VALUE` entries, added to the init's
+/// own), encoded like [`CMD_PARAM`].
+pub const ENV_PARAM: &str = "uvm.env";
+/// The workload's working directory, encoded like [`CMD_PARAM`].
+pub const CWD_PARAM: &str = "uvm.cwd";
+/// The workload's `UID:GID`.
+pub const USER_PARAM: &str = "uvm.user";
+/// A device (e.g. `ttyS1`) that becomes the workload's stdout and stderr,
+/// in raw mode, so that its output reaches the host byte for byte and apart
+/// from the console's messages.
+pub const STDIO_PARAM: &str = "uvm.stdio";
+
 /// `uvm.cmd=...` for `argv`.
 pub fn encode_command(argv: &[String]) -> String {
-    let joined = argv.join("\0");
-    format!("{CMD_PARAM}={}", URL_SAFE_NO_PAD.encode(joined.as_bytes()))
+    encode_list(CMD_PARAM, argv)
+}
+
+/// `NAME=...` for a list of strings: NUL-separated, base64url.
+pub fn encode_list(name: &str, items: &[String]) -> String {
+    let joined = items.join("\0");
+    format!("{name}={}", URL_SAFE_NO_PAD.encode(joined.as_bytes()))
 }
 
 /// Finds and decodes `uvm.cmd=` in a kernel command line.
 pub fn decode_command(cmdline: &str) -> Result<Option<Vec<String>>, String> {
-    let prefix = format!("{CMD_PARAM}=");
+    match decode_list(cmdline, CMD_PARAM)? {
+        Some(v) if v.len() == 1 && v[0].is_empty() => Err(format!("{CMD_PARAM}: empty command")),
+        v => Ok(v),
+    }
+}
+
+/// Finds and decodes a list written by [`encode_list`] (an empty value is
+/// one empty string).
+pub fn decode_list(cmdline: &str, name: &str) -> Result<Option<Vec<String>>, String> {
+    let prefix = format!("{name}=");
     let Some(value) = cmdline
         .split_whitespace()
         .find_map(|w| w.strip_prefix(&prefix))
@@ -36,12 +62,19 @@ pub fn decode_command(cmdline: &str) -> Result<Option<Vec<String>>, String> {
     };
     let bytes = URL_SAFE_NO_PAD
         .decode(value)
-        .map_err(|e| format!("{CMD_PARAM}: not base64url: {e}"))?;
-    let s = String::from_utf8(bytes).map_err(|_| format!("{CMD_PARAM}: not UTF-8"))?;
-    if s.is_empty() {
-        return Err(format!("{CMD_PARAM}: empty command"));
-    }
+        .map_err(|e| format!("{name}: not base64url: {e}"))?;
+    let s = String::from_utf8(bytes).map_err(|_| format!("{name}: not UTF-8"))?;
     Ok(Some(s.split('\0').map(str::to_owned).collect()))
+}
+
+/// Parses `UID[:GID]` (the group defaults to the uid's number).
+pub fn parse_user(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    let num = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("user {s}: expected UID[:GID] as numbers"))
+    };
+    Ok((num(u)?, num(g)?))
 }
 
 /// Value of `name=` in a kernel command line (last one wins, as in the kernel).
@@ -67,6 +100,26 @@ mod tests {
         assert_eq!(decode_command(&line).unwrap(), Some(argv));
         assert_eq!(decode_command("console=ttyS0").unwrap(), None);
         assert!(decode_command("uvm.cmd=!!!").is_err());
+    }
+
+    #[test]
+    fn lists_and_users() {
+        let env = vec!["A=1".to_string(), "B=x y".to_string()];
+        let line = format!(
+            "quiet {} {}",
+            encode_list(ENV_PARAM, &env),
+            encode_list(CWD_PARAM, &["/w d".into()])
+        );
+        assert_eq!(decode_list(&line, ENV_PARAM).unwrap(), Some(env));
+        assert_eq!(
+            decode_list(&line, CWD_PARAM).unwrap(),
+            Some(vec!["/w d".into()])
+        );
+        assert_eq!(decode_list(&line, "uvm.none").unwrap(), None);
+        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
+        assert_eq!(parse_user("1:2").unwrap(), (1, 2));
+        assert!(parse_user("bob").is_err());
+        assert!(decode_command(&encode_command(&[])).is_err());
     }
 
     #[test]

@@ -1202,6 +1202,18 @@ fn read_all(mut s: TcpStream) -> String {
 fn bridge_networking_nat_and_published_ports() {
     require_root!();
     let (env, host, outside) = net_env("br", 7);
+    // The scratch host starts without forwarding (whatever the real host
+    // does), so that gc's restoring it shows.
+    let fwd = || {
+        sh(&format!(
+            "ip netns exec {} cat /proc/sys/net/ipv4/ip_forward",
+            host.0
+        ))
+    };
+    sh(&format!(
+        "ip netns exec {} sh -c 'echo 0 > /proc/sys/net/ipv4/ip_forward'",
+        host.0
+    ));
     // A server container, published on host port 18080.
     let server = env.spawn_run(&[
         "--name",
@@ -1220,6 +1232,7 @@ fn bridge_networking_nat_and_published_ports() {
     let web = env.wait_running("web");
     let web_ip = web["net"]["ip"].as_str().unwrap().to_string();
     assert!(web_ip.starts_with("10.231.7."), "{web}");
+    assert_eq!(fwd(), "1\n", "the bridge turns IPv4 forwarding on");
 
     // Container to container over the bridge; the second gets another address.
     let out = env.run(&[
@@ -1296,6 +1309,8 @@ fn bridge_networking_nat_and_published_ports() {
     let out = ok(&env.ctl(&["gc"]));
     assert!(out.contains("removed bridge uvtbr"), "{out}");
     assert!(out.contains("removed nftables table ip uvm"), "{out}");
+    assert!(out.contains("net.ipv4.ip_forward restored to 0"), "{out}");
+    assert_eq!(fwd(), "0\n", "gc puts back the forwarding it found");
     assert_eq!(
         sh(&format!("ip netns exec {} nft list ruleset", host.0)),
         ""
@@ -1316,24 +1331,29 @@ fn net_none_and_host() {
         "ls /sys/class/net | tr '\\n' ' '",
     ]);
     assert_eq!(ok(&out), "lo ");
-    // A namespaced sysctl is set inside only (the scratch host keeps 0).
+    // A namespaced sysctl is set inside only: the container gets the
+    // opposite of what the scratch host namespace has, which keeps its own
+    // value. A fresh namespace inherits the host's IPv4 settings, so the
+    // value is read first, never assumed (a Docker host forwards).
+    let fwd_of_host = || {
+        sh(&format!(
+            "ip netns exec {} cat /proc/sys/net/ipv4/ip_forward",
+            host.0
+        ))
+    };
+    let before = fwd_of_host();
+    let want = if before.trim() == "1" { "0" } else { "1" };
     let out = env.run(&[
         "--net",
         "none",
         "--sysctl",
-        "net.ipv4.ip_forward=1",
+        &format!("net.ipv4.ip_forward={want}"),
         "--",
         "cat",
         "/proc/sys/net/ipv4/ip_forward",
     ]);
-    assert_eq!(ok(&out), "1\n");
-    assert_eq!(
-        sh(&format!(
-            "ip netns exec {} cat /proc/sys/net/ipv4/ip_forward",
-            host.0
-        )),
-        "0\n"
-    );
+    assert_eq!(ok(&out), format!("{want}\n"));
+    assert_eq!(fwd_of_host(), before);
     let out = env.run(&[
         "--net",
         "host",

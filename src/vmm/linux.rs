@@ -9,7 +9,7 @@ use uvm_devices::legacy::{
 };
 
 use super::console::ConsoleInput;
-use super::layout::{ACPI_TABLES, COM1, PVPANIC_PORT, RSDP, SERIAL_IRQ};
+use super::layout::{ACPI_TABLES, COM1, COM2, PVPANIC_PORT, RSDP, SERIAL2_IRQ, SERIAL_IRQ};
 use super::shutdown::Outcome;
 use super::virtio::{DiskSpec, NetSpec};
 use super::{boot, regs, Vm};
@@ -36,7 +36,39 @@ pub struct LinuxVmConfig {
     pub nets: Vec<NetSpec>,
     /// Tell the devices' counters and queue state when the VM ends.
     pub verbose: bool,
+    /// Where the guest's console (the first UART) goes; host input reaches
+    /// it only when it is the terminal's stdout.
+    pub console: Output,
+    /// A second UART that carries only the workload's output (the init makes
+    /// it the command's stdout and stderr): where it goes.
+    pub workload_output: Option<Output>,
 }
+
+/// A host destination for a UART's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    Stderr,
+    /// Created or truncated.
+    File(PathBuf),
+}
+
+impl Output {
+    fn open(&self) -> Result<Box<dyn std::io::Write + Send>, Error> {
+        Ok(match self {
+            Output::Stdout => Box::new(std::io::stdout()),
+            Output::Stderr => Box::new(std::io::stderr()),
+            Output::File(p) => {
+                Box::new(std::fs::File::create(p).map_err(|e| {
+                    Error::Io(format!("creating the console log {}", p.display()), e)
+                })?)
+            }
+        })
+    }
+}
+
+/// The command-line words that hand the second UART to the workload.
+pub const WORKLOAD_UART_CMDLINE: &str = "8250.nr_uarts=2 uvm.stdio=ttyS1";
 
 impl LinuxVmConfig {
     /// Checks everything that can be checked without KVM, so that bad input
@@ -61,9 +93,21 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
     let sink = vm.event_sink();
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         vm.irq_line(SERIAL_IRQ)?,
-        std::io::stdout(),
+        cfg.console.open()?,
     )));
     vm.add_pio_device(serial.clone(), COM1, 8)?;
+    let mut devices = vec![AcpiDevice::Serial {
+        port: COM1,
+        irq: SERIAL_IRQ,
+    }];
+    if let Some(out) = &cfg.workload_output {
+        let uart = SerialDevice::new(vm.irq_line(SERIAL2_IRQ)?, out.open()?);
+        vm.add_pio_device(Arc::new(Mutex::new(uart)), COM2, 8)?;
+        devices.push(AcpiDevice::Serial {
+            port: COM2,
+            irq: SERIAL2_IRQ,
+        });
+    }
     vm.add_pio_device(Arc::new(Mutex::new(I8042::new(sink.clone()))), 0x60, 5)?;
     vm.add_pio_device(
         Arc::new(Mutex::new(AcpiPower::new(sink.clone(), acpi::RESET_VALUE))),
@@ -76,10 +120,12 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
         4,
     )?;
     vm.add_pio_device(Arc::new(Mutex::new(PvPanic::new(sink))), PVPANIC_PORT, 1)?;
-    vm.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
-        std::io::stdin(),
-        serial,
-    ))));
+    if cfg.console == Output::Stdout {
+        vm.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+            std::io::stdin(),
+            serial,
+        ))));
+    }
 
     let attached = super::virtio::attach(&mut vm, &cfg.disks, &cfg.nets)?;
     vm.set_verbose(cfg.verbose);
@@ -96,17 +142,14 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
     let mut parts: Vec<&str> = cfg.cmdline.iter().map(String::as_str).collect();
     let user = parts.pop();
     parts.extend(attached.cmdline.iter().map(String::as_str));
+    if cfg.workload_output.is_some() {
+        parts.push(WORKLOAD_UART_CMDLINE);
+    }
     parts.extend(user);
     let cmdline = boot::cmdline(&parts)?;
     boot::write_boot_params(mem, &kernel, initrd.as_ref(), &cmdline, vm.mem_size())?;
     regs::write_boot_tables(mem)?;
-    let mut devices = vec![
-        AcpiDevice::Serial {
-            port: COM1,
-            irq: SERIAL_IRQ,
-        },
-        AcpiDevice::Pvpanic { port: PVPANIC_PORT },
-    ];
+    devices.push(AcpiDevice::Pvpanic { port: PVPANIC_PORT });
     devices.extend(attached.acpi);
     acpi::create_acpi_tables(
         mem,

@@ -54,6 +54,24 @@ impl Outcome {
     }
 }
 
+/// SIGINT/SIGTERM/SIGHUP end the VM like any other outcome, so the terminal
+/// is restored and the threads stopped before exit.
+pub fn stop_on_signals(shutdown: std::sync::Arc<Shutdown>) -> Result<(), crate::error::Error> {
+    use crate::error::Error;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| Error::Io("installing signal handlers".into(), e))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                shutdown.report(Outcome::Signal(sig));
+            }
+        })
+        .map_err(|e| Error::Io("starting the signal thread".into(), e))?;
+    Ok(())
+}
+
 #[derive(Default)]
 pub struct Shutdown {
     outcome: Mutex<Option<Outcome>>,

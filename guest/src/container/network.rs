@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use super::error::{Error, Result};
@@ -204,9 +205,13 @@ pub fn ports_script(ip: Ipv4Addr, ports: &[PortMap]) -> String {
         .collect()
 }
 
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
 /// Makes sure the bridge, its address, forwarding and the nft table exist.
-/// Call with the network lock held.
-pub fn ensure_bridge(cfg: &BridgeConfig) -> Result<()> {
+/// When forwarding was off, the value found is kept in `forward_saved` so
+/// that [`teardown`] of the last bridge can put it back. Call with the
+/// network lock held.
+pub fn ensure_bridge(cfg: &BridgeConfig, forward_saved: &Path) -> Result<()> {
     // Checked first: without nft, nothing is changed.
     let table_exists = nft_table_exists()?;
     let mut nl = Netlink::new()?;
@@ -231,13 +236,16 @@ pub fn ensure_bridge(cfg: &BridgeConfig) -> Result<()> {
         nl.addr_add(&cfg.name, gw, cfg.prefix)?;
     }
     nl.link_set_up(&cfg.name)?;
-    let fwd = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(fwd)
-        .map(|s| s.trim() != "1")
-        .unwrap_or(true)
-    {
-        std::fs::write(fwd, "1")
-            .map_err(|e| Error::Network(format!("enabling IPv4 forwarding ({fwd}): {e}")))?;
+    let found = std::fs::read_to_string(IP_FORWARD)
+        .map_err(|e| Error::Network(format!("reading {IP_FORWARD}: {e}")))?;
+    if found.trim() != "1" {
+        // Only the first value found counts: a later run sees uvm's own 1.
+        if !forward_saved.exists() {
+            std::fs::write(forward_saved, found.trim())
+                .map_err(|e| Error::Network(format!("saving {}: {e}", forward_saved.display())))?;
+        }
+        std::fs::write(IP_FORWARD, "1")
+            .map_err(|e| Error::Network(format!("enabling IPv4 forwarding ({IP_FORWARD}): {e}")))?;
     }
     let mut script = String::new();
     if !table_exists {
@@ -305,9 +313,10 @@ pub fn detach(net: &NetConfig) {
 }
 
 /// Removes bridge `cfg` and its NAT rules if no interface is attached to it
-/// any more; the nftables table goes with the last bridge. Returns what was
-/// removed. Call with the network lock held.
-pub fn teardown(cfg: &BridgeConfig) -> Result<Vec<String>> {
+/// any more; the nftables table goes with the last bridge, and IPv4
+/// forwarding returns to the value [`ensure_bridge`] found before it turned
+/// it on. Returns what was removed. Call with the network lock held.
+pub fn teardown(cfg: &BridgeConfig, forward_saved: &Path) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     let mut nl = Netlink::new()?;
     if !nl.link_exists(&cfg.name)? || !nl.link_ports(&cfg.name)?.is_empty() {
@@ -327,9 +336,26 @@ pub fn teardown(cfg: &BridgeConfig) -> Result<Vec<String>> {
         if !String::from_utf8_lossy(&out.stdout).contains("elements") {
             nft(&format!("delete table ip {NFT_TABLE}\n"))?;
             removed.push(format!("nftables table ip {NFT_TABLE}"));
+            removed.extend(restore_forwarding(forward_saved)?);
         }
     }
     Ok(removed)
+}
+
+/// Puts back the IPv4 forwarding value saved by [`ensure_bridge`], if any.
+fn restore_forwarding(forward_saved: &Path) -> Result<Option<String>> {
+    let Ok(saved) = std::fs::read_to_string(forward_saved) else {
+        return Ok(None);
+    };
+    let saved = saved.trim();
+    if saved != "0" && saved != "1" {
+        let _ = std::fs::remove_file(forward_saved);
+        return Ok(None);
+    }
+    std::fs::write(IP_FORWARD, saved)
+        .map_err(|e| Error::Network(format!("restoring {IP_FORWARD} to {saved}: {e}")))?;
+    let _ = std::fs::remove_file(forward_saved);
+    Ok(Some(format!("net.ipv4.ip_forward restored to {saved}")))
 }
 
 /// Inside the container's network namespace: loopback up and, in bridge

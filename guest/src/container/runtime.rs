@@ -269,7 +269,7 @@ impl Runtime {
                 ));
             }
             let _lock = self.paths.lock_net()?;
-            network::ensure_bridge(&self.bridge)?;
+            network::ensure_bridge(&self.bridge, &self.paths.forward_saved())?;
             let used: Vec<_> = state::list(&self.paths)
                 .into_iter()
                 .filter_map(|(_, s)| s.ok()?.net.map(|n| n.ip))
@@ -512,7 +512,10 @@ impl Runtime {
                 .any(|s| s.net.as_ref().is_some_and(|n| n.bridge == self.bridge.name))
         {
             let _lock = self.paths.lock_net()?;
-            removed.extend(network::teardown(&self.bridge)?);
+            removed.extend(network::teardown(
+                &self.bridge,
+                &self.paths.forward_saved(),
+            )?);
         }
         // Temporary claim directories of runtimes that died mid-claim.
         if let Ok(rd) = fs::read_dir(self.paths.containers()) {

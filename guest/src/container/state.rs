@@ -89,6 +89,12 @@ impl Paths {
         Ok(())
     }
 
+    /// The IPv4 forwarding value found before the first bridge turned it
+    /// on, restored when the last bridge goes.
+    pub fn forward_saved(&self) -> PathBuf {
+        self.root.join("ip_forward.saved")
+    }
+
     fn net_lock(&self) -> PathBuf {
         self.root.join("net.lock")
     }

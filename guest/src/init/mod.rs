@@ -116,8 +116,76 @@ fn uptime() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// What the command line says to run and how.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Workload {
+    argv: Vec<String>,
+    env: Vec<String>,
+    cwd: Option<String>,
+    user: Option<(u32, u32)>,
+    /// The device that carries the workload's output (e.g. `/dev/ttyS1`).
+    stdio: Option<String>,
+}
+
+impl Workload {
+    fn from_cmdline(cmdline: &str) -> Result<Workload, String> {
+        let stdio = match protocol::param(cmdline, protocol::STDIO_PARAM) {
+            Some(d) if d.is_empty() || d.contains('/') || d.contains("..") => {
+                return Err(format!(
+                    "{}={d}: expected a device name such as ttyS1",
+                    protocol::STDIO_PARAM
+                ))
+            }
+            d => d.map(|d| format!("/dev/{d}")),
+        };
+        let env = protocol::decode_list(cmdline, protocol::ENV_PARAM)?
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| !e.is_empty())
+            .collect::<Vec<_>>();
+        if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
+            return Err(format!("{}: {bad:?} is not KEY=VALUE", protocol::ENV_PARAM));
+        }
+        Ok(Workload {
+            argv: protocol::decode_command(cmdline)?.unwrap_or_default(),
+            env,
+            cwd: protocol::decode_list(cmdline, protocol::CWD_PARAM)?.map(|v| v.join("")),
+            user: protocol::param(cmdline, protocol::USER_PARAM)
+                .map(protocol::parse_user)
+                .transpose()?,
+            stdio,
+        })
+    }
+}
+
+/// Opens the workload's output device in raw mode: no `\r` added, nothing
+/// echoed, so what the workload writes is what the host reads.
+fn open_stdio(dev: &str) -> Result<std::fs::File, InitError> {
+    let f = poll_until(Duration::from_secs(2), || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dev)
+            .ok()
+    })
+    .ok_or_else(|| {
+        InitError::Io(
+            dev.to_string(),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    })?;
+    let mut t = nix::sys::termios::tcgetattr(&f)
+        .map_err(|e| InitError::Io(format!("{dev}: tcgetattr"), e.into()))?;
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(&f, nix::sys::termios::SetArg::TCSANOW, &t)
+        .map_err(|e| InitError::Io(format!("{dev}: tcsetattr"), e.into()))?;
+    Ok(f)
+}
+
 /// Spawns the workload; `Err` carries the status a shell would give.
-fn spawn(argv: &[String]) -> Result<Pid, u8> {
+fn spawn(w: &Workload, stdio: Option<&std::fs::File>) -> Result<Pid, u8> {
+    use std::os::unix::process::CommandExt;
+    let argv = &w.argv;
     let mut cmd = if argv.is_empty() {
         // An interactive shell needs the console as its controlling
         // terminal for job control and ^C: busybox setsid -c gives it one.
@@ -133,7 +201,25 @@ fn spawn(argv: &[String]) -> Result<Pid, u8> {
         .env("PATH", PATH)
         .env("HOME", "/root")
         .env("TERM", "linux")
-        .current_dir("/");
+        .current_dir(w.cwd.as_deref().unwrap_or("/"));
+    for e in &w.env {
+        if let Some((k, v)) = e.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    if let Some((uid, gid)) = w.user {
+        // PID 1 has no supplementary groups to pass on.
+        cmd.uid(uid).gid(gid);
+    }
+    if let Some(f) = stdio {
+        let (Ok(out), Ok(err)) = (f.try_clone(), f.try_clone()) else {
+            log("cannot duplicate the workload's output device");
+            return Err(126);
+        };
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err);
+    }
     match cmd.spawn() {
         Ok(child) => Ok(Pid::from_raw(child.id() as i32)),
         Err(e) => {
@@ -143,6 +229,10 @@ fn spawn(argv: &[String]) -> Result<Pid, u8> {
                 _ => 126,
             };
             log(&format!("{what}: {e}"));
+            if let Some(mut f) = stdio {
+                use std::io::Write;
+                let _ = writeln!(f, "uvm-init: {what}: {e}");
+            }
             Err(code)
         }
     }
@@ -211,19 +301,31 @@ pub fn main() -> ! {
     }
     switch_root(&cmdline);
     network(ip.as_ref());
-    let argv = match protocol::decode_command(&cmdline) {
-        Ok(a) => a.unwrap_or_default(),
+    let workload = match Workload::from_cmdline(&cmdline) {
+        Ok(w) => w,
         Err(e) => {
             log(&format!("{}", InitError::Cmdline(e)));
             finish(125);
         }
     };
+    let stdio = match workload.stdio.as_deref().map(open_stdio).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            log(&format!("{e}"));
+            finish(125);
+        }
+    };
     status::report_ready();
     log(&format!("ready after {:.3} s", uptime()));
-    let status = match spawn(&argv) {
+    let status = match spawn(&workload, stdio.as_ref()) {
         Ok(pid) => wait_for(pid),
         Err(code) => code,
     };
+    // What the workload wrote may still sit in the tty's buffer: the VM
+    // ends at the status report, so that output must be out first.
+    if let Some(f) = &stdio {
+        let _ = nix::sys::termios::tcdrain(f);
+    }
     finish(status)
 }
 
@@ -239,6 +341,36 @@ mod tests {
         assert_eq!(choose_hostname("quiet", ip.as_ref()), "box");
         assert_eq!(choose_hostname("uvm.hostname=vm1", ip.as_ref()), "vm1");
         assert_eq!(choose_hostname("uvm.hostname=vm1", None), "vm1");
+    }
+
+    #[test]
+    fn workload_from_the_command_line() {
+        let argv = vec!["sh".to_string(), "-c".into(), "exit 3".into()];
+        let line = format!(
+            "quiet {} {} {} uvm.user=5:6 uvm.stdio=ttyS1",
+            protocol::encode_command(&argv),
+            protocol::encode_list(protocol::ENV_PARAM, &["A=b c".into()]),
+            protocol::encode_list(protocol::CWD_PARAM, &["/tmp".into()]),
+        );
+        let w = Workload::from_cmdline(&line).unwrap();
+        assert_eq!(
+            w,
+            Workload {
+                argv,
+                env: vec!["A=b c".into()],
+                cwd: Some("/tmp".into()),
+                user: Some((5, 6)),
+                stdio: Some("/dev/ttyS1".into()),
+            }
+        );
+        assert_eq!(
+            Workload::from_cmdline("quiet").unwrap(),
+            Workload::default()
+        );
+        assert!(Workload::from_cmdline("uvm.stdio=../sda").is_err());
+        assert!(Workload::from_cmdline("uvm.user=root").is_err());
+        let bad_env = protocol::encode_list(protocol::ENV_PARAM, &["NOEQUALS".into()]);
+        assert!(Workload::from_cmdline(&bad_env).is_err());
     }
 
     #[test]

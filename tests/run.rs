@@ -1,0 +1,339 @@
+//! `uvm run` on this host: the process and container levels end to end (as
+//! root), and bad input at every level, which uvm refuses before it needs
+//! KVM. The vm levels boot in tests/boot.rs's runner session.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const UVM: &str = env!("CARGO_BIN_EXE_uvm");
+
+/// The workload every level runs: its hostname, its cgroups, what -e, -w
+/// and -u gave it, and a status of its own.
+const WORKLOAD: &str =
+    "hostname; cat /proc/self/cgroup; echo \"env=$FOO cwd=$(pwd) id=$(id -u):$(id -g)\"; exit 3";
+
+fn cache() -> PathBuf {
+    let d = std::env::temp_dir().join("uvm-run-tests-cache");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn uvm_run(args: &[&str]) -> Output {
+    let start = Instant::now();
+    let out = Command::new(UVM)
+        .arg("run")
+        .args(args)
+        .env("UVM_CACHE_DIR", cache())
+        .output()
+        .expect("run uvm");
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "uvm run {args:?} took {:?}",
+        start.elapsed()
+    );
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A one-line error, status 125 (2 for what clap itself refuses), nothing on stdout.
+fn assert_refused(args: &[&str], code: i32, needle: &str) {
+    let out = uvm_run(args);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "uvm run {args:?}: {err}");
+    assert!(
+        out.stdout.is_empty(),
+        "uvm run {args:?} printed {:?}",
+        text(&out.stdout)
+    );
+    assert!(
+        err.contains(needle),
+        "uvm run {args:?}: {err:?} lacks {needle:?}"
+    );
+    if code == 125 {
+        assert_eq!(err.trim().lines().count(), 1, "not one line: {err:?}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn unknown_level_and_missing_command() {
+    assert_refused(&["-i", "kata", "--", "true"], 2, "unknown isolation level");
+    assert_refused(&["-i", "vm"], 2, "required");
+}
+
+#[test]
+fn flags_a_level_cannot_honour_name_the_level() {
+    for (args, needle) in [
+        (
+            &["-i", "process", "--hostname", "h", "--", "true"][..],
+            "the process level cannot honour --hostname",
+        ),
+        (
+            &["-i", "process", "--rootfs", "/", "--", "true"][..],
+            "the process level cannot honour --rootfs",
+        ),
+        (
+            &["-i", "process", "--net", "none", "--", "true"][..],
+            "the process level cannot honour --net",
+        ),
+        (
+            &["-i", "process", "-v", "/tmp:/tmp", "--", "true"][..],
+            "the process level cannot honour -v",
+        ),
+        (
+            &["-i", "vm", "-v", "/tmp:/tmp", "--", "true"][..],
+            "the vm level cannot honour -v",
+        ),
+        (
+            &["-i", "vm+container", "-v", "/tmp:/tmp", "--", "true"][..],
+            "the vm+container level cannot honour -v",
+        ),
+        (
+            &["-i", "vm", "--pids-limit", "10", "--", "true"][..],
+            "the vm level cannot honour --pids-limit",
+        ),
+        (
+            &["-i", "vm", "--cpus", "0.5", "--", "true"][..],
+            "the vm level cannot honour --cpus",
+        ),
+    ] {
+        assert_refused(args, 125, needle);
+    }
+}
+
+#[test]
+fn bad_values_are_one_line_errors() {
+    assert_refused(
+        &[
+            "-i",
+            "container",
+            "--rootfs",
+            "/nonexistent-rootfs",
+            "--",
+            "true",
+        ],
+        125,
+        "no such directory",
+    );
+    assert_refused(
+        &["-i", "vm", "--memory", "12XB", "--", "true"],
+        125,
+        "--memory",
+    );
+    assert_refused(
+        &["-i", "container", "--timeout=-1", "--", "true"],
+        125,
+        "--timeout",
+    );
+    assert_refused(
+        &["-i", "vm+container", "-e", "NOEQUALS", "--", "true"],
+        125,
+        "-e NOEQUALS",
+    );
+}
+
+#[test]
+fn an_unwritable_cache_is_refused_and_nothing_is_left() {
+    if !is_root() {
+        return;
+    }
+    for level in ["container", "vm"] {
+        let out = Command::new(UVM)
+            .args([
+                "run",
+                "-i",
+                level,
+                "--name",
+                "uncached",
+                "--cache-dir",
+                "/proc/uvm-cache",
+                "--",
+                "true",
+            ])
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        // At the vm level on a host whose KVM cannot boot Linux, that is
+        // said first; either way one line and 125.
+        assert_eq!(out.status.code(), Some(125), "{level}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{level}: {err}");
+        assert!(
+            err.contains("not writable") || err.contains("KVM") || err.contains("PVM"),
+            "{level}: {err}"
+        );
+    }
+    assert!(!Path::new("/run/uvm/vm/uncached").exists());
+    assert!(!Path::new("/run/uvm/containers/uncached").exists());
+}
+
+fn lines(out: &Output) -> Vec<String> {
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn process_level_runs_on_the_host() {
+    if !is_root() {
+        return;
+    }
+    let out = uvm_run(&[
+        "-i",
+        "process",
+        "-e",
+        "FOO=bar",
+        "-w",
+        "/tmp",
+        "-u",
+        "65534:65534",
+        "--",
+        "sh",
+        "-c",
+        WORKLOAD,
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let l = lines(&out);
+    let host = text(&Command::new("hostname").output().unwrap().stdout);
+    assert_eq!(l[0], host.trim(), "the host's hostname");
+    // The cgroups are uvm's own (no limits asked for, so no cgroup made).
+    let mine = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    assert_eq!(l[1..l.len() - 1].join("\n"), mine.trim_end());
+    assert_eq!(l.last().unwrap(), "env=bar cwd=/tmp id=65534:65534");
+}
+
+#[test]
+fn process_level_limits_are_a_cgroup_of_its_own() {
+    if !is_root() {
+        return;
+    }
+    let out = uvm_run(&[
+        "-i",
+        "process",
+        "--name",
+        "plim",
+        "--memory",
+        "32m",
+        "--pids-limit",
+        "16",
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/self/cgroup",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let cg = text(&out.stdout);
+    assert!(
+        cg.lines()
+            .any(|l| l.contains(":memory:") && l.ends_with("/uvm-run/plim")),
+        "{cg}"
+    );
+    assert!(
+        cg.lines()
+            .any(|l| l.contains(":pids:") && l.ends_with("/uvm-run/plim")),
+        "{cg}"
+    );
+    // Enforced: 100 MB held in memory under a 32 MiB limit is OOM-killed.
+    let out = uvm_run(&[
+        "-i",
+        "process",
+        "--name",
+        "poom",
+        "--memory",
+        "32m",
+        "--",
+        "sh",
+        "-c",
+        "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    assert!(
+        !text(&out.stdout).contains("survived"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_ne!(out.status.code(), Some(0));
+    for ctrl in ["memory", "pids"] {
+        for name in ["plim", "poom"] {
+            let d = PathBuf::from(format!("/sys/fs/cgroup/{ctrl}/uvm-run/{name}"));
+            assert!(!d.exists(), "{} left behind", d.display());
+        }
+    }
+}
+
+#[test]
+fn timeouts_stop_the_workload_with_124() {
+    if !is_root() {
+        return;
+    }
+    for level in ["process", "container"] {
+        let start = Instant::now();
+        let name = format!("tmo-{level}");
+        let out = uvm_run(&[
+            "-i",
+            level,
+            "--name",
+            &name,
+            "--timeout",
+            "1",
+            "--",
+            "sleep",
+            "30",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(124),
+            "{level}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{level}: {:?}",
+            start.elapsed()
+        );
+        assert!(text(&out.stderr).contains("--timeout"), "{level}");
+        assert!(
+            !Path::new("/run/uvm/containers").join(&name).exists(),
+            "{level}: state left"
+        );
+    }
+}
+
+#[test]
+fn container_level_runs_the_runtime_on_the_host() {
+    if !is_root() {
+        return;
+    }
+    let out = uvm_run(&[
+        "-i",
+        "container",
+        "--name",
+        "lvl-ctr",
+        "--memory",
+        "64m",
+        "-e",
+        "FOO=bar",
+        "-w",
+        "/tmp",
+        "-u",
+        "65534:65534",
+        "--",
+        "sh",
+        "-c",
+        WORKLOAD,
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let l = lines(&out);
+    assert_eq!(l[0], "lvl-ctr", "the container's own hostname");
+    // Its own cgroup namespace: every hierarchy's path is its root.
+    assert!(l[1..l.len() - 1].iter().all(|c| c.ends_with(":/")), "{l:?}");
+    assert_eq!(l.last().unwrap(), "env=bar cwd=/tmp id=65534:65534");
+    assert!(!Path::new("/run/uvm/containers/lvl-ctr").exists());
+    assert!(!Path::new("/sys/fs/cgroup/memory/uvm")
+        .join("lvl-ctr")
+        .exists());
+}
