@@ -5,6 +5,7 @@
 #                    container runtime (/bin/uvm-container, static), nft
 #                    with its libraries, and the kernel modules the guest
 #                    needs with their modules.dep and modules.alias
+#   uvm-probe        the isolation probe (static), for uvm probe and bench
 # Uncompressed on purpose: the kernel copies it in less time than it would
 # take to decompress it, above all under nested virtualisation.
 set -euo pipefail
@@ -30,10 +31,11 @@ KVER=$(ls "$KROOT/lib/modules")
 step "building uvm-init and uvm-container (static)"
 (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --quiet --target x86_64-unknown-linux-gnu -p uvm-guest \
-    --bin uvm-init --bin uvm-container)
+    --bin uvm-init --bin uvm-container -p uvm-probe --bin uvm-probe)
 INIT=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-init
 CONTAINER=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-container
-for bin in "$INIT" "$CONTAINER"; do
+PROBE=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-probe
+for bin in "$INIT" "$CONTAINER" "$PROBE"; do
     if ! file -b "$bin" | grep -q "static"; then
         echo "build-guest: $bin is not static" >&2
         exit 1
@@ -81,4 +83,8 @@ mkdir -p "$OUT"
 (cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$OUT/initramfs.cpio.tmp"
 mv "$OUT/initramfs.cpio.tmp" "$OUT/initramfs.cpio"
 ln -sfn "$KROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+# The isolation probe, the same static binary at every level (uvm probe
+# puts it into the probe's root folder).
+install -m 0755 --strip "$PROBE" "$OUT/uvm-probe.tmp"
+mv "$OUT/uvm-probe.tmp" "$OUT/uvm-probe"
 step "$OUT/vmlinuz -> $(readlink "$OUT/vmlinuz"), initramfs $(du -h "$OUT/initramfs.cpio" | cut -f1)"

@@ -51,6 +51,8 @@ pub enum Command {
     /// Run one workload at an isolation level: process, container, vm or vm+container.
     #[command(after_help = RUN_EXIT_CODES)]
     Run(crate::run::RunArgs),
+    /// The isolation matrix: what a workload can see and do at each level.
+    Probe(crate::run::probe::ProbeArgs),
     /// Benchmarks, side by side with a reference (run through tests/runner/kvm-runner on a PVM host).
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -69,6 +69,7 @@ fn main() {
         }
         Command::Bench(BenchCommand::Io(args)) => uvm::bench_io::main(&args),
         Command::Run(args) => uvm::run::main(&args),
+        Command::Probe(args) => uvm::run::probe::main(&args),
         Command::Boot(args) => match boot(&args) {
             Ok(outcome) => {
                 let (code, message) = outcome.exit();

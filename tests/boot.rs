@@ -316,6 +316,13 @@ uvm_run -i vm --verbose --timeout 120 -- echo only-this
 "#,
     },
     Scripted {
+        name: "probe",
+        // The isolation matrix at all four levels; the answers as JSON.
+        script: r#"
+uvm_probe --json $B.host
+"#,
+    },
+    Scripted {
         name: "run_timeout",
         script: r#"
 uvm_run -i vm --name lvl-tmo --timeout 3 -- sleep 100
@@ -368,6 +375,7 @@ fn session() -> &'static Session {
              export UVM_CACHE_DIR=/dev/shm/uvm-run-cache\n\
              RUN_WORKLOAD='hostname; cat /proc/self/cgroup; echo \"env=$FOO cwd=$(pwd) id=$(id -u):$(id -g)\"; exit 3'\n\
              uvm_run() {{ {uvm} run \"$@\" </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }}\n\
+             uvm_probe() {{ {uvm} probe \"$@\" </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }}\n\
              tap_up() {{ ip tuntap add $1 mode tap && ip addr add $2 dev $1 && ip link set $1 up; }}\n\
              # A refused connection (the guest not listening yet) fails at once.\n\
              retry() {{ for i in $(seq 240); do timeout 120 bash -c \"$1\" 2>/dev/null && return 0; sleep 0.5; done; return 1; }}\n",
@@ -880,4 +888,72 @@ fn run_timeout_ends_the_vm_with_124() {
     assert!(o.stdout.is_empty(), "{}", o.stdout);
     assert!(o.stderr.contains("--timeout"), "{}", o.stderr);
     assert_eq!(o.host.trim(), "left 0");
+}
+
+#[test]
+fn probe_matrix_answers_per_level() {
+    let o = case("probe");
+    assert_eq!(o.rc, 0, "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.host).expect("probe JSON");
+    let answer = |level: &str, probe: &str| -> String {
+        v["levels"][level]
+            .as_array()
+            .unwrap_or_else(|| panic!("no answers for {level}: {}", v["levels"][level]))
+            .iter()
+            .find(|a| a["probe"] == probe)
+            .and_then(|a| a["answer"].as_str())
+            .unwrap_or_else(|| panic!("{level} has no {probe}"))
+            .to_string()
+    };
+    let levels = ["process", "container", "vm", "vm+container"];
+    // (probe, answer at each level, in the order above)
+    let want: &[(&str, [&str; 4])] = &[
+        ("host_pids", ["yes", "no", "no", "no"]),
+        ("signal_host", ["yes", "no", "no", "no"]),
+        ("own_hostname", ["no", "yes", "yes", "yes"]),
+        ("load_module", ["yes", "no", "yes", "no"]),
+        ("mount", ["yes", "no", "yes", "no"]),
+        ("set_clock", ["yes", "no", "yes", "no"]),
+        ("host_file", ["yes", "no", "no", "no"]),
+        ("host_kernel", ["yes", "yes", "no", "no"]),
+        ("kcore_mem", ["yes", "no", "yes", "no"]),
+        ("seccomp", ["none", "filter", "none", "filter"]),
+        (
+            "memory_limit",
+            [
+                "cgroup, enforced",
+                "cgroup, enforced",
+                "RAM, enforced",
+                "cgroup, enforced",
+            ],
+        ),
+        (
+            "fork_bomb",
+            ["stopped at 63", "stopped at 63", "all 200", "stopped at 63"],
+        ),
+    ];
+    for (probe, answers) in want {
+        for (level, a) in levels.iter().zip(answers) {
+            assert_eq!(&answer(level, probe), a, "{probe} at {level}");
+        }
+    }
+    // The runner's L1 has no block device; the guest has its root disk,
+    // which the VM's root can open and a container's cannot make.
+    assert_eq!(answer("vm", "mknod_block"), "yes");
+    assert_eq!(answer("container", "mknod_block"), "no");
+    assert_eq!(answer("vm+container", "mknod_block"), "no");
+    for level in ["container", "vm", "vm+container"] {
+        assert_eq!(answer(level, "host_netifs"), "no", "{level}");
+    }
+    // The runtime's default set in containers, all of root's elsewhere.
+    let caps = |l: &str| answer(l, "capabilities").parse::<u32>().unwrap();
+    assert_eq!(caps("container"), 13, "the runtime's default set");
+    assert_eq!(caps("vm+container"), caps("container"));
+    assert!(caps("process") >= 40 && caps("vm") >= 40);
+    // The table: levels across, probes down.
+    let header = o.stdout.lines().next().unwrap();
+    for level in levels {
+        assert!(header.contains(level), "{header}");
+    }
+    assert!(o.stdout.contains("can read a host file outside its rootfs"));
 }

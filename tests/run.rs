@@ -337,3 +337,20 @@ fn container_level_runs_the_runtime_on_the_host() {
         .join("lvl-ctr")
         .exists());
 }
+
+#[test]
+fn probe_refuses_bad_input() {
+    let out = Command::new(UVM)
+        .args(["probe", "-i", "kata"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(UVM)
+        .args(["probe", "-i", "process", "--cache-dir", "/proc/uvm-cache"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("not writable"), "{err}");
+}

@@ -6,6 +6,7 @@
 
 pub mod container;
 pub mod image;
+pub mod probe;
 pub mod process;
 pub mod vm;
 
