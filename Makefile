@@ -1,5 +1,6 @@
-# `make run`: set-up, build, boot the default microVM (nested where the host's
-# KVM cannot boot Linux) and show it beside the host.
+# `make run`: set-up, build, then the demo (nested where the host's KVM
+# cannot boot Linux): one workload at four isolation levels, the probe
+# matrix, a short bench with plots (resources/demo.sh).
 # `make test`: set-up, build, lint, every test (KVM boot tests included).
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -42,12 +43,13 @@ test: lint unit-test boot-test
 run: guest
 	$(UVM) check || true
 	@echo
-	@echo "== uvm boot: Debian's kernel in a uvm microVM =="
-	$(RUNNER) -- $(UVM) boot --vcpus 2 --mem 512M -- sh -c 'uname -sr; echo "vcpus: $$(nproc)"; grep MemTotal /proc/meminfo; echo "hostname: $$(hostname)"'
+	$(RUNNER) -- resources/demo.sh /tmp/uvm-demo
 
 # Boot time and VMM memory, then virtio disk and network throughput, uvm vs
 # QEMU microvm, same kernel and initramfs (and disk image, and tap).
 bench: guest
+	$(RUNNER) -- env UVM_CACHE_DIR=/dev/shm/uvm-cache $(UVM) bench --json /tmp/uvm-bench/levels.json --plot-dir /tmp/uvm-bench
+	@echo "plots: /tmp/uvm-bench/*.svg, samples: /tmp/uvm-bench/levels.json"
 	$(RUNNER) -- $(UVM) bench boot --runs 5 --json /tmp/uvm-bench-boot.json --plot /tmp/uvm-bench-boot.svg
 	@echo "plot: /tmp/uvm-bench-boot.svg, samples: /tmp/uvm-bench-boot.json"
 	$(RUNNER) -- $(UVM) bench io --runs 1 --json /tmp/uvm-bench-io.json --plot /tmp/uvm-bench-io.svg

@@ -32,6 +32,8 @@ step "building the guest's root filesystem"
 install -m 0755 "$STATIC" "$R/bin/uvm-container"
 mkdir -p "$R/bench/resources" "$R/proc" "$R/sys" "$R/dev" "$R/run" "$R/tmp"
 install -m 0755 resources/bench-container.sh "$R/bench/resources/bench-container.sh"
+# bench-container.sh sources it to find the runtime (here UVM_CONTAINER).
+install -m 0644 resources/uvm-container.sh "$R/bench/resources/uvm-container.sh"
 mkfs.ext4 -q -F -d "$R" "$WORK/root.img" 512M
 
 step "booting it ($RUNS runs per runtime)"

@@ -51,11 +51,23 @@ pub enum Command {
     /// Run one workload at an isolation level: process, container, vm or vm+container.
     #[command(after_help = RUN_EXIT_CODES)]
     Run(crate::run::RunArgs),
+    /// Remove what killed runs left behind: containers, VM leases (taps,
+    /// addresses, published ports), VM folders, then unused bridges.
+    Gc,
     /// The isolation matrix: what a workload can see and do at each level.
     Probe(crate::run::probe::ProbeArgs),
-    /// Benchmarks, side by side with a reference (run through tests/runner/kvm-runner on a PVM host).
+    /// Benchmarks, side by side with a reference (run through tests/runner/kvm-runner on a PVM host);
+    /// without a subcommand, one workload at each isolation level.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
     #[command(subcommand)]
-    Bench(BenchCommand),
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub levels: crate::bench::levels::LevelsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,7 +88,7 @@ pub enum BenchCommand {
         plot: Option<PathBuf>,
     },
     /// virtio-blk and virtio-net throughput in the guest, uvm vs QEMU microvm (same kernel, image, tap).
-    Io(crate::bench_io::IoArgs),
+    Io(crate::bench::io::IoArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -3,7 +3,6 @@
 
 pub mod acpi;
 pub mod bench;
-pub mod bench_io;
 pub mod check;
 pub mod cli;
 pub mod error;

@@ -1,6 +1,6 @@
 use clap::Parser;
 
-use uvm::cli::{run_check, BenchCommand, BootArgs, Cli, Command};
+use uvm::cli::{run_check, BenchArgs, BenchCommand, BootArgs, Cli, Command};
 use uvm::error::Error;
 use uvm::vmm::shutdown::{Outcome, EXIT_UVM_ERROR};
 use uvm::{check, vmm};
@@ -42,11 +42,15 @@ fn main() {
     let code = match cli.command {
         Command::Check => run_check(),
         Command::Container(args) => uvm_guest::container::cli::main(args),
-        Command::Bench(BenchCommand::Boot {
-            runs,
-            mem,
-            json,
-            plot,
+        Command::Bench(BenchArgs {
+            command:
+                Some(BenchCommand::Boot {
+                    runs,
+                    mem,
+                    json,
+                    plot,
+                }),
+            ..
         }) => {
             let bench = uvm::bench::default_paths().map(|(kernel, initrd)| uvm::bench::BootBench {
                 runs,
@@ -67,9 +71,17 @@ fn main() {
                 }
             }
         }
-        Command::Bench(BenchCommand::Io(args)) => uvm::bench_io::main(&args),
+        Command::Bench(BenchArgs {
+            command: Some(BenchCommand::Io(args)),
+            ..
+        }) => uvm::bench::io::main(&args),
+        Command::Bench(BenchArgs {
+            command: None,
+            levels,
+        }) => uvm::bench::levels::main(&levels),
         Command::Run(args) => uvm::run::main(&args),
         Command::Probe(args) => uvm::run::probe::main(&args),
+        Command::Gc => uvm::run::gc(),
         Command::Boot(args) => match boot(&args) {
             Ok(outcome) => {
                 let (code, message) = outcome.exit();

@@ -316,6 +316,42 @@ uvm_run -i vm --verbose --timeout 120 -- echo only-this
 "#,
     },
     Scripted {
+        name: "run_net",
+        // --net bridge and -p at both vm levels: uvm's tap on uvm's bridge,
+        // an address from the containers' allocator, DNAT to the guest (and
+        // at vm+container on through the guest's bridge to the container);
+        // the port answers on 127.0.0.1 and on the host's bridge address.
+        // Afterwards no tap, state or published port is left.
+        script: r#"
+serve='for i in 1 2; do nc -l -p 80 -e echo hello-from-$(hostname); done'
+for level in vm vm+container; do
+  n=net-${level/+/-}
+  (
+    retry "cat < /dev/tcp/127.0.0.1/18181 > $B.$n.lo && test -s $B.$n.lo"
+    retry "cat < /dev/tcp/10.88.0.1/18181 > $B.$n.gw && test -s $B.$n.gw"
+  ) &
+  helper=$!
+  $UVM run -i $level --name $n --timeout 150 -p 18181:80 -- sh -c "$serve" </dev/null >$B.$n.out 2>$B.$n.err
+  echo "$level rc=$?" >> $B.host
+  kill $helper 2>/dev/null; wait $helper
+  echo "$level lo=$(cat $B.$n.lo 2>/dev/null) gw=$(cat $B.$n.gw 2>/dev/null)" >> $B.host
+done
+echo "left taps=$(ip -o link | grep -c uvmt) ports=$(nft list map ip uvm ports 2>/dev/null | grep -c 18181) states=$(ls /run/uvm/containers 2>/dev/null | wc -l)" >> $B.host
+# SIGKILL of uvm: gc removes its tap's state and its published port.
+$UVM run -i vm --name net-killed -p 18182:80 -- sleep 600 </dev/null >/dev/null 2>&1 &
+pid=$!
+# The console log appears once the lease is taken and the VM is built.
+for i in $(seq 600); do [ -e /run/uvm/vm/net-killed/console.log ] && break; sleep 0.1; done
+sleep 1; kill -9 $pid; wait $pid 2>/dev/null
+echo "killed ports=$(nft list map ip uvm ports 2>/dev/null | grep -c 18182) states=$(ls /run/uvm/containers 2>/dev/null | wc -l)" >> $B.host
+echo "killed vmdirs=$(ls /run/uvm/vm | wc -l)" >> $B.host
+$UVM gc > $B.gc 2>&1
+echo "after-gc taps=$(ip -o link | grep -c uvmt) ports=$(nft list map ip uvm ports 2>/dev/null | grep -c 18182) states=$(ls /run/uvm/containers 2>/dev/null | wc -l) bridge=$(ip -o link | grep -c ' uvm0') vmdirs=$(ls /run/uvm/vm | wc -l)" >> $B.host
+cat $B.net-vm.err $B.net-vm-container.err > $B.err 2>/dev/null
+echo 0 > $B.rc
+"#,
+    },
+    Scripted {
         name: "probe",
         // The isolation matrix at all four levels; the answers as JSON.
         script: r#"
@@ -373,6 +409,7 @@ fn session() -> &'static Session {
              }}\n\
              run_uvm() {{ run_case --timeout 180 \"$@\"; }}\n\
              export UVM_CACHE_DIR=/dev/shm/uvm-run-cache\n\
+             UVM={uvm}\n\
              RUN_WORKLOAD='hostname; cat /proc/self/cgroup; echo \"env=$FOO cwd=$(pwd) id=$(id -u):$(id -g)\"; exit 3'\n\
              uvm_run() {{ {uvm} run \"$@\" </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }}\n\
              uvm_probe() {{ {uvm} probe \"$@\" </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }}\n\
@@ -956,4 +993,30 @@ fn probe_matrix_answers_per_level() {
         assert!(header.contains(level), "{header}");
     }
     assert!(o.stdout.contains("can read a host file outside its rootfs"));
+}
+
+#[test]
+fn run_net_publishes_ports_at_both_vm_levels_on_every_host_address() {
+    let o = case("run_net");
+    let h = &o.host;
+    assert!(h.contains("vm rc=0"), "{h}");
+    assert!(h.contains("vm+container rc=0"), "{h}");
+    assert!(
+        h.contains("vm lo=hello-from-net-vm gw=hello-from-net-vm"),
+        "{h}"
+    );
+    assert!(
+        h.contains("vm+container lo=hello-from-net-vm-container gw=hello-from-net-vm-container"),
+        "two hops: host DNAT to the guest, the guest's DNAT to its container: {h}"
+    );
+    assert!(h.contains("left taps=0 ports=0 states=0"), "{h}");
+    assert!(
+        h.contains("killed ports=1 states=1"),
+        "a killed uvm leaves its lease: {h}"
+    );
+    assert!(h.contains("killed vmdirs=1"), "{h}");
+    assert!(
+        h.contains("after-gc taps=0 ports=0 states=0 bridge=0 vmdirs=0"),
+        "{h}"
+    );
 }

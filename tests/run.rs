@@ -354,3 +354,89 @@ fn probe_refuses_bad_input() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("not writable"), "{err}");
 }
+
+/// A scratch network namespace (lo up), removed when dropped.
+struct ScratchNetns(String);
+
+impl ScratchNetns {
+    fn new(tag: &str) -> Self {
+        let name = format!("uvmrun-{tag}-{}", std::process::id());
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ip netns add {name} && ip -n {name} link set lo up"
+            ))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip netns add {name}");
+        ScratchNetns(name)
+    }
+    /// `bash -c script` in the namespace. nsenter, not `ip netns exec`,
+    /// which mounts a sysfs of its own, without /sys/fs/cgroup.
+    fn sh(&self, script: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.0))
+            .args(["bash", "-c", script]);
+        c
+    }
+}
+
+impl Drop for ScratchNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn container_level_publishes_on_loopback_and_the_hosts_addresses() {
+    if !is_root() {
+        return;
+    }
+    let ns = ScratchNetns::new("pub");
+    let server = ns
+        .sh(&format!(
+            "UVM_CACHE_DIR={} {UVM} run -i container --name pub-web -p 18191:80 -- sh -c 'for i in 1 2; do nc -l -p 80 -e echo hello-from-$(hostname); done'",
+            cache().display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Refused until the container listens; then once on 127.0.0.1 and once
+    // on the bridge's address (an address of this namespace's host).
+    let get = |addr: &str| -> String {
+        let script = format!(
+            "for i in $(seq 100); do r=$(timeout 5 cat < /dev/tcp/{addr}/18191 2>/dev/null) && [ -n \"$r\" ] && {{ echo \"$r\"; exit 0; }}; sleep 0.1; done; exit 1"
+        );
+        text(&ns.sh(&script).output().unwrap().stdout)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(get("127.0.0.1"), "hello-from-pub-web", "on loopback");
+    assert_eq!(
+        get("10.88.0.1"),
+        "hello-from-pub-web",
+        "on the host's bridge address"
+    );
+    let out = server.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let map = text(&ns.sh("nft list map ip uvm ports").output().unwrap().stdout);
+    assert!(!map.contains("18191"), "the published port is gone: {map}");
+    let gc = ns.sh(&format!("{UVM} container gc")).output().unwrap();
+    assert!(
+        text(&gc.stdout).contains("removed bridge uvm0"),
+        "{}",
+        text(&gc.stdout)
+    );
+    assert!(!Path::new("/run/uvm/containers/pub-web").exists());
+}
+
+#[test]
+fn process_level_refuses_publishing() {
+    assert_refused(
+        &["-i", "process", "-p", "18192:80", "--", "true"],
+        125,
+        "the process level cannot honour -p",
+    );
+}

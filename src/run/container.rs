@@ -2,6 +2,7 @@
 //! list also runs the workload at the vm+container level, where the
 //! guest's `uvm-container` takes it, so both levels get one translation.
 
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use super::{image, wait_with_timeout, Net, WorkloadSpec};
@@ -63,9 +64,22 @@ pub fn run(spec: &WorkloadSpec) -> Result<i32, Error> {
     };
     let me =
         std::env::current_exe().map_err(|e| Error::Io("finding uvm's own binary".into(), e))?;
-    let mut child = Command::new(&me)
-        .arg("container")
-        .args(runtime_args(spec, &rootfs.to_string_lossy()))
+    let mut cmd = Command::new(&me);
+    cmd.arg("container")
+        .args(runtime_args(spec, &rootfs.to_string_lossy()));
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // one prctl(2) call, which is async-signal-safe; it allocates nothing.
+    unsafe {
+        // If uvm itself is killed, its runtime goes too, so that `uvm gc`
+        // finds a container without a runtime and removes it.
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .spawn()
         .map_err(|e| Error::Io(format!("starting {}", me.display()), e))?;
     let name = spec.name.clone();

@@ -119,6 +119,36 @@ pub struct WorkloadArgs {
     pub command: Vec<String>,
 }
 
+/// Which levels a command covers, and the cache its images live in
+/// (`uvm probe`, `uvm bench`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LevelSelection {
+    /// Levels, comma-separated [default: all four]
+    #[arg(
+        long = "isolation",
+        short = 'i',
+        value_delimiter = ',',
+        value_name = "LEVELS"
+    )]
+    pub levels: Vec<Isolation>,
+    /// Where uvm keeps images it builds [default: $UVM_CACHE_DIR, else /var/cache/uvm/run]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl LevelSelection {
+    pub fn levels(&self) -> Vec<Isolation> {
+        if self.levels.is_empty() {
+            Isolation::ALL.to_vec()
+        } else {
+            self.levels.clone()
+        }
+    }
+    pub fn cache(&self) -> PathBuf {
+        cache_dir(self.cache_dir.as_ref())
+    }
+}
+
 /// `uvm run`'s own arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -335,6 +365,30 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
         Isolation::Process => process::run(spec),
         Isolation::Container => container::run(spec),
         Isolation::Vm | Isolation::VmContainer => vm::run(level, spec),
+    }
+}
+
+/// `uvm gc`: the VM folders of dead runs, then the container runtime's own
+/// gc (which also takes the VMs' network leases, and the bridge once
+/// unused). Prints what it removed.
+pub fn gc() -> i32 {
+    for r in vm::gc() {
+        println!("removed {r}");
+    }
+    let rt = uvm_guest::container::Runtime::new(uvm_guest::container::state::Paths::new(
+        uvm_guest::container::state::default_root(),
+    ));
+    match rt.gc() {
+        Ok(removed) => {
+            for r in removed {
+                println!("removed {r}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("uvm gc: {e}");
+            crate::vmm::shutdown::EXIT_UVM_ERROR
+        }
     }
 }
 

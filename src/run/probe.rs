@@ -19,14 +19,8 @@ const PROBE_IN_ROOTFS: &str = "/bin/uvm-probe";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProbeArgs {
-    /// Levels to probe, comma-separated [default: all four]
-    #[arg(
-        long = "isolation",
-        short = 'i',
-        value_delimiter = ',',
-        value_name = "LEVELS"
-    )]
-    pub levels: Vec<Isolation>,
+    #[command(flatten)]
+    pub select: crate::run::LevelSelection,
     /// Memory limit each level is given (the memory probe touches twice this)
     #[arg(long, default_value = "64m", value_name = "SIZE")]
     pub memory: String,
@@ -39,9 +33,6 @@ pub struct ProbeArgs {
     /// Also write every answer as JSON here
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Where uvm keeps images it builds [default: $UVM_CACHE_DIR, else /var/cache/uvm/run]
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
 }
 
 /// The probe's root folder: the default busybox root plus the probe, kept
@@ -195,13 +186,9 @@ fn probe_level(
 
 /// Runs the probe at each level; the table goes to stdout as it completes.
 pub fn run(args: &ProbeArgs) -> Result<BTreeMap<String, LevelResult>, Error> {
-    let levels = if args.levels.is_empty() {
-        Isolation::ALL.to_vec()
-    } else {
-        args.levels.clone()
-    };
+    let levels = args.select.levels();
     let memory = uvm_guest::container::limits::parse_memory("--memory", &args.memory)?;
-    let cache = super::cache_dir(args.cache_dir.as_ref());
+    let cache = args.select.cache();
     let probe = guest_image::default_file("uvm-probe")?;
     let rootfs = probe_rootfs(&cache, &probe)?;
     let host = Host::new(memory, args.fork_max)?;

@@ -30,18 +30,18 @@ fn check(spec: &WorkloadSpec) -> Result<(), Error> {
             "a plain process has the host's hostname (no UTS namespace)",
         ));
     }
-    if spec.net != Net::Default {
-        return Err(refuse(
-            LEVEL,
-            "--net",
-            "a plain process shares the host's network",
-        ));
-    }
     if !spec.publish.is_empty() {
         return Err(refuse(
             LEVEL,
             "-p",
             "a plain process listens on the host's ports itself",
+        ));
+    }
+    if spec.net != Net::Default {
+        return Err(refuse(
+            LEVEL,
+            "--net",
+            "a plain process shares the host's network",
         ));
     }
     if !spec.volumes.is_empty() {

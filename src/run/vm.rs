@@ -13,8 +13,11 @@ use super::{container, image, refuse, Isolation, Net, WorkloadSpec};
 use crate::error::Error;
 use crate::vmm::linux::{LinuxVmConfig, Output, DEFAULT_CMDLINE};
 use crate::vmm::shutdown::{Outcome, EXIT_GUEST_CRASHED};
-use crate::vmm::virtio::DiskSpec;
+use crate::vmm::virtio::{DiskSpec, NetSpec};
 use crate::{check, guest_image, vmm};
+use uvm_guest::container::spec::{NetConfig, PortMap};
+use uvm_guest::container::state::{self, Paths};
+use uvm_guest::container::Runtime;
 
 /// Guest RAM added to `--memory` for the guest's own kernel, init and the
 /// initramfs held in RAM (17 MB, copied once into a tmpfs).
@@ -24,6 +27,9 @@ pub const DEFAULT_WORKLOAD_MEMORY: u64 = 256 << 20;
 
 /// Where the guest's `uvm-container` finds the image at vm+container.
 const GUEST_ROOTFS: &str = "/mnt/rootfs";
+
+/// The subnet of the guest's container bridge at vm+container.
+const GUEST_SUBNET: &str = "10.89.0.0/16";
 
 /// At vm+container: waits for the image's disk (virtio_blk probes
 /// asynchronously), mounts it read-only and runs the container runtime.
@@ -38,13 +44,6 @@ fn check_flags(level: Isolation, spec: &WorkloadSpec) -> Result<u32, Error> {
             level,
             "-v",
             "host folders reach a VM over virtio-fs, which uvm does not have yet",
-        ));
-    }
-    if spec.net == Net::Bridge || !spec.publish.is_empty() {
-        return Err(refuse(
-            level,
-            "--net bridge / -p",
-            "VM networking is not wired into uvm run yet",
         ));
     }
     if level == Isolation::Vm && spec.pids_limit.is_some() {
@@ -80,19 +79,50 @@ fn check_flags(level: Isolation, spec: &WorkloadSpec) -> Result<u32, Error> {
 /// The VM's folder under the state root: its private disk and console log.
 struct RunDir(PathBuf);
 
+/// Where the VMs' folders are.
+fn vm_dirs() -> PathBuf {
+    state::default_root().join("vm")
+}
+
+/// Whether the uvm that made VM folder `dir` is gone (its `owner` file
+/// names its pid and start time).
+fn owner_gone(dir: &Path) -> bool {
+    let owner = std::fs::read_to_string(dir.join("owner")).unwrap_or_default();
+    let mut w = owner
+        .split_whitespace()
+        .filter_map(|x| x.parse::<u64>().ok());
+    match (w.next(), w.next()) {
+        (Some(pid), Some(start)) => {
+            !i32::try_from(pid).is_ok_and(|pid| state::proc_alive(pid, start))
+        }
+        // Being written right now, or left by a crash before it was:
+        // only old ones count as gone.
+        _ => std::fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 60),
+    }
+}
+
 impl RunDir {
     fn create(name: &str) -> Result<RunDir, Error> {
-        let dir = uvm_guest::container::state::default_root()
-            .join("vm")
-            .join(name);
+        let dir = vm_dirs().join(name);
         if dir.exists() {
-            return Err(Error::Usage(format!(
-                "a VM named {name} is already running ({} exists; remove it if that VM is gone)",
-                dir.display()
-            )));
+            if !owner_gone(&dir) {
+                return Err(Error::Usage(format!(
+                    "a VM named {name} is already running (its folder is {})",
+                    dir.display()
+                )));
+            }
+            let _ = std::fs::remove_dir_all(&dir);
         }
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::Io(format!("creating {}", dir.display()), e))?;
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        let start = state::proc_start_time(me).unwrap_or(0);
+        std::fs::write(dir.join("owner"), format!("{me} {start}\n"))
+            .map_err(|e| Error::Io(format!("writing {}/owner", dir.display()), e))?;
         Ok(RunDir(dir))
     }
     fn path(&self, f: &str) -> PathBuf {
@@ -100,10 +130,84 @@ impl RunDir {
     }
 }
 
+/// Removes the folders of VMs whose uvm died; returns what was removed.
+pub fn gc() -> Vec<String> {
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(vm_dirs()).into_iter().flatten().flatten() {
+        let dir = e.path();
+        if owner_gone(&dir) && std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(format!("VM folder {}", dir.display()));
+        }
+    }
+    removed
+}
+
 impl Drop for RunDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The VM's place on uvm's bridge: an address from the containers'
+/// allocator and its published ports, recorded in the runtime's state
+/// (so `uvm container gc` cleans up after a killed uvm) and released when
+/// dropped.
+struct NetLease {
+    rt: Runtime,
+    name: String,
+    net: NetConfig,
+    tap: String,
+}
+
+impl NetLease {
+    fn take(level: Isolation, spec: &WorkloadSpec) -> Result<NetLease, Error> {
+        let rt = Runtime::new(Paths::new(state::default_root()));
+        let ports: Vec<PortMap> = spec
+            .publish
+            .iter()
+            .map(|p| p.parse::<PortMap>())
+            .collect::<Result<_, _>>()?;
+        let tap = format!("uvmt{}", &state::new_id()[..10]);
+        let net = rt.lease(&spec.name, &tap, &ports, &format!("uvm run -i {level}"))?;
+        Ok(NetLease {
+            rt,
+            name: spec.name.clone(),
+            net,
+            tap,
+        })
+    }
+
+    /// The kernel's `ip=` for the guest's eth0.
+    fn ip_param(&self) -> String {
+        let mask = std::net::Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.net.prefix))
+                .unwrap_or(0),
+        );
+        format!("ip={}::{}:{mask}::eth0:off", self.net.ip, self.net.gateway)
+    }
+}
+
+impl Drop for NetLease {
+    fn drop(&mut self) {
+        self.rt.release(&self.name);
+    }
+}
+
+/// At vm+container the host publishes HOST to the guest's CTR port, and the
+/// guest's runtime publishes that same port on to its container.
+fn second_hop(spec: &WorkloadSpec) -> Result<WorkloadSpec, Error> {
+    let mut inner = spec.clone();
+    inner.publish = spec
+        .publish
+        .iter()
+        .map(|p| {
+            let m = p.parse::<PortMap>()?;
+            let proto = if p.ends_with("/udp") { "/udp" } else { "" };
+            Ok(format!("{c}:{c}{proto}", c = m.container))
+        })
+        .collect::<Result<_, Error>>()?;
+    Ok(inner)
 }
 
 /// The last lines of the console log, for a guest that failed.
@@ -131,6 +235,13 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
         DEFAULT_CMDLINE.to_string(),
         format!("uvm.hostname={hostname}"),
     ];
+    let lease = match spec.net {
+        Net::Bridge => Some(NetLease::take(level, spec)?),
+        Net::Default | Net::None => None,
+    };
+    if let Some(l) = &lease {
+        cmdline.push(l.ip_param());
+    }
     let disk = match level {
         Isolation::Vm => {
             let private = dir.path("root.ext4");
@@ -163,7 +274,10 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
                 "sh".into(),
                 "uvm-container".into(),
             ];
-            argv.extend(container::runtime_args(spec, GUEST_ROOTFS));
+            // The guest's own bridge must not overlap the host's subnet
+            // that its eth0 is on.
+            argv.extend(["--subnet".to_string(), GUEST_SUBNET.to_string()]);
+            argv.extend(container::runtime_args(&second_hop(spec)?, GUEST_ROOTFS));
             cmdline.push(protocol::encode_command(&argv));
             DiskSpec {
                 path: img.clone(),
@@ -184,7 +298,13 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
         mem_size: spec.memory.unwrap_or(DEFAULT_WORKLOAD_MEMORY) + GUEST_OVERHEAD,
         timeout: spec.timeout,
         disks: vec![disk],
-        nets: Vec::new(),
+        nets: lease
+            .iter()
+            .map(|l| NetSpec {
+                tap: l.tap.clone(),
+                mac: None,
+            })
+            .collect(),
         verbose: spec.verbose,
         console: if spec.verbose {
             Output::Stderr
@@ -195,6 +315,10 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
     };
     cfg.validate()?;
     let vm = vmm::linux::build(&cfg)?;
+    // The VMM has made the tap: onto the bridge with it before the guest runs.
+    if let Some(l) = &lease {
+        l.rt.attach_link(&l.tap)?;
+    }
     vmm::shutdown::stop_on_signals(vm.shutdown())?;
     let outcome = vm.run(cfg.timeout)?;
     let (code, message) = outcome.exit();
@@ -209,4 +333,61 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
         );
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(publish: &[&str]) -> WorkloadSpec {
+        let mut a = super::super::WorkloadArgs {
+            rootfs: None,
+            name: Some("t".into()),
+            hostname: None,
+            env: vec![],
+            workdir: None,
+            user: None,
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+            net: None,
+            publish: vec![],
+            volume: vec![],
+            timeout: None,
+            cache_dir: None,
+            verbose: false,
+            command: vec!["true".into()],
+        };
+        a.publish = publish.iter().map(|p| p.to_string()).collect();
+        a.to_spec().unwrap()
+    }
+
+    #[test]
+    fn the_second_hop_publishes_the_container_port_as_is() {
+        let s = spec(&["8080:80", "5353:53/udp"]);
+        assert_eq!(s.net, Net::Bridge, "-p implies bridge");
+        assert_eq!(second_hop(&s).unwrap().publish, ["80:80", "53:53/udp"]);
+        assert!(second_hop(&spec(&[])).unwrap().publish.is_empty());
+    }
+
+    #[test]
+    fn the_guest_gets_its_lease_as_ip_param() {
+        let l = NetLease {
+            rt: Runtime::new(Paths::new("/nonexistent/uvm-test-state")),
+            name: "t".into(),
+            net: NetConfig {
+                bridge: "uvm0".into(),
+                ip: "10.88.0.7".parse().unwrap(),
+                prefix: 16,
+                gateway: "10.88.0.1".parse().unwrap(),
+                veth: "uvmt0".into(),
+                ports: vec![],
+            },
+            tap: "uvmt0".into(),
+        };
+        assert_eq!(
+            l.ip_param(),
+            "ip=10.88.0.7::10.88.0.1:255.255.0.0::eth0:off"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! uvm-probe: `uvm-probe FACTS_JSON` runs every probe and prints the
-//! answers as one JSON array; `uvm-probe getpid N` and `uvm-probe cpu N`
-//! are the syscall and compute loops the benchmarks time.
+//! answers as one JSON array; `uvm-probe getpid N`, `uvm-probe cpu N` and
+//! `uvm-probe exits N` (in a VM) are the loops the benchmarks time.
 
 use std::ffi::CString;
 use std::fs;
@@ -510,6 +510,120 @@ fn fork_bomb(h: &HostFacts) -> Answer {
     )
 }
 
+/// A port no device of uvm's or QEMU microvm's answers.
+const UNCLAIMED_PORT: u16 = 0x2e0;
+/// A guest-physical address in the MMIO hole that no device claims.
+const UNCLAIMED_MMIO: i64 = 0xd080_0000;
+
+/// Microseconds per VM exit of each kind: CPUID, an `in` from an unclaimed
+/// port, a read of unclaimed MMIO. Needs root in a VM (iopl, /dev/mem).
+fn exits(n: u64) -> Result<(f64, f64, f64), String> {
+    #[allow(clippy::cast_precision_loss)]
+    let per = |t: Instant| t.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64;
+    let t = Instant::now();
+    for i in 0..n {
+        std::hint::black_box(std::arch::x86_64::__cpuid(
+            u32::try_from(i % 2).unwrap_or(0),
+        ));
+    }
+    let cpuid = per(t);
+    // SAFETY: iopl(2) only changes this process's I/O privilege level.
+    if unsafe { libc::iopl(3) } != 0 {
+        return Err(format!("iopl: {}", Errno::last()));
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        let v: u8;
+        // SAFETY: reading an unclaimed port has no effect; iopl(3) allows it.
+        unsafe {
+            std::arch::asm!("in al, dx", out("al") v, in("dx") UNCLAIMED_PORT, options(nomem, nostack))
+        };
+        std::hint::black_box(v);
+    }
+    let pio = per(t);
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mem")
+        .map_err(|e| format!("/dev/mem: {e}"))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh shared mapping of one page of /dev/mem; nothing else
+    // refers to it, and it is unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            mem.as_raw_fd(),
+            UNCLAIMED_MMIO,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(format!("mmap /dev/mem: {}", Errno::last()));
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: p maps a readable page; a volatile read so each one exits.
+        std::hint::black_box(unsafe { std::ptr::read_volatile(p.cast::<u32>()) });
+    }
+    let mmio = per(t);
+    // SAFETY: p came from mmap above with this length.
+    unsafe { libc::munmap(p, 4096) };
+    Ok((cpuid, pio, mmio))
+}
+
+/// Sequential write (fsync'd) and read of `mib` MiB at `path`, in MB/s.
+/// The read is O_DIRECT where the filesystem allows it, so that it comes
+/// from the device and not the page cache just filled.
+fn disk(path: &str, mib: usize) -> Result<(f64, f64), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    const CHUNK: usize = 1 << 20;
+    let layout = std::alloc::Layout::from_size_align(CHUNK, 4096).map_err(|e| e.to_string())?;
+    let buf = vec![0x5au8; CHUNK];
+    let t = Instant::now();
+    let mut f = fs::File::create(path).map_err(|e| format!("{path}: {e}"))?;
+    for _ in 0..mib {
+        f.write_all(&buf)
+            .map_err(|e| format!("writing {path}: {e}"))?;
+    }
+    f.sync_all().map_err(|e| format!("fsync {path}: {e}"))?;
+    drop(f);
+    let mb = (mib * CHUNK) as f64 / 1e6;
+    let write = mb / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let direct = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path);
+    let mut f = match direct {
+        Ok(f) => f,
+        Err(_) => fs::File::open(path).map_err(|e| format!("{path}: {e}"))?,
+    };
+    // SAFETY: layout has a non-zero size; the block is freed below.
+    let p = unsafe { std::alloc::alloc(layout) };
+    if p.is_null() {
+        return Err("out of memory".into());
+    }
+    // SAFETY: p points to CHUNK writable bytes, aligned for O_DIRECT.
+    let aligned = unsafe { std::slice::from_raw_parts_mut(p, CHUNK) };
+    let mut total = 0usize;
+    let r = loop {
+        match f.read(aligned) {
+            Ok(0) => break Ok(()),
+            Ok(n) => total += n,
+            Err(e) => break Err(format!("reading {path}: {e}")),
+        }
+    };
+    // SAFETY: p was allocated above with this layout.
+    unsafe { std::alloc::dealloc(p, layout) };
+    r?;
+    let read = total as f64 / 1e6 / t.elapsed().as_secs_f64();
+    let _ = fs::remove_file(path);
+    Ok((write, read))
+}
+
 fn run_probes(h: &HostFacts) -> Vec<Answer> {
     vec![
         host_pids(h),
@@ -559,6 +673,26 @@ fn main() {
             std::hint::black_box(x);
             println!("{:.6}", t.elapsed().as_secs_f64());
         }
+        Some("disk") => {
+            let path = args
+                .get(1)
+                .map_or("/var/tmp/uvm-probe-disk", String::as_str);
+            let mib = usize::try_from(count(args.get(2))).unwrap_or(16).min(4096);
+            match disk(path, mib) {
+                Ok((w, r)) => println!("{w:.1} {r:.1}"),
+                Err(e) => {
+                    eprintln!("uvm-probe: disk: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Some("exits") => match exits(count(args.get(1))) {
+            Ok((c, p, m)) => println!("{c:.3} {p:.3} {m:.3}"),
+            Err(e) => {
+                eprintln!("uvm-probe: exits: {e}");
+                std::process::exit(1);
+            }
+        },
         Some(json) => match serde_json::from_str::<HostFacts>(json) {
             Ok(h) => {
                 let answers = run_probes(&h);
@@ -570,7 +704,9 @@ fn main() {
             }
         },
         None => {
-            eprintln!("usage: uvm-probe HOST_FACTS_JSON | getpid N | cpu N");
+            eprintln!(
+                "usage: uvm-probe HOST_FACTS_JSON | getpid N | cpu N | disk PATH MIB | exits N"
+            );
             std::process::exit(2);
         }
     }

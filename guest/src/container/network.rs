@@ -169,10 +169,11 @@ pub fn base_ruleset() -> String {
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
-    fib daddr type local ip daddr != 127.0.0.0/8 dnat ip to meta l4proto . th dport map @ports
+    fib daddr type local dnat ip to meta l4proto . th dport map @ports
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
+    ip saddr 127.0.0.0/8 oifname @bridges masquerade
     ip saddr @subnets oifname != @bridges masquerade
     ct status dnat ip saddr @subnets oifname @bridges masquerade
   }}
@@ -247,6 +248,12 @@ pub fn ensure_bridge(cfg: &BridgeConfig, forward_saved: &Path) -> Result<()> {
         std::fs::write(IP_FORWARD, "1")
             .map_err(|e| Error::Network(format!("enabling IPv4 forwarding ({IP_FORWARD}): {e}")))?;
     }
+    // A published port answers on 127.0.0.1 too, as Docker's do: the
+    // output chain DNATs loopback connections onto the bridge, which only
+    // routes them with route_localnet (postrouting then masquerades them).
+    let localnet = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", cfg.name);
+    std::fs::write(&localnet, "1")
+        .map_err(|e| Error::Network(format!("enabling {localnet}: {e}")))?;
     let mut script = String::new();
     if !table_exists {
         script.push_str(&base_ruleset());

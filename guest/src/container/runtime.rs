@@ -269,12 +269,7 @@ impl Runtime {
                 ));
             }
             let _lock = self.paths.lock_net()?;
-            network::ensure_bridge(&self.bridge, &self.paths.forward_saved())?;
-            let used: Vec<_> = state::list(&self.paths)
-                .into_iter()
-                .filter_map(|(_, s)| s.ok()?.net.map(|n| n.ip))
-                .collect();
-            let ip = network::allocate(&self.bridge, &used)?;
+            let ip = self.bridge_address()?;
             let net = NetConfig {
                 bridge: self.bridge.name.clone(),
                 ip,
@@ -403,6 +398,97 @@ impl Runtime {
             }
         }
         cleanup(&self.paths, st);
+    }
+
+    /// Makes sure the bridge is up and picks a free address on it for a
+    /// new endpoint. Call with the network lock held.
+    fn bridge_address(&self) -> Result<std::net::Ipv4Addr> {
+        network::ensure_bridge(&self.bridge, &self.paths.forward_saved())?;
+        let used: Vec<_> = state::list(&self.paths)
+            .into_iter()
+            .filter_map(|(_, s)| s.ok()?.net.map(|n| n.ip))
+            .collect();
+        network::allocate(&self.bridge, &used)
+    }
+
+    /// Gives a network endpoint that is not one of this runtime's
+    /// containers (a uvm VM's tap, `link`) an address from the containers'
+    /// allocator and publishes `ports` to it. It is recorded as state under
+    /// `name`, owned by the calling process, so addresses never collide
+    /// across levels and `gc` removes it all if the caller dies;
+    /// [`Runtime::release`] removes it when done. `what` is shown by `ps`.
+    pub fn lease(
+        &self,
+        name: &str,
+        link: &str,
+        ports: &[spec::PortMap],
+        what: &str,
+    ) -> Result<NetConfig> {
+        spec::validate_name(name)?;
+        if !is_root() {
+            return Err(Error::Rootless("bridge networking needs root".into()));
+        }
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        let start = state::proc_start_time(me).unwrap_or(0);
+        let mut st = State {
+            name: name.to_string(),
+            id: state::new_id(),
+            rootfs: PathBuf::new(),
+            args: vec![what.to_string()],
+            created: state::now(),
+            runtime_pid: me,
+            runtime_start: start,
+            pid: Some(me),
+            pid_start: Some(start),
+            cgroup: None,
+            net_mode: NetMode::Bridge,
+            net: None,
+            overlay: None,
+            keep: false,
+        };
+        self.paths.ensure_root()?;
+        st.claim(&self.paths, &[])?;
+        let r = (|| {
+            let _lock = self.paths.lock_net()?;
+            let ip = self.bridge_address()?;
+            let mut net = NetConfig {
+                bridge: self.bridge.name.clone(),
+                ip,
+                prefix: self.bridge.prefix,
+                gateway: self.bridge.gateway(),
+                veth: link.to_string(),
+                ports: Vec::new(),
+            };
+            // Saved before publishing, so a crash in between leaves
+            // nothing gc cannot find.
+            st.net = Some(net.clone());
+            st.save(&self.paths)?;
+            network::publish(ip, ports)?;
+            net.ports = ports.to_vec();
+            st.net = Some(net.clone());
+            st.save(&self.paths)?;
+            Ok(net)
+        })();
+        if r.is_err() {
+            cleanup(&self.paths, &st);
+        }
+        r
+    }
+
+    /// Attaches an existing link (a tap) to the runtime's bridge, up.
+    pub fn attach_link(&self, link: &str) -> Result<()> {
+        let mut nl = crate::netlink::Netlink::new()?;
+        nl.link_set_master(link, &self.bridge.name)?;
+        nl.link_set_up(link)?;
+        Ok(())
+    }
+
+    /// Removes a [`Runtime::lease`]: its ports, its link if still there, its
+    /// state.
+    pub fn release(&self, name: &str) {
+        if let Ok(st) = State::load(&self.paths, name) {
+            cleanup(&self.paths, &st);
+        }
     }
 
     /// Removes the containers whose runtime died (a cheap start-up sweep;

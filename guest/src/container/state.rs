@@ -90,9 +90,12 @@ impl Paths {
     }
 
     /// The IPv4 forwarding value found before the first bridge turned it
-    /// on, restored when the last bridge goes.
+    /// on, restored when the last bridge goes. One per network namespace
+    /// (named by its inode), since runtimes in several share a state root.
     pub fn forward_saved(&self) -> PathBuf {
-        self.root.join("ip_forward.saved")
+        use std::os::unix::fs::MetadataExt;
+        let ns = fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+        self.root.join(format!("ip_forward.saved.{ns}"))
     }
 
     fn net_lock(&self) -> PathBuf {

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
+pub mod io;
+pub mod levels;
+
 const READY: &str = "uvm-init: ready";
 
 #[derive(Debug, Clone, Copy)]
@@ -168,26 +171,64 @@ pub fn svg_plot(title: &str, panels: &[Panel<'_>]) -> String {
             c = x0 + W - 20.0
         ));
         for (i, (name, values)) in bars.iter().enumerate() {
-            let m = median(values.clone());
             let bx = x0 + 50.0 + 130.0 * i as f64;
             let color = if i == 0 { "#3b7dd8" } else { "#999999" };
-            svg.push_str(&format!(
-                "<rect x=\"{bx}\" y=\"{:.1}\" width=\"80\" height=\"{:.1}\" fill=\"{color}\"/>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"middle\">{m:.2}</text>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{name}</text>\n",
-                y(m),
-                H - y(m),
-                bx + 40.0,
-                y(m) - 4.0,
-                bx + 40.0,
-                H + 16.0
-            ));
-            for v in values {
-                svg.push_str(&format!(
-                    "<circle cx=\"{}\" cy=\"{:.1}\" r=\"3\" fill=\"black\"/>\n",
-                    bx + 40.0,
-                    y(*v)
-                ));
-            }
+            svg.push_str(&bar(bx, name, values, color, H, &y));
         }
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// One bar at the median of `values` (labelled with it and `name` below
+/// the axis at `h`), each value a dot; `y` maps values to the plot.
+fn bar(bx: f64, name: &str, values: &[f64], color: &str, h: f64, y: &dyn Fn(f64) -> f64) -> String {
+    let m = median(values.to_vec());
+    let mut s = format!(
+        "<rect x=\"{bx}\" y=\"{:.1}\" width=\"80\" height=\"{:.1}\" fill=\"{color}\"/>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{name}</text>\n",
+        y(m),
+        h - y(m),
+        bx + 40.0,
+        y(m) - 4.0,
+        if m.abs() >= 1.0 { format!("{m:.2}") } else { format!("{m:.3}") },
+        bx + 40.0,
+        h + 16.0
+    );
+    for v in values {
+        s.push_str(&format!(
+            "<circle cx=\"{}\" cy=\"{:.1}\" r=\"3\" fill=\"black\"/>\n",
+            bx + 40.0,
+            y(*v)
+        ));
+    }
+    s
+}
+
+/// One bar per target at its median, each sample a dot, uvm's levels in
+/// blue and the references in grey: an SVG any browser shows.
+pub fn svg_bars(title: &str, bars: &[(&str, Vec<f64>)]) -> String {
+    const H: f64 = 260.0;
+    const BAR: f64 = 110.0;
+    let w = 60.0 + BAR * bars.len() as f64;
+    let max = bars
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(f64::MIN_POSITIVE, f64::max)
+        * 1.15;
+    let y = |v: f64| 40.0 + (H - 40.0) * (1.0 - v / max);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"20\" font-size=\"14\">{title}</text>\n\
+         <line x1=\"20\" y1=\"{H}\" x2=\"{}\" y2=\"{H}\" stroke=\"black\"/>\n",
+        H + 40.0,
+        w - 20.0
+    );
+    for (i, (name, values)) in bars.iter().enumerate() {
+        let bx = 40.0 + BAR * i as f64;
+        let reference = matches!(*name, "runc" | "qemu-microvm");
+        let color = if reference { "#999999" } else { "#3b7dd8" };
+        svg.push_str(&bar(bx, name, values, color, H, &y));
     }
     svg.push_str("</svg>\n");
     svg

@@ -1,0 +1,795 @@
+//! `uvm bench` (no subcommand): the same workload at each isolation level,
+//! with references in the same run: runc on the host beside the container
+//! level, QEMU's microvm (same kernel, initramfs and root image) beside the
+//! vm level. Metrics: start-to-exit latency of `true` (median, p90), PSS of
+//! everything the level runs, syscall cost (getpid in the probe binary), a
+//! fixed compute loop, sequential disk write and read, and the round trip
+//! of a VM exit at the vm levels (CPUID, port I/O, MMIO).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::median;
+use crate::error::Error;
+use crate::guest_image;
+use crate::run::{self, probe::probe_rootfs, Isolation};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LevelsArgs {
+    /// A short run (2 start-ups per target, smaller loops), for demos
+    #[arg(long)]
+    pub quick: bool,
+    /// Start-ups per target [default: 10, or 2 with --quick]
+    #[arg(long)]
+    pub runs: Option<usize>,
+    #[command(flatten)]
+    pub select: crate::run::LevelSelection,
+    /// Leave out the references (runc, QEMU microvm)
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Also write every sample as JSON here
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write one SVG plot per metric into this folder
+    #[arg(long, value_name = "DIR")]
+    pub plot_dir: Option<PathBuf>,
+}
+
+/// What is measured, with its unit and whether less is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Metric {
+    Start,
+    Memory,
+    Getpid,
+    Cpu,
+    DiskWrite,
+    DiskRead,
+    ExitCpuid,
+    ExitPio,
+    ExitMmio,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 9] = [
+        Metric::Start,
+        Metric::Memory,
+        Metric::Getpid,
+        Metric::Cpu,
+        Metric::DiskWrite,
+        Metric::DiskRead,
+        Metric::ExitCpuid,
+        Metric::ExitPio,
+        Metric::ExitMmio,
+    ];
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::Start => "start_s",
+            Metric::Memory => "pss_mib",
+            Metric::Getpid => "getpid_ns",
+            Metric::Cpu => "cpu_s",
+            Metric::DiskWrite => "disk_write_mb_s",
+            Metric::DiskRead => "disk_read_mb_s",
+            Metric::ExitCpuid => "exit_cpuid_us",
+            Metric::ExitPio => "exit_pio_us",
+            Metric::ExitMmio => "exit_mmio_us",
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::Start => "start to exit of `true` (s)",
+            Metric::Memory => "memory: PSS of all it runs (MiB)",
+            Metric::Getpid => "getpid() (ns)",
+            Metric::Cpu => "fixed compute loop (s)",
+            Metric::DiskWrite => "sequential write (MB/s)",
+            Metric::DiskRead => "sequential read (MB/s)",
+            Metric::ExitCpuid => "CPUID round trip (us)",
+            Metric::ExitPio => "port I/O exit, unclaimed port (us)",
+            Metric::ExitMmio => "MMIO exit, unclaimed address (us)",
+        }
+    }
+    fn higher_is_better(self) -> bool {
+        matches!(self, Metric::DiskWrite | Metric::DiskRead)
+    }
+}
+
+/// Who runs the workload: a level of uvm's, or a reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Level(LevelKey),
+    Runc,
+    Qemu,
+}
+
+/// [`Isolation`] in a sortable form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LevelKey {
+    Process,
+    Container,
+    Vm,
+    VmContainer,
+}
+
+impl LevelKey {
+    fn of(l: Isolation) -> Self {
+        match l {
+            Isolation::Process => LevelKey::Process,
+            Isolation::Container => LevelKey::Container,
+            Isolation::Vm => LevelKey::Vm,
+            Isolation::VmContainer => LevelKey::VmContainer,
+        }
+    }
+    fn level(self) -> Isolation {
+        match self {
+            LevelKey::Process => Isolation::Process,
+            LevelKey::Container => Isolation::Container,
+            LevelKey::Vm => Isolation::Vm,
+            LevelKey::VmContainer => Isolation::VmContainer,
+        }
+    }
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Level(l) => l.level().name(),
+            Target::Runc => "runc",
+            Target::Qemu => "qemu-microvm",
+        }
+    }
+    /// The uvm level a reference stands beside.
+    fn beside(self) -> Option<Target> {
+        match self {
+            Target::Runc => Some(Target::Level(LevelKey::Container)),
+            Target::Qemu => Some(Target::Level(LevelKey::Vm)),
+            Target::Level(_) => None,
+        }
+    }
+}
+
+/// Every sample, by target and metric.
+pub type Samples = BTreeMap<Target, BTreeMap<Metric, Vec<f64>>>;
+
+/// The measuring workload: the lines it prints are parsed by [`parse_lines`].
+fn workload_script(quick: bool, in_vm: bool) -> String {
+    let (calls, loops, mib) = if quick {
+        (200_000, 20_000_000, 16)
+    } else {
+        (2_000_000, 200_000_000, 64)
+    };
+    let mut s = format!(
+        "echo bench-ready; sleep 1; \
+         echo getpid $(uvm-probe getpid {calls}); echo cpu $(uvm-probe cpu {loops}); \
+         echo disk $(uvm-probe disk /var/tmp/uvm-bench.$$ {mib})"
+    );
+    if in_vm {
+        s.push_str(&format!(
+            "; echo exits $(uvm-probe exits {})",
+            if quick { 2000 } else { 20000 }
+        ));
+    }
+    s
+}
+
+/// The workload's lines (any `\r` already gone) as metric samples.
+pub fn parse_lines(text: &str) -> BTreeMap<Metric, f64> {
+    let mut m = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let num = |s: &str| s.trim().parse::<f64>().ok();
+        match key {
+            "getpid" => num(rest).map(|v| m.insert(Metric::Getpid, v)),
+            "cpu" => num(rest).map(|v| m.insert(Metric::Cpu, v)),
+            "disk" => {
+                let v: Vec<f64> = rest
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                if let [w, r] = v[..] {
+                    m.insert(Metric::DiskWrite, w);
+                    m.insert(Metric::DiskRead, r);
+                }
+                None
+            }
+            "exits" => {
+                let v: Vec<f64> = rest
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                if let [c, p, mm] = v[..] {
+                    m.insert(Metric::ExitCpuid, c);
+                    m.insert(Metric::ExitPio, p);
+                    m.insert(Metric::ExitMmio, mm);
+                }
+                None
+            }
+            _ => None,
+        };
+    }
+    m
+}
+
+/// Sum of PSS (KiB) of `root` and all its descendants.
+fn tree_pss_kib(root: u32) -> u64 {
+    let mut parent_of = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The ppid is the second field after the parenthesised comm.
+            if let Some(ppid) = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok())
+            {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree.iter()
+        .map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Pss:")?
+                        .split_whitespace()
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Runs `cmd` to its end: wall time and stdout. Fails on a non-zero status.
+fn time_run(mut cmd: Command, what: &str) -> Result<(Duration, String), Error> {
+    let start = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| Error::Io(format!("starting {what}"), e))?;
+    let took = start.elapsed();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::Usage(format!(
+            "bench: {what} failed ({}): {}",
+            out.status,
+            err.lines().last().unwrap_or("").trim()
+        )));
+    }
+    Ok((took, String::from_utf8_lossy(&out.stdout).replace('\r', "")))
+}
+
+/// Runs the measuring workload: PSS once it says it is ready, then its lines.
+fn measure_run(mut cmd: Command, what: &str) -> Result<BTreeMap<Metric, f64>, Error> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Io(format!("starting {what}"), e))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut text = String::new();
+    let mut pss = None;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if line.contains("bench-ready") && pss.is_none() {
+            pss = Some(tree_pss_kib(child.id()));
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::Io(format!("waiting for {what}"), e))?;
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        return Err(Error::Usage(format!(
+            "bench: {what} failed ({status}): {}",
+            err.lines().last().unwrap_or("").trim()
+        )));
+    }
+    let mut m = parse_lines(&text.replace('\r', ""));
+    #[allow(clippy::cast_precision_loss)]
+    if let Some(k) = pss {
+        m.insert(Metric::Memory, k as f64 / 1024.0);
+    }
+    Ok(m)
+}
+
+/// What every target needs: paths to the binaries, images and bundle.
+struct Setup {
+    uvm: PathBuf,
+    probe: PathBuf,
+    rootfs: PathBuf,
+    cache: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    image: Option<PathBuf>,
+    bundle: Option<PathBuf>,
+    quick: bool,
+}
+
+impl Setup {
+    fn uvm_run(&self, level: Isolation, name: &str, argv: &[&str]) -> Command {
+        let mut c = Command::new(&self.uvm);
+        c.args([
+            "run",
+            "-i",
+            level.name(),
+            "--name",
+            name,
+            "--timeout",
+            "600",
+            "--cache-dir",
+        ])
+        .arg(&self.cache);
+        if level != Isolation::Process {
+            c.arg("--rootfs").arg(&self.rootfs);
+        }
+        c.arg("--").args(argv);
+        // At the process level the probe binary is the host's copy.
+        if level == Isolation::Process {
+            let dir = self
+                .probe
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let path = format!(
+                "{}:{}",
+                dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            c.env("PATH", path);
+        }
+        c
+    }
+
+    /// runc on a bundle of the same root folder, with `argv` as its process.
+    fn runc(&self, name: &str, argv: &[&str]) -> Result<Command, Error> {
+        let bundle = self
+            .bundle
+            .as_ref()
+            .ok_or_else(|| Error::Usage("bench: no runc bundle".into()))?;
+        let cfg_path = bundle.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| Error::Io(format!("reading {}", cfg_path.display()), e))?;
+        let mut cfg: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Usage(format!("bench: runc spec: {e}")))?;
+        cfg["process"]["args"] = serde_json::json!(argv);
+        cfg["process"]["terminal"] = serde_json::json!(false);
+        cfg["root"]["path"] = serde_json::json!(self.rootfs);
+        cfg["root"]["readonly"] = serde_json::json!(true);
+        // Writes go to a tmpfs, as the container level's go to its overlay's
+        // upper directory under /run.
+        let mounts = cfg["mounts"]
+            .as_array_mut()
+            .ok_or_else(|| Error::Usage("bench: runc spec has no mounts".into()))?;
+        mounts.retain(|m| m["destination"] != "/var/tmp");
+        mounts.push(serde_json::json!({"destination": "/var/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "size=256m"]}));
+        std::fs::write(
+            &cfg_path,
+            serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+        )
+        .map_err(|e| Error::Io(format!("writing {}", cfg_path.display()), e))?;
+        let mut c = Command::new("runc");
+        c.arg("--root")
+            .arg(bundle.join("state"))
+            .args(["run", "-b"])
+            .arg(bundle)
+            .arg(name);
+        Ok(c)
+    }
+
+    /// QEMU microvm on the same kernel, initramfs and (a copy of the) root
+    /// image, running `argv` under uvm-init.
+    fn qemu(&self, argv: &[&str], disk: &Path) -> Command {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let mut c = super::qemu_microvm(
+            &self.kernel,
+            &self.initrd,
+            (256 << 20) + run::vm::GUEST_OVERHEAD,
+            1,
+            &argv,
+            "root=/dev/vda",
+        );
+        c.args([
+            "-drive",
+            &format!("id=root,file={},format=raw,if=none", disk.display()),
+        ])
+        .args(["-device", "virtio-blk-device,drive=root"]);
+        c
+    }
+}
+
+fn prepare(args: &LevelsArgs, levels: &[Isolation]) -> Result<Setup, Error> {
+    let uvm = std::env::current_exe().map_err(|e| Error::Io("finding uvm".into(), e))?;
+    let cache = args.select.cache();
+    let probe = guest_image::default_file("uvm-probe")?;
+    let rootfs = probe_rootfs(&cache, &probe)?;
+    let image = if levels.iter().any(|l| l.in_vm()) {
+        Some(run::image::root_image(&rootfs, &cache)?)
+    } else {
+        None
+    };
+    let bundle = if !args.no_reference && levels.contains(&Isolation::Container) {
+        let b = cache.join(format!("bench-runc-{}", std::process::id()));
+        std::fs::create_dir_all(&b).map_err(|e| Error::Cache(b.clone(), e))?;
+        let st = Command::new("runc")
+            .arg("spec")
+            .current_dir(&b)
+            .status()
+            .map_err(|e| Error::Usage(format!("bench: runc is needed for the container reference ({e}): apt-get install runc, or pass --no-reference")))?;
+        if !st.success() {
+            return Err(Error::Usage("bench: runc spec failed".into()));
+        }
+        Some(b)
+    } else {
+        None
+    };
+    Ok(Setup {
+        uvm,
+        probe,
+        rootfs,
+        cache,
+        kernel: guest_image::default_file(guest_image::KERNEL)?,
+        initrd: guest_image::default_file(guest_image::INITRD)?,
+        image,
+        bundle,
+        quick: args.quick,
+    })
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bundle {
+            let _ = std::fs::remove_dir_all(b);
+        }
+    }
+}
+
+/// A scratch copy of the root image for one QEMU run, removed when dropped.
+struct ScratchDisk(PathBuf);
+
+impl ScratchDisk {
+    fn new(s: &Setup) -> Result<Self, Error> {
+        let img = s
+            .image
+            .as_ref()
+            .ok_or_else(|| Error::Usage("bench: no root image".into()))?;
+        let p = std::env::temp_dir().join(format!("uvm-bench-qemu-{}.ext4", std::process::id()));
+        run::image::private_copy(img, &p)?;
+        Ok(ScratchDisk(p))
+    }
+}
+
+impl Drop for ScratchDisk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn one_target(
+    s: &Setup,
+    t: Target,
+    runs: usize,
+    step: &mut dyn FnMut(&str),
+) -> Result<BTreeMap<Metric, Vec<f64>>, Error> {
+    let mut m: BTreeMap<Metric, Vec<f64>> = BTreeMap::new();
+    let name = format!(
+        "bench-{}-{}",
+        t.name().replace('+', "-"),
+        std::process::id()
+    );
+    let in_vm = matches!(
+        t,
+        Target::Qemu | Target::Level(LevelKey::Vm | LevelKey::VmContainer)
+    );
+    let script = workload_script(s.quick, in_vm);
+    for i in 0..runs {
+        step(&format!("{} start-up {}/{runs}", t.name(), i + 1));
+        let cmd = match t {
+            Target::Level(l) => s.uvm_run(l.level(), &name, &["true"]),
+            Target::Runc => s.runc(&name, &["true"])?,
+            Target::Qemu => {
+                let d = ScratchDisk::new(s)?;
+                let (took, _) = time_run(s.qemu(&["true"], &d.0), t.name())?;
+                m.entry(Metric::Start).or_default().push(took.as_secs_f64());
+                continue;
+            }
+        };
+        let (took, _) = time_run(cmd, t.name())?;
+        m.entry(Metric::Start).or_default().push(took.as_secs_f64());
+    }
+    step(&format!("{} workload", t.name()));
+    let argv = ["sh", "-c", script.as_str()];
+    let got = match t {
+        Target::Level(l) => measure_run(s.uvm_run(l.level(), &name, &argv), t.name())?,
+        Target::Runc => measure_run(s.runc(&name, &argv)?, t.name())?,
+        Target::Qemu => {
+            let d = ScratchDisk::new(s)?;
+            measure_run(s.qemu(&argv, &d.0), t.name())?
+        }
+    };
+    for (k, v) in got {
+        m.entry(k).or_default().push(v);
+    }
+    Ok(m)
+}
+
+/// The 90th percentile (nearest rank).
+pub fn p90(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((v.len() as f64 * 0.9).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+pub fn run(args: &LevelsArgs) -> Result<(Samples, String), Error> {
+    let levels = args.select.levels();
+    let runs = args.runs.unwrap_or(if args.quick { 2 } else { 10 }).max(1);
+    let s = prepare(args, &levels)?;
+    let mut targets: Vec<Target> = levels
+        .iter()
+        .map(|l| Target::Level(LevelKey::of(*l)))
+        .collect();
+    if !args.no_reference {
+        if levels.contains(&Isolation::Container) {
+            targets.push(Target::Runc);
+        }
+        if levels.contains(&Isolation::Vm) {
+            targets.push(Target::Qemu);
+        }
+    }
+    let total = targets.len() * (runs + 1);
+    let mut done = 0;
+    let mut step = |what: &str| {
+        done += 1;
+        let width = 30;
+        let filled = done * width / total.max(1);
+        eprintln!(
+            "uvm bench: [{}{}] {done}/{total} {what}",
+            "#".repeat(filled),
+            ".".repeat(width - filled)
+        );
+    };
+    let mut samples = Samples::new();
+    for t in &targets {
+        samples.insert(*t, one_target(&s, *t, runs, &mut step)?);
+    }
+    if let Some(dir) = &args.plot_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Io(format!("creating {}", dir.display()), e))?;
+        for metric in Metric::ALL {
+            let bars: Vec<(&str, Vec<f64>)> = samples
+                .iter()
+                .filter_map(|(t, m)| Some((t.name(), m.get(&metric)?.clone())))
+                .collect();
+            if bars.is_empty() {
+                continue;
+            }
+            let path = dir.join(format!("{}.svg", metric.key()));
+            std::fs::write(&path, super::svg_bars(metric.label(), &bars))
+                .map_err(|e| Error::Io(format!("writing {}", path.display()), e))?;
+        }
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, json(&samples, runs, args.quick))
+            .map_err(|e| Error::Io(format!("writing {}", path.display()), e))?;
+    }
+    Ok((samples.clone(), table(&samples)))
+}
+
+/// Every sample, the medians and the ratios, as JSON.
+pub fn json(samples: &Samples, runs: usize, quick: bool) -> String {
+    let mut targets = serde_json::Map::new();
+    for (t, m) in samples {
+        let mut metrics = serde_json::Map::new();
+        for (k, v) in m {
+            metrics.insert(k.key().into(), serde_json::json!({ "samples": v, "median": median(v.clone()), "p90": p90(v.clone()) }));
+        }
+        if let Some(b) = t.beside() {
+            let mut ratios = serde_json::Map::new();
+            for (k, v) in m {
+                if let Some(u) = samples.get(&b).and_then(|bm| bm.get(k)) {
+                    ratios.insert(
+                        k.key().into(),
+                        serde_json::json!(median(u.clone()) / median(v.clone())),
+                    );
+                }
+            }
+            metrics.insert(
+                format!("ratio_{}_over_this", b.name()),
+                serde_json::Value::Object(ratios),
+            );
+        }
+        targets.insert(t.name().into(), serde_json::Value::Object(metrics));
+    }
+    serde_json::to_string_pretty(
+        &serde_json::json!({ "runs": runs, "quick": quick, "targets": targets }),
+    )
+    .unwrap_or_default()
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Metrics down, targets across (medians; start-up also p90), then each
+/// uvm level over its reference.
+pub fn table(samples: &Samples) -> String {
+    let targets: Vec<&Target> = samples.keys().collect();
+    let mut out = format!("{:<38}", "metric (median)");
+    for t in &targets {
+        out.push_str(&format!(" {:>13}", t.name()));
+    }
+    out.push('\n');
+    let get = |t: &Target, m: Metric| samples.get(t).and_then(|x| x.get(&m)).cloned();
+    for m in Metric::ALL {
+        if !targets.iter().any(|t| get(t, m).is_some()) {
+            continue;
+        }
+        out.push_str(&format!("{:<38}", m.label()));
+        for t in &targets {
+            out.push_str(&format!(
+                " {:>13}",
+                get(t, m).map_or("-".into(), |v| fmt_num(median(v)))
+            ));
+        }
+        out.push('\n');
+        if m == Metric::Start {
+            out.push_str(&format!("{:<38}", "  p90"));
+            for t in &targets {
+                out.push_str(&format!(
+                    " {:>13}",
+                    get(t, m).map_or("-".into(), |v| fmt_num(p90(v)))
+                ));
+            }
+            out.push('\n');
+        }
+    }
+    for r in targets.iter().filter(|t| t.beside().is_some()) {
+        let b = r.beside().unwrap_or(**r);
+        if !samples.contains_key(&b) {
+            continue;
+        }
+        out.push_str(&format!(
+            "\nratio {} / {} ({}):\n",
+            b.name(),
+            r.name(),
+            "below 1 is uvm ahead on time and memory, above 1 on throughput"
+        ));
+        for m in Metric::ALL {
+            if let (Some(u), Some(v)) = (get(&b, m), get(r, m)) {
+                let ratio = median(u) / median(v);
+                let ahead = if m.higher_is_better() {
+                    ratio >= 1.0
+                } else {
+                    ratio <= 1.0
+                };
+                out.push_str(&format!(
+                    "  {:<38} {:>6.2}{}\n",
+                    m.label(),
+                    ratio,
+                    if ahead { "" } else { "  (behind)" }
+                ));
+            }
+        }
+    }
+    out
+}
+
+pub fn main(args: &LevelsArgs) -> i32 {
+    match run(args) {
+        Ok((_, t)) => {
+            print!("{t}");
+            if let Some(d) = &args.plot_dir {
+                println!("plots: {}/*.svg", d.display());
+            }
+            if let Some(j) = &args.json {
+                println!("samples: {}", j.display());
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("uvm bench: {e}");
+            crate::vmm::shutdown::EXIT_UVM_ERROR
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_lines_parse() {
+        let m = parse_lines(
+            "bench-ready\ngetpid 52.5\ncpu 0.123\ndisk 33.5 67.1\nexits 1.5 2.5 3.5\nnoise 7\n",
+        );
+        assert_eq!(m[&Metric::Getpid], 52.5);
+        assert_eq!(m[&Metric::Cpu], 0.123);
+        assert_eq!((m[&Metric::DiskWrite], m[&Metric::DiskRead]), (33.5, 67.1));
+        assert_eq!(
+            (
+                m[&Metric::ExitCpuid],
+                m[&Metric::ExitPio],
+                m[&Metric::ExitMmio]
+            ),
+            (1.5, 2.5, 3.5)
+        );
+        assert_eq!(m.len(), 7);
+        assert!(parse_lines("disk garbage\nexits 1 2\n").is_empty());
+    }
+
+    #[test]
+    fn percentiles() {
+        assert_eq!(
+            p90(vec![5.0, 1.0, 3.0, 2.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0]),
+            9.0
+        );
+        assert_eq!(p90(vec![2.0]), 2.0);
+        assert!(p90(vec![]).is_nan());
+    }
+
+    #[test]
+    fn table_and_json_carry_every_target_and_the_ratios() {
+        let mut s = Samples::new();
+        let mut vm = BTreeMap::new();
+        vm.insert(Metric::Start, vec![1.0, 2.0, 3.0]);
+        vm.insert(Metric::DiskWrite, vec![100.0]);
+        let mut q = BTreeMap::new();
+        q.insert(Metric::Start, vec![4.0, 4.0, 4.0]);
+        q.insert(Metric::DiskWrite, vec![50.0]);
+        s.insert(Target::Level(LevelKey::Vm), vm);
+        s.insert(Target::Qemu, q);
+        let t = table(&s);
+        assert!(t.contains("vm") && t.contains("qemu-microvm"), "{t}");
+        assert!(t.contains("ratio vm / qemu-microvm"), "{t}");
+        assert!(t.contains("  0.50"), "start: 2 / 4: {t}");
+        assert!(t.contains("  2.00"), "write: 100 / 50: {t}");
+        assert!(!t.contains("(behind)"), "{t}");
+        let j: serde_json::Value = serde_json::from_str(&json(&s, 3, true)).unwrap();
+        assert_eq!(
+            j["targets"]["vm"]["start_s"]["samples"],
+            serde_json::json!([1.0, 2.0, 3.0])
+        );
+        assert_eq!(
+            j["targets"]["qemu-microvm"]["ratio_vm_over_this"]["start_s"],
+            serde_json::json!(0.5)
+        );
+    }
+}
