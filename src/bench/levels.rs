@@ -50,12 +50,14 @@ pub enum Metric {
     ExitCpuid,
     ExitPio,
     ExitMmio,
+    VmmOverhead,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 10] = [
         Metric::Start,
         Metric::Memory,
+        Metric::VmmOverhead,
         Metric::Getpid,
         Metric::Cpu,
         Metric::DiskWrite,
@@ -68,6 +70,7 @@ impl Metric {
         match self {
             Metric::Start => "start_s",
             Metric::Memory => "pss_mib",
+            Metric::VmmOverhead => "vmm_overhead_mib",
             Metric::Getpid => "getpid_ns",
             Metric::Cpu => "cpu_s",
             Metric::DiskWrite => "disk_write_mb_s",
@@ -81,6 +84,7 @@ impl Metric {
         match self {
             Metric::Start => "start to exit of `true` (s)",
             Metric::Memory => "memory: PSS of all it runs (MiB)",
+            Metric::VmmOverhead => "VMM memory outside guest RAM (MiB)",
             Metric::Getpid => "getpid() (ns)",
             Metric::Cpu => "fixed compute loop (s)",
             Metric::DiskWrite => "sequential write (MB/s)",
@@ -162,7 +166,7 @@ fn workload_script(quick: bool, in_vm: bool) -> String {
     let mut s = format!(
         "echo bench-ready; sleep 1; \
          echo getpid $(uvm-probe getpid {calls}); echo cpu $(uvm-probe cpu {loops}); \
-         echo disk $(uvm-probe disk /var/tmp/uvm-bench.$$ {mib})"
+         d=/var/tmp; [ -w $d ] || d=/tmp; echo disk $(uvm-probe disk $d/uvm-bench.$$ {mib})"
     );
     if in_vm {
         s.push_str(&format!(
@@ -275,20 +279,35 @@ fn time_run(mut cmd: Command, what: &str) -> Result<(Duration, String), Error> {
 }
 
 /// Runs the measuring workload: PSS once it says it is ready, then its lines.
-fn measure_run(mut cmd: Command, what: &str) -> Result<BTreeMap<Metric, f64>, Error> {
+/// With `guest_ram`, the child is a VMM with that much guest RAM, and its
+/// resident memory outside that RAM is measured too.
+fn measure_run(
+    mut cmd: Command,
+    what: &str,
+    guest_ram: Option<u64>,
+) -> Result<BTreeMap<Metric, f64>, Error> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::Io(format!("starting {what}"), e))?;
-    let stdout = child.stdout.take().expect("piped stdout");
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Usage(format!("bench: {what}: no stdout")))?;
     let mut text = String::new();
     let mut pss = None;
+    let mut overhead = None;
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
         if line.contains("bench-ready") && pss.is_none() {
             pss = Some(tree_pss_kib(child.id()));
+            if let Some(mem) = guest_ram {
+                let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", child.id()))
+                    .unwrap_or_default();
+                overhead = Some(super::rss_outside_guest_ram(&smaps, mem));
+            }
         }
         text.push_str(&line);
         text.push('\n');
@@ -312,8 +331,16 @@ fn measure_run(mut cmd: Command, what: &str) -> Result<BTreeMap<Metric, f64>, Er
     if let Some(k) = pss {
         m.insert(Metric::Memory, k as f64 / 1024.0);
     }
+    #[allow(clippy::cast_precision_loss)]
+    if let Some(k) = overhead {
+        m.insert(Metric::VmmOverhead, k as f64 / 1024.0);
+    }
     Ok(m)
 }
+
+/// Guest RAM of every VM here: `uvm run`'s default workload memory plus the
+/// guest overhead it adds, which QEMU is given too.
+const VM_RAM: u64 = run::vm::DEFAULT_WORKLOAD_MEMORY + run::vm::GUEST_OVERHEAD;
 
 /// What every target needs: paths to the binaries, images and bundle.
 struct Setup {
@@ -406,7 +433,7 @@ impl Setup {
         let mut c = super::qemu_microvm(
             &self.kernel,
             &self.initrd,
-            (256 << 20) + run::vm::GUEST_OVERHEAD,
+            VM_RAM,
             1,
             &argv,
             "root=/dev/vda",
@@ -522,11 +549,15 @@ fn one_target(
     step(&format!("{} workload", t.name()));
     let argv = ["sh", "-c", script.as_str()];
     let got = match t {
-        Target::Level(l) => measure_run(s.uvm_run(l.level(), &name, &argv), t.name())?,
-        Target::Runc => measure_run(s.runc(&name, &argv)?, t.name())?,
+        Target::Level(l) => measure_run(
+            s.uvm_run(l.level(), &name, &argv),
+            t.name(),
+            in_vm.then_some(VM_RAM),
+        )?,
+        Target::Runc => measure_run(s.runc(&name, &argv)?, t.name(), None)?,
         Target::Qemu => {
             let d = ScratchDisk::new(s)?;
-            measure_run(s.qemu(&argv, &d.0), t.name())?
+            measure_run(s.qemu(&argv, &d.0), t.name(), Some(VM_RAM))?
         }
     };
     for (k, v) in got {
