@@ -359,6 +359,18 @@ uvm_probe --json $B.host
 "#,
     },
     Scripted {
+        name: "bench_quick",
+        // uvm bench --quick at all four levels with both references: the
+        // table, JSON with every metric, one SVG per metric.
+        script: r#"
+rm -rf $B.plots
+$UVM bench --quick --runs 1 --json $B.host --plot-dir $B.plots </dev/null >$B.out 2>$B.err; echo $? >$B.rc
+ls $B.plots >> $B.out
+for f in $B.plots/*.svg; do [ -s $f ] && grep -q '<rect' $f && echo "plot-ok $(basename $f)" >> $B.out; done
+rm -rf $B.plots
+"#,
+    },
+    Scripted {
         name: "run_timeout",
         script: r#"
 uvm_run -i vm --name lvl-tmo --timeout 3 -- sleep 100
@@ -1023,4 +1035,58 @@ fn run_net_publishes_ports_at_both_vm_levels_on_every_host_address() {
         h.contains("after-gc taps=0 ports=0 states=0 bridge=0 vmdirs=0"),
         "{h}"
     );
+}
+
+#[test]
+fn bench_quick_measures_every_level_beside_its_reference() {
+    let o = case("bench_quick");
+    assert_eq!(o.rc, 0, "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.host).expect("bench JSON");
+    let t = &v["targets"];
+    let has = |target: &str, metric: &str| {
+        t[target][metric]["samples"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    };
+    for target in [
+        "process",
+        "container",
+        "vm",
+        "vm+container",
+        "runc",
+        "qemu-microvm",
+    ] {
+        for metric in [
+            "start_s",
+            "pss_mib",
+            "getpid_ns",
+            "cpu_s",
+            "disk_write_mb_s",
+            "disk_read_mb_s",
+        ] {
+            assert!(has(target, metric), "{target} {metric}: {}", t[target]);
+        }
+    }
+    for target in ["vm", "vm+container", "qemu-microvm"] {
+        assert!(has(target, "vmm_overhead_mib"), "{target}: {}", t[target]);
+    }
+    // VM exits are timed where the workload may make them: root in a VM
+    // (a container, even in a VM, has neither iopl nor /dev/mem).
+    for target in ["vm", "qemu-microvm"] {
+        for metric in ["exit_cpuid_us", "exit_pio_us", "exit_mmio_us"] {
+            assert!(has(target, metric), "{target} {metric}: {}", t[target]);
+        }
+    }
+    assert!(t["qemu-microvm"]["ratio_vm_over_this"]["start_s"].is_number());
+    assert!(t["runc"]["ratio_container_over_this"]["start_s"].is_number());
+    // The table, with the ratios, and a drawn plot per metric.
+    assert!(o.stdout.contains("ratio vm / qemu-microvm"), "{}", o.stdout);
+    assert!(o.stdout.contains("ratio container / runc"), "{}", o.stdout);
+    for metric in ["start_s", "pss_mib", "exit_mmio_us", "vmm_overhead_mib"] {
+        assert!(
+            o.stdout.contains(&format!("plot-ok {metric}.svg")),
+            "{}",
+            o.stdout
+        );
+    }
 }

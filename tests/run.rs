@@ -440,3 +440,32 @@ fn process_level_refuses_publishing() {
         "the process level cannot honour -p",
     );
 }
+
+#[test]
+fn a_port_in_use_on_the_host_is_refused_and_nothing_is_left() {
+    if !is_root() {
+        return;
+    }
+    let ns = ScratchNetns::new("busy");
+    // A program of the "host" holds the port; publishing it would steal
+    // its traffic.
+    let out = ns
+        .sh(&format!(
+            "python3 -c 'import socket,time; s=socket.socket(); s.bind((\"0.0.0.0\", 18193)); s.listen(); time.sleep(30)' & \
+             for i in $(seq 100); do ss -Hltn 'sport = :18193' | grep -q . && break; sleep 0.1; done; \
+             UVM_CACHE_DIR={} {UVM} run -i container --name busy-port -p 18193:80 -- true; echo rc=$?; \
+             nft list map ip uvm ports 2>/dev/null | grep -c 18193; kill %1",
+            cache().display()
+        ))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("rc=125"), "{stdout} {stderr}");
+    assert!(stderr.contains("host port 18193/tcp is in use"), "{stderr}");
+    assert!(
+        !stdout.lines().any(|l| l.trim() == "1"),
+        "no element left: {stdout}"
+    );
+    assert!(!Path::new("/run/uvm/containers/busy-port").exists());
+    let _ = ns.sh(&format!("{UVM} gc")).output();
+}

@@ -265,11 +265,34 @@ pub fn ensure_bridge(cfg: &BridgeConfig, forward_saved: &Path) -> Result<()> {
     nft(&script)
 }
 
+/// Fails if a program of this host already listens on a port to publish:
+/// the DNAT would take its traffic away without a word.
+pub fn check_ports_free(ports: &[PortMap]) -> Result<()> {
+    use super::spec::Proto;
+    for p in ports {
+        let addr = (Ipv4Addr::UNSPECIFIED, p.host);
+        let r = match p.proto {
+            Proto::Tcp => std::net::TcpListener::bind(addr).map(drop),
+            Proto::Udp => std::net::UdpSocket::bind(addr).map(drop),
+        };
+        if let Err(e) = r {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                return Err(Error::Network(format!(
+                    "host port {}/{} is in use by another program on this host",
+                    p.host, p.proto
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Publishes `ports` for the container at `ip`.
 pub fn publish(ip: Ipv4Addr, ports: &[PortMap]) -> Result<()> {
     if ports.is_empty() {
         return Ok(());
     }
+    check_ports_free(ports)?;
     nft(&ports_script(ip, ports)).map_err(|e| match e {
         Error::Nft(msg) if msg.contains("File exists") => Error::Network(format!(
             "a host port of {} is already published by another container",
