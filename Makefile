@@ -30,7 +30,7 @@ unit-test: guest
 	$(CARGO) test --release --locked -p uvm --test cli_errors --test exit_loop --test run
 	$(CARGO) test --release --locked -p uvm-devices --tests
 	resources/build-rootfs.sh --install-deps
-	$(CARGO) test --release --locked -p uvm-guest --tests
+	$(CARGO) test --release --locked -p uvm-runtime -p uvm-init -p uvm-protocol --tests
 
 # KVM boot tests: required, through the nested runner where needed; they
 # fail (never skip) when no KVM host can be had.

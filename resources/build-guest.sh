@@ -30,8 +30,8 @@ KVER=$(ls "$KROOT/lib/modules")
 
 step "building uvm-init and uvm-container (static)"
 (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --quiet --target x86_64-unknown-linux-gnu -p uvm-guest \
-    --bin uvm-init --bin uvm-container -p uvm-probe --bin uvm-probe)
+    cargo build --release --quiet --target x86_64-unknown-linux-gnu -p uvm-init --bin uvm-init -p uvm-runtime --bin uvm-container \
+    -p uvm-probe --bin uvm-probe)
 INIT=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-init
 CONTAINER=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-container
 PROBE=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-probe

@@ -11,7 +11,7 @@ if [ -z "${UVM_CONTAINER:-}" ]; then
     elif [ -x target/debug/uvm-container ]; then
         UVM_CONTAINER="$PWD/target/debug/uvm-container"
     else
-        echo "${0##*/}: build first (cargo build --release -p uvm-guest), or set UVM_CONTAINER" >&2
+        echo "${0##*/}: build first (cargo build --release -p uvm-runtime), or set UVM_CONTAINER" >&2
         exit 1
     fi
 fi

@@ -47,7 +47,7 @@ pub enum Command {
     /// Report what this host can do (KVM flavour, nested runner, tun, cgroups, namespaces).
     Check,
     /// The container runtime on this host (the same code runs in the guest).
-    Container(uvm_guest::container::cli::ContainerArgs),
+    Container(uvm_runtime::cli::ContainerArgs),
     /// Run one workload at an isolation level: process, container, vm or vm+container.
     #[command(after_help = RUN_EXIT_CODES)]
     Run(crate::run::RunArgs),
@@ -148,7 +148,7 @@ impl BootArgs {
         };
         let mut cmdline = vec![DEFAULT_CMDLINE.to_string()];
         if !self.command.is_empty() {
-            cmdline.push(uvm_guest::protocol::encode_command(&self.command));
+            cmdline.push(uvm_protocol::encode_command(&self.command));
         }
         cmdline.push(self.cmdline.clone());
         let timeout = match self.timeout {

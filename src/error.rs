@@ -54,7 +54,7 @@ pub enum Error {
     #[error("root image for {0}: {1}")]
     RootImage(PathBuf, String),
     #[error("{0}")]
-    Container(#[from] uvm_guest::container::error::Error),
+    Container(#[from] uvm_runtime::error::Error),
 }
 
 /// 512M, 3.5G, 1536K: sizes the way the user typed them.

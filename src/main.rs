@@ -41,7 +41,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check => run_check(),
-        Command::Container(args) => uvm_guest::container::cli::main(args),
+        Command::Container(args) => uvm_runtime::cli::main(args),
         Command::Bench(BenchArgs {
             command:
                 Some(BenchCommand::Boot {

@@ -1004,7 +1004,7 @@ mod tests {
         assert!(s.contains("count=256") && s.contains("bytes=268435456"));
         assert!(s.contains("head -c 134217728 /dev/zero"));
         assert!(s.contains("oflag=direct") && s.contains("iflag=direct"));
-        let param = uvm_guest::protocol::encode_command(&["sh".into(), "-c".into(), s.clone()]);
+        let param = uvm_protocol::encode_command(&["sh".into(), "-c".into(), s.clone()]);
         assert!(
             param.len() + crate::vmm::linux::DEFAULT_CMDLINE.len() + IP_PARAM.len() < 1800,
             "{} bytes",

@@ -122,7 +122,7 @@ pub(crate) fn qemu_microvm(
             "-append",
             format!(
                 "console=ttyS0 reboot=k panic=-1 quiet {} {extra}",
-                uvm_guest::protocol::encode_command(argv)
+                uvm_protocol::encode_command(argv)
             )
             .trim_end(),
         ]);

@@ -42,7 +42,7 @@ pub fn default_rootfs(cache: &Path) -> Result<PathBuf, Error> {
     );
     let tmp = scratch(&dir);
     let _ = fs::remove_dir_all(&tmp);
-    uvm_guest::container::image::build_rootfs(&tmp, None, &[])?;
+    uvm_runtime::image::build_rootfs(&tmp, None, &[])?;
     match fs::rename(&tmp, &dir) {
         Ok(()) => Ok(dir),
         // Another run finished first: its copy is as good.

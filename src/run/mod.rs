@@ -13,7 +13,7 @@ pub mod vm;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use uvm_guest::container::limits;
+use uvm_runtime::limits;
 
 use crate::error::Error;
 
@@ -250,9 +250,7 @@ impl WorkloadArgs {
         let user = self
             .user
             .as_deref()
-            .map(|u| {
-                uvm_guest::protocol::parse_user(u).map_err(|e| Error::Usage(format!("--user: {e}")))
-            })
+            .map(|u| uvm_protocol::parse_user(u).map_err(|e| Error::Usage(format!("--user: {e}"))))
             .transpose()?;
         if let Some(w) = &self.workdir {
             if !w.starts_with('/') {
@@ -375,8 +373,8 @@ pub fn gc() -> i32 {
     for r in vm::gc() {
         println!("removed {r}");
     }
-    let rt = uvm_guest::container::Runtime::new(uvm_guest::container::state::Paths::new(
-        uvm_guest::container::state::default_root(),
+    let rt = uvm_runtime::Runtime::new(uvm_runtime::state::Paths::new(
+        uvm_runtime::state::default_root(),
     ));
     match rt.gc() {
         Ok(removed) => {

@@ -187,7 +187,7 @@ fn probe_level(
 /// Runs the probe at each level; the table goes to stdout as it completes.
 pub fn run(args: &ProbeArgs) -> Result<BTreeMap<String, LevelResult>, Error> {
     let levels = args.select.levels();
-    let memory = uvm_guest::container::limits::parse_memory("--memory", &args.memory)?;
+    let memory = uvm_runtime::limits::parse_memory("--memory", &args.memory)?;
     let cache = args.select.cache();
     let probe = guest_image::default_file("uvm-probe")?;
     let rootfs = probe_rootfs(&cache, &probe)?;

@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use uvm_guest::container::cgroups::{Cgroup, Hierarchy, Resources};
+use uvm_runtime::cgroups::{Cgroup, Hierarchy, Resources};
 
 use super::{refuse, wait_with_timeout, Isolation, Net, WorkloadSpec};
 use crate::error::Error;
@@ -59,9 +59,7 @@ pub fn resources(spec: &WorkloadSpec) -> Result<Resources, Error> {
     let cpu_quota = spec
         .cpus
         .as_ref()
-        .map(|(c, _)| {
-            uvm_guest::container::limits::parse_cpus(c, uvm_guest::container::limits::host_cpus())
-        })
+        .map(|(c, _)| uvm_runtime::limits::parse_cpus(c, uvm_runtime::limits::host_cpus()))
         .transpose()?;
     Ok(Resources {
         memory: spec.memory,

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use uvm_guest::protocol;
+use uvm_protocol as protocol;
 
 use super::{container, image, refuse, Isolation, Net, WorkloadSpec};
 use crate::error::Error;
@@ -15,9 +15,9 @@ use crate::vmm::linux::{LinuxVmConfig, Output, DEFAULT_CMDLINE};
 use crate::vmm::shutdown::{Outcome, EXIT_GUEST_CRASHED};
 use crate::vmm::virtio::{DiskSpec, NetSpec};
 use crate::{check, guest_image, vmm};
-use uvm_guest::container::spec::{NetConfig, PortMap};
-use uvm_guest::container::state::{self, Paths};
-use uvm_guest::container::Runtime;
+use uvm_runtime::spec::{NetConfig, PortMap};
+use uvm_runtime::state::{self, Paths};
+use uvm_runtime::Runtime;
 
 /// Guest RAM added to `--memory` for the guest's own kernel, init and the
 /// initramfs held in RAM (17 MB, copied once into a tmpfs).

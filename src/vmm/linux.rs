@@ -183,7 +183,7 @@ pub fn boot(cfg: &LinuxVmConfig) -> Result<Outcome, Error> {
 #[cfg(test)]
 mod tests {
     use uvm_devices::legacy::{power, status};
-    use uvm_guest::protocol;
+    use uvm_protocol as protocol;
 
     /// The VMM's devices and the guest's init and ACPI tables are written in
     /// different crates; these are the numbers both sides must agree on.

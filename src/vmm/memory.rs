@@ -104,75 +104,12 @@ pub fn create(size: u64) -> Result<GuestMemoryMmap, Error> {
     GuestMemoryMmap::from_ranges(&ranges).map_err(Error::GuestMemory)
 }
 
-/// Parses `512M`, `2G`, `3.5G`, `1048576`, `64MiB` (binary units).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => {
-            return Err(format!(
-                "invalid size {s:?}: unknown unit {unit:?} (use K, M, G or T)"
-            ))
-        }
-    };
-    let invalid = || format!("invalid size {s:?}: expected a number with an optional K, M, G or T");
-    let bytes = if let Some((whole, frac)) = num.split_once('.') {
-        let whole: u64 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().map_err(|_| invalid())?
-        };
-        if frac.is_empty() || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid());
-        }
-        let frac_val: u64 = frac.parse().map_err(|_| invalid())?;
-        let scale = frac.bytes().fold(1u64, |s, _| s * 10);
-        let unit = 1u64 << shift;
-        whole
-            .checked_mul(unit)
-            .and_then(|w| w.checked_add(frac_val.checked_mul(unit)? / scale))
-    } else {
-        num.parse::<u64>()
-            .map_err(|_| invalid())?
-            .checked_mul(1 << shift)
-    };
-    bytes.ok_or_else(|| format!("invalid size {s:?}: too large"))
-}
+pub use uvm_runtime::limits::parse_size;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use vm_memory::GuestMemoryBackend;
-
-    #[test]
-    fn parses_sizes() {
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert_eq!(parse_size("3.5G"), Ok(7 << 29));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("1k"), Ok(1024));
-        for bad in [
-            "",
-            "M",
-            "12XB",
-            "-1G",
-            "1.G",
-            "1..5G",
-            "99999999999999999999G",
-            "1e9",
-        ] {
-            assert!(parse_size(bad).is_err(), "{bad} should not parse");
-        }
-    }
 
     #[test]
     fn small_guest_is_one_range_with_bios_hole() {

@@ -1,5 +1,5 @@
 //! PID 1 of a uvm guest.
 
 fn main() {
-    uvm_guest::init::main()
+    uvm_init::main()
 }

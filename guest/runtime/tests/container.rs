@@ -523,7 +523,7 @@ fn init_forwards_signals_and_reaps_zombies() {
 
 #[test]
 fn library_api_run_with_volumes_and_drop() {
-    use uvm_guest::container::{state::Paths, RunOptions, Runtime, Source, Volume};
+    use uvm_runtime::{state::Paths, RunOptions, Runtime, Source, Volume};
     require_root!();
     let env = Env::new("api");
     let mut rt = Runtime::new(Paths::new(&env.root));
@@ -542,7 +542,7 @@ fn library_api_run_with_volumes_and_drop() {
                 .into(),
         ],
     );
-    o.net = Some(uvm_guest::container::NetMode::None);
+    o.net = Some(uvm_runtime::NetMode::None);
     o.volumes = vec![
         format!("{}:/out", out_dir.display())
             .parse::<Volume>()
@@ -611,8 +611,8 @@ fn unified_hierarchy() -> PathBuf {
 /// controller is delegated there on a hybrid host.
 #[test]
 fn cgroup_v2_path_on_the_unified_hierarchy() {
-    use uvm_guest::container::cgroups::Hierarchy;
-    use uvm_guest::container::{state::Paths, NetMode, RunOptions, Runtime, Source, Volume};
+    use uvm_runtime::cgroups::Hierarchy;
+    use uvm_runtime::{state::Paths, NetMode, RunOptions, Runtime, Source, Volume};
     require_root!();
     let unified = unified_hierarchy();
     let env = Env::new("v2");

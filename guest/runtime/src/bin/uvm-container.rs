@@ -8,9 +8,9 @@ use clap::Parser;
 #[command(name = "uvm-container", version)]
 struct Cli {
     #[command(flatten)]
-    args: uvm_guest::container::cli::ContainerArgs,
+    args: uvm_runtime::cli::ContainerArgs,
 }
 
 fn main() {
-    std::process::exit(uvm_guest::container::cli::main(Cli::parse().args));
+    std::process::exit(uvm_runtime::cli::main(Cli::parse().args));
 }

@@ -1,4 +1,5 @@
-//! uvm's container runtime, with the OCI runtime spec as its data model.
+//! uvm's container runtime, with the OCI runtime spec as its data model. The
+//! host's `uvm container` and `uvm run` link it; guests run it as `uvm-container`.
 //!
 //! Layers, each usable and tested alone:
 //! - [`spec`]: flags or a bundle's `config.json` to an OCI [`oci_spec::runtime::Spec`];
@@ -8,6 +9,7 @@
 //!   on v2 through [`device_filter`], an eBPF program);
 //! - [`seccomp`] and capabilities (in [`process`]): privileges;
 //! - [`userns`]: user namespaces, ID mappings, rootless use;
+//! - [`netlink`]: links, addresses, routes and namespaces over rtnetlink;
 //! - [`network`]: bridge, veth, addresses, nftables NAT and port publishing;
 //! - [`state`] and [`runtime`]: names, state on disk, run/exec/kill/ps/stats/gc;
 //! - [`image`]: building a minimal rootfs;
@@ -18,6 +20,7 @@ pub mod device_filter;
 pub mod error;
 pub mod image;
 pub mod limits;
+pub mod netlink;
 pub mod network;
 pub mod process;
 pub mod rootfs;

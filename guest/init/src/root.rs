@@ -17,7 +17,7 @@ use std::time::Duration;
 use nix::mount::{mount, MsFlags};
 
 use super::{log, poll_until, InitError};
-use crate::protocol;
+use uvm_protocol as protocol;
 
 /// Where the root disk is mounted before it becomes `/`.
 pub const NEW_ROOT: &str = "/newroot";

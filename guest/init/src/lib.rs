@@ -17,7 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{sethostname, Pid};
 
-use crate::protocol;
+use uvm_protocol as protocol;
 
 /// What the guest's processes see as their environment.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -37,7 +37,7 @@ pub enum InitError {
     #[error("{0}")]
     IpParam(String),
     #[error("network: {0}")]
-    Net(#[from] crate::netlink::Error),
+    Net(#[from] uvm_runtime::netlink::Error),
 }
 
 fn log(msg: &str) {

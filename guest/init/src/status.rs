@@ -1,6 +1,6 @@
 //! Talking to the VMM through uvm's status port (see `protocol`).
 
-use crate::protocol::{status_value, STATUS_EXIT, STATUS_PORT, STATUS_READY};
+use uvm_protocol::{status_value, STATUS_EXIT, STATUS_PORT, STATUS_READY};
 
 fn write_port(value: u32) {
     let port = STATUS_PORT;

@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::netlink::{self, Netlink, IFNAME_MAX};
+use uvm_runtime::netlink::{self, Netlink, IFNAME_MAX};
 
 use super::{poll_until, InitError};
 
@@ -406,7 +406,7 @@ mod tests {
     #[test]
     fn last_ip_parameter_wins() {
         let line = "console=ttyS0 ip=dhcp ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off quiet";
-        let value = crate::protocol::param(line, "ip").unwrap();
+        let value = uvm_protocol::param(line, "ip").unwrap();
         assert_eq!(ok(value).client, ip("10.0.0.2"));
     }
 

@@ -10,53 +10,58 @@ pub const MIN_MEMORY: u64 = 6 * 1024 * 1024;
 /// CFS period used for `--cpus` (100 ms, as docker and runc).
 pub const CPU_PERIOD_US: u64 = 100_000;
 
-/// Parses a memory size: a number with an optional unit b, k, m, g, t
-/// (powers of 1024; `kb`, `KiB`, `M`... accepted), e.g. `512m`, `1.5g`.
-pub fn parse_memory(flag: &'static str, value: &str) -> Result<u64> {
+/// Parses a size: a number with an optional unit b, k, m, g, t (powers of
+/// 1024; `kb`, `KiB`, `M`... accepted), e.g. `512m`, `1.5g`, `4096`. The one
+/// size parser of the workspace: the VMM's `--mem` and the runtime's limits
+/// both use it. The error is the reason alone; callers name the flag.
+pub fn parse_size(value: &str) -> std::result::Result<u64, String> {
     let s = value.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
+    let expected = || "expected a size such as 64m, 512m or 2g".to_string();
     if num.is_empty() {
-        return Err(Error::invalid(
-            flag,
-            value,
-            "expected a size such as 64m, 512m or 2g",
-        ));
+        return Err(expected());
     }
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
         _ => {
-            return Err(Error::invalid(
-                flag,
-                value,
-                format!("unknown unit {unit:?} (use b, k, m, g or t, e.g. 512m)"),
+            return Err(format!(
+                "unknown unit {unit:?} (use b, k, m, g or t, e.g. 512m)"
             ))
         }
     };
-    let bytes = if num.contains('.') {
-        let f: f64 = num
-            .parse()
-            .map_err(|_| Error::invalid(flag, value, "not a number"))?;
-        let b = f * mult as f64;
-        if !b.is_finite() || b >= u64::MAX as f64 {
-            return Err(Error::invalid(flag, value, "too large"));
+    let unit = 1u64 << shift;
+    // Fractions in integers (up to 6 digits), so 1.5g is exactly 3 << 29.
+    let bytes = match num.split_once('.') {
+        Some((whole, frac)) => {
+            if frac.is_empty() || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(expected());
+            }
+            let whole: u64 = if whole.is_empty() {
+                0
+            } else {
+                whole.parse().map_err(|_| expected())?
+            };
+            let frac_val: u64 = frac.parse().map_err(|_| expected())?;
+            let scale = 10u64.pow(u32::try_from(frac.len()).unwrap_or(6));
+            whole
+                .checked_mul(unit)
+                .and_then(|w| w.checked_add(frac_val.checked_mul(unit)? / scale))
         }
-        // Truncation to whole bytes is intended; b is finite, >= 0 and in range.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let b = b as u64;
-        b
-    } else {
-        num.parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(mult))
-            .ok_or_else(|| Error::invalid(flag, value, "too large"))?
+        None => num.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)),
     };
+    bytes.ok_or_else(|| "too large".to_string())
+}
+
+/// A memory limit: [`parse_size`], at least [`MIN_MEMORY`].
+pub fn parse_memory(flag: &'static str, value: &str) -> Result<u64> {
+    let bytes = parse_size(value).map_err(|reason| Error::invalid(flag, value, reason))?;
     if bytes < MIN_MEMORY {
         return Err(Error::invalid(
             flag,
@@ -144,6 +149,28 @@ mod tests {
         assert_eq!(parse_memory("--memory", "1G").unwrap(), 1 << 30);
         assert_eq!(parse_memory("--memory", "1.5g").unwrap(), 3 << 29);
         assert_eq!(parse_memory("--memory", "8388608").unwrap(), 8 << 20);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("3.5G"), Ok(7 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1k"), Ok(1024));
+        assert_eq!(parse_size(".5k"), Ok(512));
+        for bad in [
+            "",
+            "M",
+            "12XB",
+            "-1G",
+            "1.G",
+            "1..5G",
+            "99999999999999999999G",
+            "1e9",
+            "1.1234567g",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad} should not parse");
+        }
     }
 
     #[test]

@@ -404,7 +404,7 @@ pub fn configure_inside(net: Option<&NetConfig>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::spec::Proto;
+    use crate::spec::Proto;
 
     #[test]
     fn subnets_and_allocation() {
