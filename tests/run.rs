@@ -380,6 +380,16 @@ impl ScratchNetns {
             .args(["bash", "-c", script]);
         c
     }
+    /// What a TCP connection to addr:port in the namespace reads, retried
+    /// (refused until the workload listens) for about 10 s.
+    fn get(&self, addr: &str, port: u16) -> String {
+        let script = format!(
+            "for i in $(seq 100); do r=$(timeout 5 cat < /dev/tcp/{addr}/{port} 2>/dev/null) && [ -n \"$r\" ] && {{ echo \"$r\"; exit 0; }}; sleep 0.1; done; exit 1"
+        );
+        text(&self.sh(&script).output().unwrap().stdout)
+            .trim()
+            .to_string()
+    }
 }
 
 impl Drop for ScratchNetns {
@@ -405,14 +415,7 @@ fn container_level_publishes_on_loopback_and_the_hosts_addresses() {
         .unwrap();
     // Refused until the container listens; then once on 127.0.0.1 and once
     // on the bridge's address (an address of this namespace's host).
-    let get = |addr: &str| -> String {
-        let script = format!(
-            "for i in $(seq 100); do r=$(timeout 5 cat < /dev/tcp/{addr}/18191 2>/dev/null) && [ -n \"$r\" ] && {{ echo \"$r\"; exit 0; }}; sleep 0.1; done; exit 1"
-        );
-        text(&ns.sh(&script).output().unwrap().stdout)
-            .trim()
-            .to_string()
-    };
+    let get = |addr: &str| ns.get(addr, 18191);
     assert_eq!(get("127.0.0.1"), "hello-from-pub-web", "on loopback");
     assert_eq!(
         get("10.88.0.1"),
@@ -433,11 +436,47 @@ fn container_level_publishes_on_loopback_and_the_hosts_addresses() {
 }
 
 #[test]
-fn process_level_refuses_publishing() {
-    assert_refused(
-        &["-i", "process", "-p", "18192:80", "--", "true"],
-        125,
-        "the process level cannot honour -p",
+fn process_level_publishes_through_uvms_relay() {
+    if !is_root() {
+        return;
+    }
+    let ns = ScratchNetns::new("procpub");
+    // The namespace's "host" has a second address, on a veth.
+    let up = ns
+        .sh("ip link add d0 type veth peer name d1 && ip addr add 10.77.0.1/24 dev d0 && ip link set d0 up && ip link set d1 up")
+        .status()
+        .unwrap();
+    assert!(up.success());
+    let server = ns
+        .sh(&format!(
+            "{UVM} run -i process -p 18192:8080 -- sh -c 'for i in 1 2; do busybox nc -l -p 8080 -e echo hello-from-process; done; exit 7'"
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let get = |addr: &str| ns.get(addr, 18192);
+    assert_eq!(get("127.0.0.1"), "hello-from-process", "on loopback");
+    assert_eq!(get("10.77.0.1"), "hello-from-process", "on another address");
+    let out = server.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    // The relay went with uvm: nothing listens on the host port any more.
+    let left = ns.sh("ss -Hltn 'sport = :18192'").output().unwrap();
+    assert_eq!(text(&left.stdout).trim(), "", "the relay is gone");
+    // A host port in use fails the run before the workload starts.
+    let busy = ns
+        .sh(&format!(
+            "busybox nc -l -p 18194 & for i in $(seq 100); do ss -Hltn 'sport = :18194' | grep -q . && break; sleep 0.1; done; \
+             {UVM} run -i process -p 18194:8080 -- touch /tmp/uvm-procpub-ran; echo rc=$?; kill %1"
+        ))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&busy.stdout), text(&busy.stderr));
+    assert!(stdout.contains("rc=125"), "{stdout} {stderr}");
+    assert!(stderr.contains("host port 18194 is in use"), "{stderr}");
+    assert!(
+        !Path::new("/tmp/uvm-procpub-ran").exists(),
+        "the workload never ran"
     );
 }
 

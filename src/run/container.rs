@@ -5,7 +5,7 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use super::{image, wait_with_timeout, Net, WorkloadSpec};
+use super::{image, wait_with_timeout, WorkloadSpec};
 use crate::error::Error;
 
 /// `run ...` arguments of the container runtime for `spec` on `rootfs`.
@@ -22,11 +22,7 @@ pub fn runtime_args(spec: &WorkloadSpec, rootfs: &str) -> Vec<String> {
     );
     push(
         "--net",
-        match spec.net {
-            Net::Bridge => "bridge",
-            Net::Default | Net::None => "none",
-        }
-        .into(),
+        if spec.bridged() { "bridge" } else { "none" }.into(),
     );
     for e in &spec.env {
         push("-e", e.clone());

@@ -8,11 +8,13 @@ pub mod container;
 pub mod image;
 pub mod probe;
 pub mod process;
+pub mod proxy;
 pub mod vm;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use uvm_runtime::cli::WorkloadFlags;
 use uvm_runtime::limits;
 
 use crate::error::Error;
@@ -66,45 +68,15 @@ impl std::str::FromStr for Isolation {
     }
 }
 
-/// The flags every command that takes a workload shares.
+/// `uvm run`'s workload: the runtime's shared workload flags, and what only
+/// `uvm run` has (the default image, a timeout, the guest's console).
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkloadArgs {
     /// Root filesystem directory [default: a busybox image uvm builds and caches]
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
-    /// Name of the container or VM [default: run-<pid>]
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Hostname the workload sees [default: the name; process: the host's]
-    #[arg(long)]
-    pub hostname: Option<String>,
-    /// Environment variable KEY=VALUE (repeatable)
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Working directory of the workload
-    #[arg(short = 'w', long, value_name = "DIR")]
-    pub workdir: Option<String>,
-    /// User to run as: UID[:GID]
-    #[arg(short = 'u', long, value_name = "UID[:GID]")]
-    pub user: Option<String>,
-    /// Memory limit (e.g. 64m, 1g); at the vm levels it also sizes the VM
-    #[arg(long, value_name = "SIZE")]
-    pub memory: Option<String>,
-    /// CPU limit in CPUs (e.g. 0.5, 2); at the vm levels the VM has as many vCPUs, rounded up
-    #[arg(long, value_name = "N")]
-    pub cpus: Option<String>,
-    /// Maximum number of processes
-    #[arg(long, value_name = "N")]
-    pub pids_limit: Option<String>,
-    /// Network: none or bridge [default: none; process: the host's network]
-    #[arg(long, value_name = "MODE")]
-    pub net: Option<String>,
-    /// Publish a port HOST:CONTAINER (repeatable)
-    #[arg(short = 'p', long = "publish", value_name = "HOST:CTR")]
-    pub publish: Vec<String>,
-    /// Bind a host folder HOST:CONTAINER[:ro] (repeatable)
-    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR[:ro]")]
-    pub volume: Vec<String>,
+    #[command(flatten)]
+    pub flags: WorkloadFlags,
     /// Stop the workload after this many seconds (exit status 124)
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
@@ -117,6 +89,19 @@ pub struct WorkloadArgs {
     /// The command and its arguments (after --)
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+impl WorkloadArgs {
+    pub fn new(command: Vec<String>) -> Self {
+        WorkloadArgs {
+            rootfs: None,
+            flags: WorkloadFlags::default(),
+            timeout: None,
+            cache_dir: None,
+            verbose: false,
+            command,
+        }
+    }
 }
 
 /// Which levels a command covers, and the cache its images live in
@@ -168,6 +153,14 @@ pub enum Net {
     Bridge,
 }
 
+impl WorkloadSpec {
+    /// On uvm's bridge: asked for, or implied by `-p` (except at the process
+    /// level, which publishes through [`proxy`] on the host's own network).
+    pub fn bridged(&self) -> bool {
+        self.net == Net::Bridge || (self.net == Net::Default && !self.publish.is_empty())
+    }
+}
+
 /// A workload, checked: what every level is given.
 #[derive(Debug, Clone)]
 pub struct WorkloadSpec {
@@ -202,15 +195,16 @@ pub fn cache_dir(flag: Option<&PathBuf>) -> PathBuf {
 impl WorkloadArgs {
     /// Checks the flags that do not depend on the level.
     pub fn to_spec(&self) -> Result<WorkloadSpec, Error> {
+        let f = &self.flags;
         let bad =
             |flag: &str, value: &str, why: &str| Error::Usage(format!("{flag} {value}: {why}"));
-        let memory = self
+        let memory = f
             .memory
             .as_deref()
             .map(|m| limits::parse_memory("--memory", m))
             .transpose()
             .map_err(|e| Error::Usage(e.to_string()))?;
-        let cpus = match self.cpus.as_deref() {
+        let cpus = match f.cpus.as_deref() {
             None => None,
             Some(c) => {
                 limits::parse_cpus(c, limits::host_cpus())
@@ -222,37 +216,36 @@ impl WorkloadArgs {
                 Some((c.trim().to_string(), f))
             }
         };
-        let pids_limit = self
+        let pids_limit = f
             .pids_limit
             .as_deref()
             .map(limits::parse_pids)
             .transpose()
             .map_err(|e| Error::Usage(e.to_string()))?;
-        let net = match self.net.as_deref() {
-            None if !self.publish.is_empty() => Net::Bridge,
+        let net = match f.net.as_deref() {
             None => Net::Default,
             Some("none") => Net::None,
             Some("bridge") => Net::Bridge,
             Some(n) => return Err(bad("--net", n, "expected none or bridge")),
         };
-        if net == Net::None && !self.publish.is_empty() {
+        if net == Net::None && !f.publish.is_empty() {
             return Err(Error::Usage(
                 "-p needs a network: drop --net none (or use --net bridge)".into(),
             ));
         }
-        if let Some(e) = self
+        if let Some(e) = f
             .env
             .iter()
             .find(|e| !e.contains('=') || e.starts_with('='))
         {
             return Err(bad("-e", e, "expected KEY=VALUE"));
         }
-        let user = self
+        let user = f
             .user
             .as_deref()
             .map(|u| uvm_protocol::parse_user(u).map_err(|e| Error::Usage(format!("--user: {e}"))))
             .transpose()?;
-        if let Some(w) = &self.workdir {
+        if let Some(w) = &f.workdir {
             if !w.starts_with('/') {
                 return Err(bad("--workdir", w, "must be an absolute path"));
             }
@@ -267,7 +260,7 @@ impl WorkloadArgs {
             }
             t => t.map(Duration::from_secs_f64),
         };
-        let name = match &self.name {
+        let name = match &f.name {
             Some(n) => {
                 let ok = !n.is_empty()
                     && n.len() <= 63
@@ -293,16 +286,16 @@ impl WorkloadArgs {
             argv: self.command.clone(),
             rootfs: self.rootfs.clone(),
             name,
-            hostname: self.hostname.clone(),
-            env: self.env.clone(),
-            workdir: self.workdir.clone(),
+            hostname: f.hostname.clone(),
+            env: f.env.clone(),
+            workdir: f.workdir.clone(),
             user,
             memory,
             cpus,
             pids_limit,
             net,
-            publish: self.publish.clone(),
-            volumes: self.volume.clone(),
+            publish: f.publish.clone(),
+            volumes: f.volume.clone(),
             timeout,
             cache_dir: cache_dir(self.cache_dir.as_ref()),
             verbose: self.verbose,

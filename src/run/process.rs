@@ -1,7 +1,8 @@
 //! The process level: the workload as a plain child of uvm, on the host's
 //! root, network and hostname. Limits, when asked for, put it in a cgroup
 //! of its own before it runs its first instruction, so `--memory` means
-//! what it means at the other levels.
+//! what it means at the other levels. `-p HOST:CTR` is relayed by uvm
+//! ([`super::proxy`]) from the host port to the workload's on 127.0.0.1.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -9,6 +10,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use uvm_runtime::cgroups::{Cgroup, Hierarchy, Resources};
+use uvm_runtime::spec::PortMap;
+
+use super::proxy::PortProxy;
 
 use super::{refuse, wait_with_timeout, Isolation, Net, WorkloadSpec};
 use crate::error::Error;
@@ -28,13 +32,6 @@ fn check(spec: &WorkloadSpec) -> Result<(), Error> {
             LEVEL,
             "--hostname",
             "a plain process has the host's hostname (no UTS namespace)",
-        ));
-    }
-    if !spec.publish.is_empty() {
-        return Err(refuse(
-            LEVEL,
-            "-p",
-            "a plain process listens on the host's ports itself",
         ));
     }
     if spec.net != Net::Default {
@@ -88,7 +85,14 @@ impl Drop for RunCgroup {
 
 pub fn run(spec: &WorkloadSpec) -> Result<i32, Error> {
     check(spec)?;
+    let ports = spec
+        .publish
+        .iter()
+        .map(|p| p.parse::<PortMap>())
+        .collect::<Result<Vec<_>, _>>()?;
     let res = resources(spec)?;
+    // Before the workload: a port in use fails the run with nothing started.
+    let proxy = PortProxy::start(&ports)?;
     let cgroup = if res.limits() {
         let h = Hierarchy::detect()?;
         let rel = PathBuf::from("uvm-run").join(&spec.name);
@@ -159,6 +163,7 @@ pub fn run(spec: &WorkloadSpec) -> Result<i32, Error> {
             );
         }
     });
+    drop(proxy);
     drop(cgroup);
     code
 }

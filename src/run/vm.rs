@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use uvm_protocol as protocol;
 
-use super::{container, image, refuse, Isolation, Net, WorkloadSpec};
+use super::{container, image, refuse, Isolation, WorkloadSpec};
 use crate::error::Error;
 use crate::vmm::linux::{LinuxVmConfig, Output, DEFAULT_CMDLINE};
 use crate::vmm::shutdown::{Outcome, EXIT_GUEST_CRASHED};
@@ -235,9 +235,10 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
         DEFAULT_CMDLINE.to_string(),
         format!("uvm.hostname={hostname}"),
     ];
-    let lease = match spec.net {
-        Net::Bridge => Some(NetLease::take(level, spec)?),
-        Net::Default | Net::None => None,
+    let lease = if spec.bridged() {
+        Some(NetLease::take(level, spec)?)
+    } else {
+        None
     };
     if let Some(l) = &lease {
         cmdline.push(l.ip_param());
@@ -340,32 +341,16 @@ mod tests {
     use super::*;
 
     fn spec(publish: &[&str]) -> WorkloadSpec {
-        let mut a = super::super::WorkloadArgs {
-            rootfs: None,
-            name: Some("t".into()),
-            hostname: None,
-            env: vec![],
-            workdir: None,
-            user: None,
-            memory: None,
-            cpus: None,
-            pids_limit: None,
-            net: None,
-            publish: vec![],
-            volume: vec![],
-            timeout: None,
-            cache_dir: None,
-            verbose: false,
-            command: vec!["true".into()],
-        };
-        a.publish = publish.iter().map(|p| p.to_string()).collect();
+        let mut a = super::super::WorkloadArgs::new(vec!["true".into()]);
+        a.flags.name = Some("t".into());
+        a.flags.publish = publish.iter().map(|p| p.to_string()).collect();
         a.to_spec().unwrap()
     }
 
     #[test]
     fn the_second_hop_publishes_the_container_port_as_is() {
         let s = spec(&["8080:80", "5353:53/udp"]);
-        assert_eq!(s.net, Net::Bridge, "-p implies bridge");
+        assert!(s.bridged(), "-p implies bridge");
         assert_eq!(second_hop(&s).unwrap().publish, ["80:80", "53:53/udp"]);
         assert!(second_hop(&spec(&[])).unwrap().publish.is_empty());
     }

@@ -82,6 +82,47 @@ pub enum ContainerCommand {
     },
 }
 
+/// The workload flags every command that runs one shares: `uvm container
+/// run` and `uvm-container run` here, `uvm run` at its four levels. Each
+/// command adds its own (a bundle, a timeout, ...) around them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WorkloadFlags {
+    /// Name of the container or VM [default: generated]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Hostname the workload sees [default: the name]
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory of the workload (absolute)
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User to run as: UID[:GID] (containers also take a name from the rootfs' /etc/passwd)
+    #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Memory limit (e.g. 64m, 1g), no swap beyond it; at the vm levels it also sizes the VM
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// CPU limit in CPUs (e.g. 0.5); at the vm levels the VM has as many vCPUs, rounded up
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Maximum number of processes
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<String>,
+    /// Network: none, bridge, or host (containers) [default: uvm run: none, a process the
+    /// host's; uvm container run: bridge, a bundle as its config.json says]
+    #[arg(long, value_name = "MODE")]
+    pub net: Option<String>,
+    /// Publish a port HOST:CONTAINER[/udp] (repeatable)
+    #[arg(short = 'p', long = "publish", value_name = "HOST:CTR")]
+    pub publish: Vec<String>,
+    /// Bind a host folder HOST:CONTAINER[:ro] (repeatable)
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR[:ro]")]
+    pub volume: Vec<String>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Root filesystem directory (read-only lower layer of an overlay).
@@ -90,41 +131,11 @@ pub struct RunArgs {
     /// OCI bundle directory (config.json + rootfs).
     #[arg(long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,
-    #[arg(long)]
-    pub name: Option<String>,
-    #[arg(long)]
-    pub hostname: Option<String>,
-    /// Environment variable KEY=VALUE (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
-    pub workdir: Option<String>,
-    /// User: UID[:GID] or a name from the rootfs' /etc/passwd.
-    #[arg(short = 'u', long = "user")]
-    pub user: Option<String>,
-    /// Memory limit (e.g. 64m, 1g); no swap beyond it.
-    #[arg(long, value_name = "SIZE")]
-    pub memory: Option<String>,
-    /// CPU limit in CPUs (e.g. 0.5).
-    #[arg(long, value_name = "N")]
-    pub cpus: Option<String>,
+    #[command(flatten)]
+    pub workload: WorkloadFlags,
     /// Relative CPU weight (cgroup v1 shares, 1024 = default).
     #[arg(long, value_name = "N")]
     pub cpu_shares: Option<String>,
-    /// Maximum number of processes.
-    #[arg(long, value_name = "N")]
-    pub pids_limit: Option<String>,
-    /// Network: none, host or bridge (default: bridge; for a bundle, as its
-    /// config.json says).
-    #[arg(long)]
-    pub net: Option<String>,
-    /// Publish a port: HOST:CONTAINER[/udp] (repeatable; bridge mode).
-    #[arg(short = 'p', long = "publish", value_name = "HOST:CTR")]
-    pub publish: Vec<String>,
-    /// Bind mount: HOST:CONTAINER[:ro] (repeatable).
-    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR[:ro]")]
-    pub volume: Vec<String>,
     /// Mount the root filesystem read-only.
     #[arg(long)]
     pub read_only: bool,
@@ -195,17 +206,18 @@ fn run_options(a: RunArgs) -> Result<RunOptions> {
         }
     };
     let mut o = RunOptions::new(source, a.command);
-    o.name = a.name;
-    o.hostname = a.hostname;
-    o.env = a.env;
-    o.cwd = a.workdir;
-    o.user = a.user;
-    o.memory = a
+    let w = a.workload;
+    o.name = w.name;
+    o.hostname = w.hostname;
+    o.env = w.env;
+    o.cwd = w.workdir;
+    o.user = w.user;
+    o.memory = w
         .memory
         .as_deref()
         .map(|m| limits::parse_memory("--memory", m))
         .transpose()?;
-    o.cpu_quota = a
+    o.cpu_quota = w
         .cpus
         .as_deref()
         .map(|c| limits::parse_cpus(c, limits::host_cpus()))
@@ -215,18 +227,18 @@ fn run_options(a: RunArgs) -> Result<RunOptions> {
         .as_deref()
         .map(limits::parse_cpu_shares)
         .transpose()?;
-    o.pids_limit = a
+    o.pids_limit = w
         .pids_limit
         .as_deref()
         .map(limits::parse_pids)
         .transpose()?;
-    o.net = a.net.as_deref().map(NetMode::from_str).transpose()?;
-    o.ports = a
+    o.net = w.net.as_deref().map(NetMode::from_str).transpose()?;
+    o.ports = w
         .publish
         .iter()
         .map(|p| PortMap::from_str(p))
         .collect::<Result<_>>()?;
-    o.volumes = a
+    o.volumes = w
         .volume
         .iter()
         .map(|v| Volume::from_str(v))
