@@ -120,11 +120,17 @@ pub struct BootArgs {
     /// --disk PATH,root)
     #[arg(long, value_name = "PATH")]
     pub root: Option<PathBuf>,
-    /// A virtio-net device on a tap, created if missing: tap=NAME[,mac=MAC]
-    /// (repeatable; configure the guest with the kernel's
-    /// ip=ADDR::GW:MASK::eth0:off in --cmdline)
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    /// A virtio-net device: on a tap, created if missing, tap=NAME[,mac=MAC]
+    /// (configure the guest with the kernel's ip=ADDR::GW:MASK::eth0:off in
+    /// --cmdline), or on uvm's bridge, bridge[,mac=MAC] (a tap, an address
+    /// from the containers' allocator given to the guest as ip=, NAT for
+    /// egress); repeatable, the n-th is the guest's eth<n>
+    #[arg(long = "net", value_name = "tap=NAME|bridge")]
     pub nets: Vec<NetSpec>,
+    /// Publish a port of the guest on the host: HOST:GUEST[/udp]
+    /// (repeatable; needs --net bridge; answers on 127.0.0.1 too)
+    #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
+    pub publish: Vec<String>,
     /// When the VM ends, tell each virtio device's counters and queue state
     /// and the accesses no device claimed (on stderr)
     #[arg(long, short)]
@@ -286,6 +292,41 @@ mod tests {
         assert_eq!(cfg.nets[0].tap, "t0");
         assert!(parse(&["boot", "--disk", "/a,bogus"]).is_err());
         assert!(parse(&["boot", "--net", "mac=52:54:00:00:00:01"]).is_err());
+    }
+
+    #[test]
+    fn bridge_networking_flags() {
+        let boot = |args: &[&str]| {
+            let mut all = vec!["boot", "--kernel", "/k"];
+            all.extend_from_slice(args);
+            match parse(&all).map(|c| c.command) {
+                Ok(Command::Boot(b)) => Ok(b),
+                Ok(_) => panic!(),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let b = boot(&["--net", "bridge,mac=52:54:00:00:00:02", "-p", "8080:80"]).unwrap();
+        assert!(b.nets[0].bridge && b.nets[0].tap.is_empty());
+        assert_eq!(b.publish, ["8080:80"]);
+        let e = boot(&["--net", "bridge,tap=t0"]).unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        // Refused before any lease is taken (no root, no bridge needed).
+        let lease = |b: BootArgs| {
+            let mut cfg = b.to_config().unwrap();
+            crate::run::net::lease_for_boot(&mut cfg, &b.publish)
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        let e = lease(boot(&["-p", "8080:80"]).unwrap());
+        assert!(e.contains("add --net bridge"), "{e}");
+        let e = lease(boot(&["--net", "bridge", "--net", "bridge"]).unwrap());
+        assert!(e.contains("given twice"), "{e}");
+        let b = boot(&["--net", "tap=t0"]).unwrap();
+        let mut cfg = b.to_config().unwrap();
+        assert!(crate::run::net::lease_for_boot(&mut cfg, &[])
+            .unwrap()
+            .is_none());
     }
 
     #[test]

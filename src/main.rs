@@ -6,10 +6,16 @@ use uvm::vmm::shutdown::{Outcome, EXIT_UVM_ERROR};
 use uvm::{check, vmm};
 
 fn boot(args: &BootArgs) -> Result<Outcome, Error> {
-    let cfg = args.to_config()?;
+    let mut cfg = args.to_config()?;
+    // Checked before the lease, so bad input changes nothing on the host.
     cfg.validate()?;
     check::ensure_can_boot_linux()?;
+    let lease = uvm::run::net::lease_for_boot(&mut cfg, &args.publish)?;
     let vm = vmm::linux::build(&cfg)?;
+    // The VMM has made the tap: onto the bridge before the guest runs.
+    if let Some(l) = &lease {
+        l.attach()?;
+    }
     vmm::shutdown::stop_on_signals(vm.shutdown())?;
     let _raw = RawStdin::enter();
     vm.run(cfg.timeout)

@@ -317,21 +317,26 @@ uvm_run -i vm --verbose --timeout 120 -- echo only-this
     },
     Scripted {
         name: "run_net",
-        // --net bridge and -p at both vm levels: uvm's tap on uvm's bridge,
+        // --net bridge and -p at both vm levels and in uvm boot: uvm's tap on uvm's bridge,
         // an address from the containers' allocator, DNAT to the guest (and
         // at vm+container on through the guest's bridge to the container);
         // the port answers on 127.0.0.1 and on the host's bridge address.
         // Afterwards no tap, state or published port is left.
         script: r#"
 serve='for i in 1 2; do nc -l -p 80 -e echo hello-from-$(hostname); done'
-for level in vm vm+container; do
+for level in vm vm+container boot; do
   n=net-${level/+/-}
   (
     retry "cat < /dev/tcp/127.0.0.1/18181 > $B.$n.lo && test -s $B.$n.lo"
     retry "cat < /dev/tcp/10.88.0.1/18181 > $B.$n.gw && test -s $B.$n.gw"
   ) &
   helper=$!
-  $UVM run -i $level --name $n --timeout 150 -p 18181:80 -- sh -c "$serve" </dev/null >$B.$n.out 2>$B.$n.err
+  if [ $level = boot ]; then
+    # uvm boot --net bridge: the same lease, tap and DNAT as uvm run's.
+    $UVM boot --net bridge -p 18181:80 --timeout 150 --cmdline uvm.hostname=$n -- sh -c "$serve" </dev/null >$B.$n.out 2>$B.$n.err
+  else
+    $UVM run -i $level --name $n --timeout 150 -p 18181:80 -- sh -c "$serve" </dev/null >$B.$n.out 2>$B.$n.err
+  fi
   echo "$level rc=$?" >> $B.host
   kill $helper 2>/dev/null; wait $helper
   echo "$level lo=$(cat $B.$n.lo 2>/dev/null) gw=$(cat $B.$n.gw 2>/dev/null)" >> $B.host
@@ -347,7 +352,7 @@ echo "killed ports=$(nft list map ip uvm ports 2>/dev/null | grep -c 18182) stat
 echo "killed vmdirs=$(ls /run/uvm/vm | wc -l)" >> $B.host
 $UVM gc > $B.gc 2>&1
 echo "after-gc taps=$(ip -o link | grep -c uvmt) ports=$(nft list map ip uvm ports 2>/dev/null | grep -c 18182) states=$(ls /run/uvm/containers 2>/dev/null | wc -l) bridge=$(ip -o link | grep -c ' uvm0') vmdirs=$(ls /run/uvm/vm | wc -l)" >> $B.host
-cat $B.net-vm.err $B.net-vm-container.err > $B.err 2>/dev/null
+cat $B.net-vm.err $B.net-vm-container.err $B.net-boot.err > $B.err 2>/dev/null
 echo 0 > $B.rc
 "#,
     },
@@ -1024,6 +1029,11 @@ fn run_net_publishes_ports_at_both_vm_levels_on_every_host_address() {
     assert!(
         h.contains("vm+container lo=hello-from-net-vm-container gw=hello-from-net-vm-container"),
         "two hops: host DNAT to the guest, the guest's DNAT to its container: {h}"
+    );
+    assert!(h.contains("boot rc=0"), "{h}");
+    assert!(
+        h.contains("boot lo=hello-from-net-boot gw=hello-from-net-boot"),
+        "uvm boot --net bridge -p: {h}"
     );
     assert!(h.contains("left taps=0 ports=0 states=0"), "{h}");
     assert!(

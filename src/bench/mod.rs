@@ -12,6 +12,7 @@ use crate::error::Error;
 
 pub mod io;
 pub mod levels;
+pub mod net;
 
 const READY: &str = "uvm-init: ready";
 

@@ -6,6 +6,7 @@
 
 pub mod container;
 pub mod image;
+pub mod net;
 pub mod probe;
 pub mod process;
 pub mod proxy;

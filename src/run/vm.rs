@@ -9,15 +9,15 @@ use std::path::{Path, PathBuf};
 
 use uvm_protocol as protocol;
 
+use super::net::NetLease;
 use super::{container, image, refuse, Isolation, WorkloadSpec};
 use crate::error::Error;
 use crate::vmm::linux::{LinuxVmConfig, Output, DEFAULT_CMDLINE};
 use crate::vmm::shutdown::{Outcome, EXIT_GUEST_CRASHED};
 use crate::vmm::virtio::{DiskSpec, NetSpec};
 use crate::{check, guest_image, vmm};
-use uvm_runtime::spec::{NetConfig, PortMap};
-use uvm_runtime::state::{self, Paths};
-use uvm_runtime::Runtime;
+use uvm_runtime::spec::PortMap;
+use uvm_runtime::state;
 
 /// Guest RAM added to `--memory` for the guest's own kernel, init and the
 /// initramfs held in RAM (17 MB, copied once into a tmpfs).
@@ -148,52 +148,6 @@ impl Drop for RunDir {
     }
 }
 
-/// The VM's place on uvm's bridge: an address from the containers'
-/// allocator and its published ports, recorded in the runtime's state
-/// (so `uvm container gc` cleans up after a killed uvm) and released when
-/// dropped.
-struct NetLease {
-    rt: Runtime,
-    name: String,
-    net: NetConfig,
-    tap: String,
-}
-
-impl NetLease {
-    fn take(level: Isolation, spec: &WorkloadSpec) -> Result<NetLease, Error> {
-        let rt = Runtime::new(Paths::new(state::default_root()));
-        let ports: Vec<PortMap> = spec
-            .publish
-            .iter()
-            .map(|p| p.parse::<PortMap>())
-            .collect::<Result<_, _>>()?;
-        let tap = format!("uvmt{}", &state::new_id()[..10]);
-        let net = rt.lease(&spec.name, &tap, &ports, &format!("uvm run -i {level}"))?;
-        Ok(NetLease {
-            rt,
-            name: spec.name.clone(),
-            net,
-            tap,
-        })
-    }
-
-    /// The kernel's `ip=` for the guest's eth0.
-    fn ip_param(&self) -> String {
-        let mask = std::net::Ipv4Addr::from(
-            u32::MAX
-                .checked_shl(32 - u32::from(self.net.prefix))
-                .unwrap_or(0),
-        );
-        format!("ip={}::{}:{mask}::eth0:off", self.net.ip, self.net.gateway)
-    }
-}
-
-impl Drop for NetLease {
-    fn drop(&mut self) {
-        self.rt.release(&self.name);
-    }
-}
-
 /// At vm+container the host publishes HOST to the guest's CTR port, and the
 /// guest's runtime publishes that same port on to its container.
 fn second_hop(spec: &WorkloadSpec) -> Result<WorkloadSpec, Error> {
@@ -236,12 +190,16 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
         format!("uvm.hostname={hostname}"),
     ];
     let lease = if spec.bridged() {
-        Some(NetLease::take(level, spec)?)
+        Some(NetLease::take(
+            &spec.name,
+            &spec.publish,
+            &format!("uvm run -i {level}"),
+        )?)
     } else {
         None
     };
     if let Some(l) = &lease {
-        cmdline.push(l.ip_param());
+        cmdline.push(l.ip_param("eth0"));
     }
     let disk = match level {
         Isolation::Vm => {
@@ -302,8 +260,9 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
         nets: lease
             .iter()
             .map(|l| NetSpec {
-                tap: l.tap.clone(),
+                tap: l.tap().to_string(),
                 mac: None,
+                bridge: true,
             })
             .collect(),
         verbose: spec.verbose,
@@ -318,7 +277,7 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
     let vm = vmm::linux::build(&cfg)?;
     // The VMM has made the tap: onto the bridge with it before the guest runs.
     if let Some(l) = &lease {
-        l.rt.attach_link(&l.tap)?;
+        l.attach()?;
     }
     vmm::shutdown::stop_on_signals(vm.shutdown())?;
     let outcome = vm.run(cfg.timeout)?;
@@ -353,26 +312,5 @@ mod tests {
         assert!(s.bridged(), "-p implies bridge");
         assert_eq!(second_hop(&s).unwrap().publish, ["80:80", "53:53/udp"]);
         assert!(second_hop(&spec(&[])).unwrap().publish.is_empty());
-    }
-
-    #[test]
-    fn the_guest_gets_its_lease_as_ip_param() {
-        let l = NetLease {
-            rt: Runtime::new(Paths::new("/nonexistent/uvm-test-state")),
-            name: "t".into(),
-            net: NetConfig {
-                bridge: "uvm0".into(),
-                ip: "10.88.0.7".parse().unwrap(),
-                prefix: 16,
-                gateway: "10.88.0.1".parse().unwrap(),
-                veth: "uvmt0".into(),
-                ports: vec![],
-            },
-            tap: "uvmt0".into(),
-        };
-        assert_eq!(
-            l.ip_param(),
-            "ip=10.88.0.7::10.88.0.1:255.255.0.0::eth0:off"
-        );
     }
 }

@@ -67,11 +67,14 @@ impl FromStr for DiskSpec {
     }
 }
 
-/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`.
+/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX]` or `--net bridge[,mac=..]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetSpec {
+    /// For `bridge`, empty until uvm's lease names the tap it makes.
     pub tap: String,
     pub mac: Option<[u8; 6]>,
+    /// On uvm's bridge, with an address from its allocator.
+    pub bridge: bool,
 }
 
 impl FromStr for NetSpec {
@@ -80,29 +83,49 @@ impl FromStr for NetSpec {
     fn from_str(s: &str) -> Result<Self, String> {
         let mut tap = None;
         let mut mac = None;
+        let mut bridge = false;
         for opt in s.split(',') {
             match opt.split_once('=') {
                 Some(("tap", name)) => tap = Some(name.to_string()),
                 Some(("mac", m)) => mac = Some(parse_mac(m)?),
+                None if opt == "bridge" => bridge = true,
                 _ => {
                     return Err(format!(
-                        "unknown net option {opt:?}: use tap=NAME[,mac=XX:XX:XX:XX:XX:XX]"
+                        "unknown net option {opt:?}: use tap=NAME[,mac=XX:XX:XX:XX:XX:XX] or bridge[,mac=..]"
                     ))
                 }
             }
-        }
-        let tap = tap.ok_or("a network device needs a tap: --net tap=NAME")?;
-        if !tap::valid_name(&tap) {
-            return Err(format!(
-                "tap={tap:?}: an interface name is 1 to 15 bytes, without '/', ':', '%' or whitespace"
-            ));
         }
         if let Some(m) = mac {
             if m[0] & 1 != 0 {
                 return Err(format!("mac={}: a multicast address", format_mac(&m)));
             }
         }
-        Ok(NetSpec { tap, mac })
+        if bridge {
+            if tap.is_some() {
+                return Err(
+                    "--net bridge makes its own tap: give bridge or tap=NAME, not both".into(),
+                );
+            }
+            return Ok(NetSpec {
+                tap: String::new(),
+                mac,
+                bridge,
+            });
+        }
+        let tap = tap.ok_or(
+            "a network device needs a tap or uvm's bridge: --net tap=NAME or --net bridge",
+        )?;
+        if !tap::valid_name(&tap) {
+            return Err(format!(
+                "tap={tap:?}: an interface name is 1 to 15 bytes, without '/', ':', '%' or whitespace"
+            ));
+        }
+        Ok(NetSpec {
+            tap,
+            mac,
+            bridge: false,
+        })
     }
 }
 
@@ -373,6 +396,7 @@ mod tests {
         let tap = |t: &str| NetSpec {
             tap: t.into(),
             mac: None,
+            bridge: false,
         };
         assert!(validate(&[], &[tap("a"), tap("a")]).is_err());
         let many: Vec<_> = (0..MAX_DEVICES + 1)

@@ -1,5 +1,5 @@
 //! uvm-probe: `uvm-probe FACTS_JSON` runs every probe and prints the
-//! answers as one JSON array; `uvm-probe getpid N`, `uvm-probe cpu N` and
+//! answers as one JSON array; `uvm-probe getpid N`, `cpu N`, `disk PATH MIB`, `net ADDR PORT MIB` and
 //! `uvm-probe exits N` (in a VM) are the loops the benchmarks time.
 
 use std::ffi::CString;
@@ -644,6 +644,33 @@ fn run_probes(h: &HostFacts) -> Vec<Answer> {
     ]
 }
 
+/// TCP throughput to a host end (`uvm bench`'s sink): MIB MiB sent, then
+/// the write side closed and the sink's one-line answer awaited, so the time
+/// covers every byte having reached the host. MB/s, MB = 10^6 bytes.
+fn net(addr: &str, port: &str, mib: usize) -> Result<f64, String> {
+    use std::io::{Read, Write};
+    const CHUNK: usize = 64 << 10;
+    let port: u16 = port.parse().map_err(|_| format!("bad port {port:?}"))?;
+    let buf = vec![0xa5u8; CHUNK];
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect((addr, port))
+        .map_err(|e| format!("connecting to {addr}:{port}: {e}"))?;
+    for _ in 0..mib * ((1 << 20) / CHUNK) {
+        s.write_all(&buf).map_err(|e| format!("sending: {e}"))?;
+    }
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| format!("closing: {e}"))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    let expect = format!("got {}", mib << 20);
+    if answer.trim() != expect {
+        return Err(format!("the sink answered {answer:?}, not {expect:?}"));
+    }
+    #[allow(clippy::cast_precision_loss)]
+    Ok((mib << 20) as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let count = |s: Option<&String>| s.and_then(|n| n.parse::<u64>().ok()).unwrap_or(1_000_000);
@@ -686,6 +713,20 @@ fn main() {
                 }
             }
         }
+        Some("net") => {
+            let (Some(addr), Some(port)) = (args.get(1), args.get(2)) else {
+                eprintln!("uvm-probe: usage: uvm-probe net ADDR PORT MIB");
+                std::process::exit(2);
+            };
+            let mib = usize::try_from(count(args.get(3))).unwrap_or(16).min(4096);
+            match net(addr, port, mib) {
+                Ok(mbs) => println!("{mbs:.1}"),
+                Err(e) => {
+                    eprintln!("uvm-probe: net: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Some("exits") => match exits(count(args.get(1))) {
             Ok((c, p, m)) => println!("{c:.3} {p:.3} {m:.3}"),
             Err(e) => {
@@ -705,7 +746,7 @@ fn main() {
         },
         None => {
             eprintln!(
-                "usage: uvm-probe HOST_FACTS_JSON | getpid N | cpu N | disk PATH MIB | exits N"
+                "usage: uvm-probe HOST_FACTS_JSON | getpid N | cpu N | disk PATH MIB | net ADDR PORT MIB | exits N"
             );
             std::process::exit(2);
         }
