@@ -1073,6 +1073,7 @@ fn bench_quick_measures_every_level_beside_its_reference() {
             "cpu_s",
             "disk_write_mb_s",
             "disk_read_mb_s",
+            "net_tx_mb_s",
         ] {
             assert!(has(target, metric), "{target} {metric}: {}", t[target]);
         }

@@ -3,16 +3,20 @@
 //! level, QEMU's microvm (same kernel, initramfs and root image) beside the
 //! vm level. Metrics: start-to-exit latency of `true` (median, p90), PSS of
 //! everything the level runs, syscall cost (getpid in the probe binary), a
-//! fixed compute loop, sequential disk write and read, and the round trip
+//! fixed compute loop, sequential disk write and read, TCP throughput to a
+//! sink on the host (across uvm's bridge; runc and QEMU are put on it too,
+//! `net.rs`), and the round trip
 //! of a VM exit at the vm levels (CPUID, port I/O, MMIO).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::median;
+use super::net::{bridge_gateway, QemuTap, RuncNet, Sink};
 use crate::error::Error;
 use crate::guest_image;
 use crate::run::{self, probe::probe_rootfs, Isolation};
@@ -51,10 +55,11 @@ pub enum Metric {
     ExitPio,
     ExitMmio,
     VmmOverhead,
+    Net,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 11] = [
         Metric::Start,
         Metric::Memory,
         Metric::VmmOverhead,
@@ -62,6 +67,7 @@ impl Metric {
         Metric::Cpu,
         Metric::DiskWrite,
         Metric::DiskRead,
+        Metric::Net,
         Metric::ExitCpuid,
         Metric::ExitPio,
         Metric::ExitMmio,
@@ -75,6 +81,7 @@ impl Metric {
             Metric::Cpu => "cpu_s",
             Metric::DiskWrite => "disk_write_mb_s",
             Metric::DiskRead => "disk_read_mb_s",
+            Metric::Net => "net_tx_mb_s",
             Metric::ExitCpuid => "exit_cpuid_us",
             Metric::ExitPio => "exit_pio_us",
             Metric::ExitMmio => "exit_mmio_us",
@@ -89,56 +96,29 @@ impl Metric {
             Metric::Cpu => "fixed compute loop (s)",
             Metric::DiskWrite => "sequential write (MB/s)",
             Metric::DiskRead => "sequential read (MB/s)",
+            Metric::Net => "TCP to the host end (MB/s)",
             Metric::ExitCpuid => "CPUID round trip (us)",
             Metric::ExitPio => "port I/O exit, unclaimed port (us)",
             Metric::ExitMmio => "MMIO exit, unclaimed address (us)",
         }
     }
     fn higher_is_better(self) -> bool {
-        matches!(self, Metric::DiskWrite | Metric::DiskRead)
+        matches!(self, Metric::DiskWrite | Metric::DiskRead | Metric::Net)
     }
 }
 
 /// Who runs the workload: a level of uvm's, or a reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Target {
-    Level(LevelKey),
+    Level(Isolation),
     Runc,
     Qemu,
-}
-
-/// [`Isolation`] in a sortable form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum LevelKey {
-    Process,
-    Container,
-    Vm,
-    VmContainer,
-}
-
-impl LevelKey {
-    fn of(l: Isolation) -> Self {
-        match l {
-            Isolation::Process => LevelKey::Process,
-            Isolation::Container => LevelKey::Container,
-            Isolation::Vm => LevelKey::Vm,
-            Isolation::VmContainer => LevelKey::VmContainer,
-        }
-    }
-    fn level(self) -> Isolation {
-        match self {
-            LevelKey::Process => Isolation::Process,
-            LevelKey::Container => Isolation::Container,
-            LevelKey::Vm => Isolation::Vm,
-            LevelKey::VmContainer => Isolation::VmContainer,
-        }
-    }
 }
 
 impl Target {
     pub fn name(self) -> &'static str {
         match self {
-            Target::Level(l) => l.level().name(),
+            Target::Level(l) => l.name(),
             Target::Runc => "runc",
             Target::Qemu => "qemu-microvm",
         }
@@ -146,8 +126,8 @@ impl Target {
     /// The uvm level a reference stands beside.
     fn beside(self) -> Option<Target> {
         match self {
-            Target::Runc => Some(Target::Level(LevelKey::Container)),
-            Target::Qemu => Some(Target::Level(LevelKey::Vm)),
+            Target::Runc => Some(Target::Level(Isolation::Container)),
+            Target::Qemu => Some(Target::Level(Isolation::Vm)),
             Target::Level(_) => None,
         }
     }
@@ -157,16 +137,19 @@ impl Target {
 pub type Samples = BTreeMap<Target, BTreeMap<Metric, Vec<f64>>>;
 
 /// The measuring workload: the lines it prints are parsed by [`parse_lines`].
-fn workload_script(quick: bool, in_vm: bool) -> String {
-    let (calls, loops, mib) = if quick {
-        (200_000, 20_000_000, 16)
+/// `sink`: where the host's TCP sink answers this target.
+fn workload_script(quick: bool, in_vm: bool, sink: (Ipv4Addr, u16)) -> String {
+    let (calls, loops, mib, net_mib) = if quick {
+        (200_000, 20_000_000, 16, 32)
     } else {
-        (2_000_000, 200_000_000, 64)
+        (2_000_000, 200_000_000, 64, 256)
     };
+    let (addr, port) = sink;
     let mut s = format!(
         "echo bench-ready; sleep 1; \
          echo getpid $(uvm-probe getpid {calls}); echo cpu $(uvm-probe cpu {loops}); \
-         d=/var/tmp; [ -w $d ] || d=/tmp; echo disk $(uvm-probe disk $d/uvm-bench.$$ {mib})"
+         d=/var/tmp; [ -w $d ] || d=/tmp; echo disk $(uvm-probe disk $d/uvm-bench.$$ {mib}); \
+         echo net $(uvm-probe net {addr} {port} {net_mib})"
     );
     if in_vm {
         s.push_str(&format!(
@@ -187,6 +170,7 @@ pub fn parse_lines(text: &str) -> BTreeMap<Metric, f64> {
         match key {
             "getpid" => num(rest).map(|v| m.insert(Metric::Getpid, v)),
             "cpu" => num(rest).map(|v| m.insert(Metric::Cpu, v)),
+            "net" => num(rest).map(|v| m.insert(Metric::Net, v)),
             "disk" => {
                 let v: Vec<f64> = rest
                     .split_whitespace()
@@ -356,7 +340,8 @@ struct Setup {
 }
 
 impl Setup {
-    fn uvm_run(&self, level: Isolation, name: &str, argv: &[&str]) -> Command {
+    /// `bridged`: on uvm's bridge (the measuring run; start-ups have no network).
+    fn uvm_run(&self, level: Isolation, name: &str, argv: &[&str], bridged: bool) -> Command {
         let mut c = Command::new(&self.uvm);
         c.args([
             "run",
@@ -371,6 +356,9 @@ impl Setup {
         .arg(&self.cache);
         if level != Isolation::Process {
             c.arg("--rootfs").arg(&self.rootfs);
+            if bridged {
+                c.args(["--net", "bridge"]);
+            }
         }
         c.arg("--").args(argv);
         // At the process level the probe binary is the host's copy.
@@ -390,8 +378,9 @@ impl Setup {
         c
     }
 
-    /// runc on a bundle of the same root folder, with `argv` as its process.
-    fn runc(&self, name: &str, argv: &[&str]) -> Result<Command, Error> {
+    /// runc on a bundle of the same root folder, with `argv` as its process,
+    /// in the network namespace `netns` when given.
+    fn runc(&self, name: &str, argv: &[&str], netns: Option<&RuncNet>) -> Result<Command, Error> {
         let bundle = self
             .bundle
             .as_ref()
@@ -405,13 +394,25 @@ impl Setup {
         cfg["process"]["terminal"] = serde_json::json!(false);
         cfg["root"]["path"] = serde_json::json!(self.rootfs);
         cfg["root"]["readonly"] = serde_json::json!(true);
-        // Writes go to a tmpfs, as the container level's go to its overlay's
-        // upper directory under /run.
+        let namespaces = cfg["linux"]["namespaces"]
+            .as_array_mut()
+            .ok_or_else(|| Error::Usage("bench: runc spec has no namespaces".into()))?;
+        for ns in namespaces.iter_mut().filter(|n| n["type"] == "network") {
+            *ns = match netns {
+                Some(n) => serde_json::json!({"type": "network", "path": n.path()}),
+                None => serde_json::json!({"type": "network"}),
+            };
+        }
+        // Writes go to the filesystem the container level's overlay upper
+        // directory is on (the runtime's state folder), so the disk metric
+        // compares runtimes, not a tmpfs with a disk.
+        let scratch = self.runc_scratch();
+        std::fs::create_dir_all(&scratch).map_err(|e| Error::Cache(scratch.clone(), e))?;
         let mounts = cfg["mounts"]
             .as_array_mut()
             .ok_or_else(|| Error::Usage("bench: runc spec has no mounts".into()))?;
         mounts.retain(|m| m["destination"] != "/var/tmp");
-        mounts.push(serde_json::json!({"destination": "/var/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "size=256m"]}));
+        mounts.push(serde_json::json!({"destination": "/var/tmp", "type": "bind", "source": scratch, "options": ["rbind", "rw", "nosuid", "nodev"]}));
         std::fs::write(
             &cfg_path,
             serde_json::to_string_pretty(&cfg).unwrap_or_default(),
@@ -428,21 +429,31 @@ impl Setup {
 
     /// QEMU microvm on the same kernel, initramfs and (a copy of the) root
     /// image, running `argv` under uvm-init.
-    fn qemu(&self, argv: &[&str], disk: &Path) -> Command {
+    /// runc's writable /var/tmp, beside the container level's overlays.
+    fn runc_scratch(&self) -> PathBuf {
+        uvm_runtime::state::default_root().join(format!("bench-runc-{}", std::process::id()))
+    }
+
+    /// With `tap`, a virtio-net device on it and the guest's `ip=`.
+    fn qemu(&self, argv: &[&str], disk: &Path, tap: Option<&QemuTap>) -> Command {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        let mut c = super::qemu_microvm(
-            &self.kernel,
-            &self.initrd,
-            VM_RAM,
-            1,
-            &argv,
-            "root=/dev/vda",
-        );
+        let mut extra = "root=/dev/vda".to_string();
+        if let Some(t) = tap {
+            extra = format!("{extra} {}", t.ip_param());
+        }
+        let mut c = super::qemu_microvm(&self.kernel, &self.initrd, VM_RAM, 1, &argv, &extra);
         c.args([
             "-drive",
             &format!("id=root,file={},format=raw,if=none", disk.display()),
         ])
         .args(["-device", "virtio-blk-device,drive=root"]);
+        if let Some(t) = tap {
+            c.args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={},script=no,downscript=no", t.tap()),
+            ])
+            .args(["-device", "virtio-net-device,netdev=n0"]);
+        }
         c
     }
 }
@@ -489,6 +500,7 @@ impl Drop for Setup {
     fn drop(&mut self) {
         if let Some(b) = &self.bundle {
             let _ = std::fs::remove_dir_all(b);
+            let _ = std::fs::remove_dir_all(self.runc_scratch());
         }
     }
 }
@@ -518,6 +530,7 @@ fn one_target(
     s: &Setup,
     t: Target,
     runs: usize,
+    sink: &Sink,
     step: &mut dyn FnMut(&str),
 ) -> Result<BTreeMap<Metric, Vec<f64>>, Error> {
     let mut m: BTreeMap<Metric, Vec<f64>> = BTreeMap::new();
@@ -528,20 +541,27 @@ fn one_target(
     );
     let in_vm = matches!(
         t,
-        Target::Qemu | Target::Level(LevelKey::Vm | LevelKey::VmContainer)
+        Target::Qemu | Target::Level(Isolation::Vm | Isolation::VmContainer)
     );
     // A container, even in a VM, may not make VM exits at will: no iopl,
     // no /dev/mem.
-    let exits = matches!(t, Target::Qemu | Target::Level(LevelKey::Vm));
-    let script = workload_script(s.quick, exits);
+    let exits = matches!(t, Target::Qemu | Target::Level(Isolation::Vm));
+    // A process reaches the host on loopback; everything else crosses uvm's
+    // bridge to its address.
+    let host_end = if t == Target::Level(Isolation::Process) {
+        Ipv4Addr::LOCALHOST
+    } else {
+        bridge_gateway()
+    };
+    let script = workload_script(s.quick, exits, (host_end, sink.port()));
     for i in 0..runs {
         step(&format!("{} start-up {}/{runs}", t.name(), i + 1));
         let cmd = match t {
-            Target::Level(l) => s.uvm_run(l.level(), &name, &["true"]),
-            Target::Runc => s.runc(&name, &["true"])?,
+            Target::Level(l) => s.uvm_run(l, &name, &["true"], false),
+            Target::Runc => s.runc(&name, &["true"], None)?,
             Target::Qemu => {
                 let d = ScratchDisk::new(s)?;
-                let (took, _) = time_run(s.qemu(&["true"], &d.0), t.name())?;
+                let (took, _) = time_run(s.qemu(&["true"], &d.0, None), t.name())?;
                 m.entry(Metric::Start).or_default().push(took.as_secs_f64());
                 continue;
             }
@@ -553,14 +573,18 @@ fn one_target(
     let argv = ["sh", "-c", script.as_str()];
     let got = match t {
         Target::Level(l) => measure_run(
-            s.uvm_run(l.level(), &name, &argv),
+            s.uvm_run(l, &name, &argv, true),
             t.name(),
             in_vm.then_some(VM_RAM),
         )?,
-        Target::Runc => measure_run(s.runc(&name, &argv)?, t.name(), None)?,
+        Target::Runc => {
+            let net = RuncNet::create(&name)?;
+            measure_run(s.runc(&name, &argv, Some(&net))?, t.name(), None)?
+        }
         Target::Qemu => {
             let d = ScratchDisk::new(s)?;
-            measure_run(s.qemu(&argv, &d.0), t.name(), Some(VM_RAM))?
+            let tap = QemuTap::create(&name)?;
+            measure_run(s.qemu(&argv, &d.0, Some(&tap)), t.name(), Some(VM_RAM))?
         }
     };
     for (k, v) in got {
@@ -588,10 +612,7 @@ pub fn run(args: &LevelsArgs) -> Result<(Samples, String), Error> {
     let levels = args.select.levels();
     let runs = args.runs.unwrap_or(if args.quick { 2 } else { 10 }).max(1);
     let s = prepare(args, &levels)?;
-    let mut targets: Vec<Target> = levels
-        .iter()
-        .map(|l| Target::Level(LevelKey::of(*l)))
-        .collect();
+    let mut targets: Vec<Target> = levels.iter().map(|l| Target::Level(*l)).collect();
     if !args.no_reference {
         if levels.contains(&Isolation::Container) {
             targets.push(Target::Runc);
@@ -612,9 +633,10 @@ pub fn run(args: &LevelsArgs) -> Result<(Samples, String), Error> {
             ".".repeat(width - filled)
         );
     };
+    let sink = Sink::start()?;
     let mut samples = Samples::new();
     for t in &targets {
-        samples.insert(*t, one_target(&s, *t, runs, &mut step)?);
+        samples.insert(*t, one_target(&s, *t, runs, &sink, &mut step)?);
     }
     if let Some(dir) = &args.plot_dir {
         std::fs::create_dir_all(dir)
@@ -772,7 +794,7 @@ mod tests {
     #[test]
     fn workload_lines_parse() {
         let m = parse_lines(
-            "bench-ready\ngetpid 52.5\ncpu 0.123\ndisk 33.5 67.1\nexits 1.5 2.5 3.5\nnoise 7\n",
+            "bench-ready\ngetpid 52.5\ncpu 0.123\ndisk 33.5 67.1\nnet 812.5\nexits 1.5 2.5 3.5\nnoise 7\n",
         );
         assert_eq!(m[&Metric::Getpid], 52.5);
         assert_eq!(m[&Metric::Cpu], 0.123);
@@ -785,7 +807,8 @@ mod tests {
             ),
             (1.5, 2.5, 3.5)
         );
-        assert_eq!(m.len(), 7);
+        assert_eq!(m[&Metric::Net], 812.5);
+        assert_eq!(m.len(), 8);
         assert!(parse_lines("disk garbage\nexits 1 2\n").is_empty());
     }
 
@@ -808,7 +831,7 @@ mod tests {
         let mut q = BTreeMap::new();
         q.insert(Metric::Start, vec![4.0, 4.0, 4.0]);
         q.insert(Metric::DiskWrite, vec![50.0]);
-        s.insert(Target::Level(LevelKey::Vm), vm);
+        s.insert(Target::Level(Isolation::Vm), vm);
         s.insert(Target::Qemu, q);
         let t = table(&s);
         assert!(t.contains("vm") && t.contains("qemu-microvm"), "{t}");

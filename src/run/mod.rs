@@ -20,8 +20,8 @@ use uvm_runtime::limits;
 
 use crate::error::Error;
 
-/// The isolation levels, weakest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The isolation levels, weakest first (the order tables and plots use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isolation {
     Process,
     Container,
