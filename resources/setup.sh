@@ -2,7 +2,7 @@
 # Installs what uvm's build, tests and benchmarks need on a fresh Debian 12
 # machine (idempotent: quick when everything is there).
 set -euo pipefail
-PKGS=(qemu-system-x86 busybox-static cpio kmod e2fsprogs file iproute2 nftables netbase python3 runc util-linux procps)
+PKGS=(qemu-system-x86 busybox-static cpio kmod e2fsprogs file iproute2 nftables netbase python3 runc util-linux procps librsvg2-bin)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

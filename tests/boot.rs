@@ -372,6 +372,7 @@ rm -rf $B.plots
 $UVM bench --quick --runs 1 --json $B.host --plot-dir $B.plots </dev/null >$B.out 2>$B.err; echo $? >$B.rc
 ls $B.plots >> $B.out
 for f in $B.plots/*.svg; do [ -s $f ] && grep -q '<rect' $f && echo "plot-ok $(basename $f)" >> $B.out; done
+for f in $B.plots/*.png; do [ "$(head -c 4 $f | tail -c 3)" = PNG ] && echo "png-ok $(basename $f)" >> $B.out; done
 rm -rf $B.plots
 "#,
     },
@@ -1093,9 +1094,21 @@ fn bench_quick_measures_every_level_beside_its_reference() {
     // The table, with the ratios, and a drawn plot per metric.
     assert!(o.stdout.contains("ratio vm / qemu-microvm"), "{}", o.stdout);
     assert!(o.stdout.contains("ratio container / runc"), "{}", o.stdout);
-    for metric in ["start_s", "pss_mib", "exit_mmio_us", "vmm_overhead_mib"] {
+    for metric in [
+        "start_s",
+        "pss_mib",
+        "exit_mmio_us",
+        "vmm_overhead_mib",
+        "net_tx_mb_s",
+    ] {
         assert!(
             o.stdout.contains(&format!("plot-ok {metric}.svg")),
+            "{}",
+            o.stdout
+        );
+        // Set-up installs librsvg's rsvg-convert: PNGs beside the SVGs.
+        assert!(
+            o.stdout.contains(&format!("png-ok {metric}.png")),
             "{}",
             o.stdout
         );

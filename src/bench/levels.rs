@@ -650,8 +650,7 @@ pub fn run(args: &LevelsArgs) -> Result<(Samples, String), Error> {
                 continue;
             }
             let path = dir.join(format!("{}.svg", metric.key()));
-            std::fs::write(&path, super::svg_bars(metric.label(), &bars))
-                .map_err(|e| Error::Io(format!("writing {}", path.display()), e))?;
+            super::write_plot(&path, &super::svg_bars(metric.label(), &bars))?;
         }
     }
     if let Some(path) = &args.json {
@@ -773,7 +772,11 @@ pub fn main(args: &LevelsArgs) -> i32 {
         Ok((_, t)) => {
             print!("{t}");
             if let Some(d) = &args.plot_dir {
-                println!("plots: {}/*.svg", d.display());
+                let png = std::fs::read_dir(d).is_ok_and(|mut r| {
+                    r.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "png")))
+                });
+                let also = if png { " (and .png)" } else { "" };
+                println!("plots: {}/*.svg{also}", d.display());
             }
             if let Some(j) = &args.json {
                 println!("samples: {}", j.display());

@@ -205,12 +205,33 @@ fn bar(bx: f64, name: &str, values: &[f64], color: &str, h: f64, y: &dyn Fn(f64)
     s
 }
 
+/// Writes `svg` to `path` (a `.svg`), and beside it a PNG drawn from it by
+/// librsvg's `rsvg-convert` (installed by set-up) where that is there.
+/// Returns whether the PNG was made.
+pub fn write_plot(path: &std::path::Path, svg: &str) -> Result<bool, Error> {
+    std::fs::write(path, svg).map_err(|e| Error::Io(format!("writing {}", path.display()), e))?;
+    let png = path.with_extension("png");
+    let made = Command::new("rsvg-convert")
+        .args(["--format", "png", "--zoom", "2", "-o"])
+        .arg(&png)
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        let _ = std::fs::remove_file(&png);
+    }
+    Ok(made)
+}
+
 /// One bar per target at its median, each sample a dot, uvm's levels in
 /// blue and the references in grey: an SVG any browser shows.
 pub fn svg_bars(title: &str, bars: &[(&str, Vec<f64>)]) -> String {
     const H: f64 = 260.0;
     const BAR: f64 = 110.0;
-    let w = 60.0 + BAR * bars.len() as f64;
+    // Wide enough for the title too (about 8 px a character at 14 px).
+    let w = (60.0 + BAR * bars.len() as f64).max(20.0 + 8.0 * title.chars().count() as f64);
     let max = bars
         .iter()
         .flat_map(|(_, v)| v.iter().copied())
