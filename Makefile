@@ -6,6 +6,8 @@ SHELL := /bin/bash
 CARGO ?= cargo
 UVM := target/release/uvm
 RUNNER := tests/runner/kvm-runner
+# Whole jobs that may start over when L1 wedges (make run, make bench).
+RUNNER_AGAIN := tests/runner/kvm-runner-again
 
 .PHONY: all setup build guest lint test unit-test boot-test run bench clean
 
@@ -43,16 +45,16 @@ test: lint unit-test boot-test
 run: guest
 	$(UVM) check || true
 	@echo
-	$(RUNNER) -- resources/demo.sh /tmp/uvm-demo
+	$(RUNNER_AGAIN) -- resources/demo.sh /tmp/uvm-demo
 
 # Boot time and VMM memory, then virtio disk and network throughput, uvm vs
 # QEMU microvm, same kernel and initramfs (and disk image, and tap).
 bench: guest
-	$(RUNNER) -- env UVM_CACHE_DIR=/dev/shm/uvm-cache $(UVM) bench --json /tmp/uvm-bench/levels.json --plot-dir /tmp/uvm-bench
-	@echo "plots: /tmp/uvm-bench/*.svg, samples: /tmp/uvm-bench/levels.json"
-	$(RUNNER) -- $(UVM) bench boot --runs 5 --json /tmp/uvm-bench-boot.json --plot /tmp/uvm-bench-boot.svg
+	$(RUNNER_AGAIN) -- env UVM_CACHE_DIR=/dev/shm/uvm-cache $(UVM) bench --json /tmp/uvm-bench/levels.json --plot-dir /tmp/uvm-bench
+	@echo "plots: /tmp/uvm-bench/*.svg and *.png, samples: /tmp/uvm-bench/levels.json"
+	$(RUNNER_AGAIN) -- $(UVM) bench boot --runs 5 --json /tmp/uvm-bench-boot.json --plot /tmp/uvm-bench-boot.svg
 	@echo "plot: /tmp/uvm-bench-boot.svg, samples: /tmp/uvm-bench-boot.json"
-	$(RUNNER) -- $(UVM) bench io --runs 1 --json /tmp/uvm-bench-io.json --plot /tmp/uvm-bench-io.svg
+	$(RUNNER_AGAIN) -- $(UVM) bench io --runs 1 --json /tmp/uvm-bench-io.json --plot /tmp/uvm-bench-io.svg
 	@echo "plot: /tmp/uvm-bench-io.svg, samples: /tmp/uvm-bench-io.json"
 	resources/bench-container.sh
 	resources/bench-container-guest.sh

@@ -38,5 +38,5 @@ mkfs.ext4 -q -F -d "$R" "$WORK/root.img" 512M
 
 step "booting it ($RUNS runs per runtime)"
 # The runner runs it directly where /dev/kvm boots Linux, nested otherwise.
-tests/runner/kvm-runner -- target/release/uvm boot --mem 1G --vcpus 2 --root "$WORK/root.img" -- \
+tests/runner/kvm-runner-again -- target/release/uvm boot --mem 1G --vcpus 2 --root "$WORK/root.img" -- \
     env UVM_CONTAINER=/bin/uvm-container RUNS="$RUNS" sh /bench/resources/bench-container.sh
