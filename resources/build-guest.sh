@@ -13,7 +13,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${UVM_CACHE:-/var/cache/uvm}
 OUT=$ROOT/build/guest
 # Modules the guest loads at boot (dependencies are resolved from modules.dep).
-MODULES=(virtio_mmio virtio_blk virtio_net pvpanic_mmio overlay)
+MODULES=(virtio_mmio virtio_blk virtio_net pvpanic_mmio overlay vmw_vsock_virtio_transport)
 # Modules shipped but loaded only when the kernel asks for them (busybox
 # modprobe, through modules.alias): the container runtime's bridge mode,
 # i.e. bridge and veth links and the nftables expressions of its NAT table.
@@ -55,6 +55,8 @@ mkdir -p "$STAGE"/{bin,sbin,usr/bin,usr/sbin,etc/uvm,proc,sys,dev,run,tmp,root,m
 install -m 0755 "$INIT" "$STAGE/init"
 # Stripped: symbols would double the image and the boot's copy of it.
 install -m 0755 --strip "$CONTAINER" "$STAGE/bin/uvm-container"
+# The probe too: the guest end of the vsock tests and benchmarks.
+install -m 0755 --strip "$PROBE" "$STAGE/bin/uvm-probe"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$STAGE/etc/passwd"
 printf 'root:x:0:\ntty:x:5:\n' >"$STAGE/etc/group"
 # busybox with its applets, and the PROGRAMS with the libraries their ELF

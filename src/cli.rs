@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::error::Error;
 use crate::vmm::linux::{LinuxVmConfig, DEFAULT_CMDLINE};
 use crate::vmm::memory::parse_size;
-use crate::vmm::virtio::{DiskSpec, NetSpec};
+use crate::vmm::virtio::{DiskSpec, NetSpec, VsockSpec};
 use crate::{check, guest_image};
 
 pub const EXIT_CODES: &str = "\
@@ -127,6 +127,12 @@ pub struct BootArgs {
     /// egress); repeatable, the n-th is the guest's eth<n>
     #[arg(long = "net", value_name = "tap=NAME|bridge")]
     pub nets: Vec<NetSpec>,
+    /// A virtio-vsock device: the guest's context id (3 or more) and a Unix
+    /// socket for host programs, created by uvm and removed when it ends
+    /// (Firecracker's protocol: send "CONNECT <port>\n" on PATH to reach a
+    /// guest port; the guest's connections to port P reach PATH_P)
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    pub vsock: Option<VsockSpec>,
     /// Publish a port of the guest on the host: HOST:GUEST[/udp]
     /// (repeatable; needs --net bridge; answers on 127.0.0.1 too)
     #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
@@ -183,6 +189,7 @@ impl BootArgs {
             timeout,
             disks,
             nets: self.nets.clone(),
+            vsock: self.vsock.clone(),
             verbose: self.verbose,
             console: crate::vmm::linux::Output::Stdout,
             workload_output: None,

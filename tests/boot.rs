@@ -357,6 +357,68 @@ echo 0 > $B.rc
 "#,
     },
     Scripted {
+        name: "vsock",
+        // virtio-vsock through the Firecracker-style Unix socket: 50 MB
+        // each way with checksums, 64 connections at once, refusals both
+        // ways, a host peer that stops reading stalls only its own
+        // connection, and SIGKILLed host peers leave the VMM running.
+        script: r#"
+# On L1's own tmpfs: a Unix socket cannot be bound on the 9p /tmp.
+S=/dev/shm/uvm-vsock-test.sock
+rm -f $S ${S}_*
+head -c 50000000 /dev/urandom > $B.h2g
+H="python3 $VSOCK_HOST"
+(
+  $H serve $S 6000 $B.g2h.data > $B.g2h.sum &
+  $H hold $S 6002 > $B.hold &
+  hold=$!
+  $H serve $S 6003 $B.after.data > $B.after.sum &
+  after=$!
+  $H send $S 5000 $B.h2g > $B.h2g.sum
+  $H many $S 5001 64 > $B.many
+  $H refused $S 5999 > $B.refused
+  $H stall $S 5002 > $B.stall &
+  stall=$!
+  # SIGKILL once it is connected and has sent.
+  for i in $(seq 600); do grep -q stalling $B.stall 2>/dev/null && break; sleep 0.2; done
+  kill -9 $stall
+  wait $after; kill -9 $hold
+) </dev/null >$B.helper.log 2>&1 &
+helper=$!
+run_uvm --vsock cid=3,uds=$S -- sh -c '
+head -c 50000000 /dev/urandom > /tmp/g2h
+md5sum /tmp/g2h > /tmp/g2h.md5
+uvm-probe vsock-echo 5001 64 > /tmp/echo.out 2>&1 &
+echo_pid=$!
+(uvm-probe vsock-recv 5002 > /dev/null 2>&1; echo "guest killed-client-eof rc=$?" > /tmp/killed.out) &
+killed=$!
+uvm-probe vsock-recv 5000 2>/dev/null | md5sum > /tmp/h2g.md5
+echo "guest h2g $(cut -d" " -f1 /tmp/h2g.md5)"
+uvm-probe vsock-send 2 6000 < /tmp/g2h > /dev/null 2>&1
+echo "guest g2h $(cut -d" " -f1 /tmp/g2h.md5)"
+wait $echo_pid; echo "guest echo $(tail -1 /tmp/echo.out)"
+echo "guest $(uvm-probe vsock-refused 2 6001 2>&1)"
+(head -c 20000000 /dev/zero | uvm-probe vsock-send 2 6002 > /dev/null 2>&1; echo "guest stalled-send-ended rc=$?" > /tmp/stall.out) &
+stalled=$!
+sleep 1
+echo after | uvm-probe vsock-send 2 6003 > /dev/null 2>&1 && echo "guest after-stall-send ok"
+wait $stalled; cat /tmp/stall.out
+wait $killed; cat /tmp/killed.out
+'
+for i in $(seq 100); do kill -0 $helper 2>/dev/null || break; sleep 0.2; done
+kill $helper 2>/dev/null
+{
+  echo "host h2g $(cut -d' ' -f1 $B.h2g.sum 2>/dev/null) $(md5sum < $B.h2g | cut -d' ' -f1)"
+  echo "host g2h $(cat $B.g2h.sum 2>/dev/null)"
+  echo "host $(cat $B.many 2>/dev/null)"
+  echo "host $(cat $B.refused 2>/dev/null)"
+  echo "host after $(cat $B.after.sum 2>/dev/null)"
+  echo "host socket-left $(ls $S 2>/dev/null | wc -l)"
+} > $B.host
+rm -f $B.h2g $B.g2h.data $B.after.data
+"#,
+    },
+    Scripted {
         name: "probe",
         // The isolation matrix at all four levels; the answers as JSON.
         script: r#"
@@ -428,6 +490,7 @@ fn session() -> &'static Session {
              run_uvm() {{ run_case --timeout 180 \"$@\"; }}\n\
              export UVM_CACHE_DIR=/dev/shm/uvm-run-cache\n\
              UVM={uvm}\n\
+             VSOCK_HOST={vsock_host}\n\
              RUN_WORKLOAD='hostname; cat /proc/self/cgroup; echo \"env=$FOO cwd=$(pwd) id=$(id -u):$(id -g)\"; exit 3'\n\
              uvm_run() {{ {uvm} run \"$@\" </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }}\n\
              uvm_probe() {{ {uvm} probe \"$@\" </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }}\n\
@@ -435,6 +498,7 @@ fn session() -> &'static Session {
              # A refused connection (the guest not listening yet) fails at once.\n\
              retry() {{ for i in $(seq 240); do timeout 120 bash -c \"$1\" 2>/dev/null && return 0; sleep 0.5; done; return 1; }}\n",
             uvm = env!("CARGO_BIN_EXE_uvm"),
+            vsock_host = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vsock/host.py"),
             dir = dir.display(),
         );
         // UVM_BOOT_CASES=a,b runs only those cases (for working on a few;
@@ -1113,4 +1177,45 @@ fn bench_quick_measures_every_level_beside_its_reference() {
             o.stdout
         );
     }
+}
+
+#[test]
+fn vsock_carries_data_both_ways_and_survives_bad_peers() {
+    let o = case("vsock");
+    assert_eq!(o.rc, 0, "{}", o.stderr);
+    let (out, h) = (&o.stdout, &o.host);
+    let field = |text: &str, prefix: &str| -> Vec<String> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(|r| r.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    // Host to guest: what the guest received is what the host sent.
+    let sent = field(h, "host h2g ");
+    assert_eq!(sent.len(), 2, "{h}");
+    assert_eq!(sent[0], sent[1], "the host sent its file: {h}");
+    assert_eq!(field(out, "guest h2g "), [sent[0].clone()], "{out}");
+    // Guest to host: 50 MB, checksums equal.
+    let got = field(h, "host g2h ");
+    assert_eq!(got.get(1).map(String::as_str), Some("50000000"), "{h}");
+    assert_eq!(field(out, "guest g2h ").first(), got.first(), "{out} {h}");
+    assert!(h.contains("host many ok=64 of 64"), "{h}");
+    assert!(out.contains("guest echo echoed 64"), "{out}");
+    // Nobody listens: a clean refusal both ways.
+    assert!(out.contains("guest refused"), "{out}");
+    assert!(h.contains("host refused-clean"), "{h}");
+    // A host peer that reads nothing stalls only its own connection; its
+    // SIGKILL ends that connection, as a SIGKILLed client ends the guest's.
+    assert!(out.contains("guest after-stall-send ok"), "{out}");
+    assert_eq!(
+        field(h, "host after ").get(1).map(String::as_str),
+        Some("6"),
+        "the other connection's line arrived: {h}"
+    );
+    assert!(out.contains("guest stalled-send-ended"), "{out}");
+    assert!(out.contains("guest killed-client-eof"), "{out}");
+    assert!(
+        h.contains("host socket-left 0"),
+        "uvm removes its socket: {h}"
+    );
 }

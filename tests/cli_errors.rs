@@ -207,3 +207,25 @@ fn bad_network_devices() {
         "tap t0 is given twice",
     );
 }
+
+#[test]
+fn bad_vsock_flags() {
+    assert_one_line_error(
+        &["boot", "--vsock", "cid=2,uds=/tmp/uvm-v.sock"],
+        2,
+        "the hypervisor's and the host's",
+    );
+    assert_one_line_error(&["boot", "--vsock", "cid=3"], 2, "needs both cid and uds");
+    // An existing path is never replaced, and nothing is made.
+    let taken = std::env::temp_dir().join(format!("uvm-vsock-taken-{}", std::process::id()));
+    std::fs::write(&taken, b"mine").unwrap();
+    let arg = format!("cid=3,uds={}", taken.display());
+    assert_one_line_error(&["boot", "--vsock", &arg], 125, "the path exists");
+    assert_eq!(std::fs::read(&taken).unwrap(), b"mine");
+    std::fs::remove_file(&taken).unwrap();
+    assert_one_line_error(
+        &["boot", "--vsock", "cid=3,uds=/nonexistent-uvm/v.sock"],
+        125,
+        "no folder /nonexistent-uvm",
+    );
+}

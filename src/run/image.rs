@@ -80,8 +80,16 @@ pub struct TreeSummary {
     pub inodes: u64,
 }
 
+/// Changes when the way images are made changes, so cached ones are remade.
+const IMAGE_FORMAT: &[u8] = b"uvm-root-image-2";
+
+/// Room the workload has to write in its root image (the file is sparse:
+/// free space costs no host disk).
+pub const WRITABLE_ROOM: u64 = 256 << 20;
+
 pub fn summarize(root: &Path) -> Result<TreeSummary, Error> {
     let mut h = Fnv::new();
+    h.write(IMAGE_FORMAT);
     let (mut bytes, mut inodes) = (0u64, 0u64);
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -130,10 +138,10 @@ pub fn summarize(root: &Path) -> Result<TreeSummary, Error> {
 }
 
 /// Size of an ext4 image for a tree: its data, an inode each, the
-/// filesystem's own metadata, and room for the workload to write.
+/// filesystem's own metadata, and [`WRITABLE_ROOM`] for the workload.
 pub fn image_size(s: &TreeSummary) -> u64 {
     let need = s.bytes + s.inodes * 512 + (16 << 20);
-    (need + need / 2).div_ceil(1 << 20) << 20
+    (need + need / 2 + WRITABLE_ROOM).div_ceil(1 << 20) << 20
 }
 
 /// The ext4 image of `rootfs`, made if the cache has none for its tree.
@@ -225,7 +233,7 @@ mod tests {
         std::os::unix::fs::symlink("a", d.join("etc/l")).unwrap();
         let c = summarize(&d).unwrap();
         assert_ne!(b.key, c.key, "a new link changes the key");
-        assert!(image_size(&c) >= 16 << 20);
+        assert!(image_size(&c) >= WRITABLE_ROOM + (16 << 20));
         let _ = fs::remove_dir_all(&d);
         assert!(summarize(&d).is_err());
     }

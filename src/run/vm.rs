@@ -265,6 +265,7 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
                 bridge: true,
             })
             .collect(),
+        vsock: None,
         verbose: spec.verbose,
         console: if spec.verbose {
             Output::Stderr

@@ -11,7 +11,7 @@ use uvm_devices::legacy::{
 use super::console::ConsoleInput;
 use super::layout::{ACPI_TABLES, COM1, COM2, PVPANIC_PORT, RSDP, SERIAL2_IRQ, SERIAL_IRQ};
 use super::shutdown::Outcome;
-use super::virtio::{DiskSpec, NetSpec};
+use super::virtio::{DiskSpec, NetSpec, VsockSpec};
 use super::{boot, regs, Vm};
 use crate::acpi::{self, AcpiConfig, AcpiDevice};
 use crate::error::Error;
@@ -34,6 +34,7 @@ pub struct LinuxVmConfig {
     pub timeout: Option<Duration>,
     pub disks: Vec<DiskSpec>,
     pub nets: Vec<NetSpec>,
+    pub vsock: Option<VsockSpec>,
     /// Tell the devices' counters and queue state when the VM ends.
     pub verbose: bool,
     /// Where the guest's console (the first UART) goes; host input reaches
@@ -82,7 +83,7 @@ impl LinuxVmConfig {
         if let Some(initrd) = &self.initrd {
             boot::check_initrd(initrd)?;
         }
-        super::virtio::validate(&self.disks, &self.nets)
+        super::virtio::validate(&self.disks, &self.nets, self.vsock.as_ref())
     }
 }
 
@@ -127,7 +128,7 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
         ))));
     }
 
-    let attached = super::virtio::attach(&mut vm, &cfg.disks, &cfg.nets)?;
+    let attached = super::virtio::attach(&mut vm, &cfg.disks, &cfg.nets, cfg.vsock.as_ref())?;
     vm.set_verbose(cfg.verbose);
 
     let mem = vm.memory();

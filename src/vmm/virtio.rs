@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::IoEventAddress;
 use uvm_devices::virtio::block::{self, Block, BlockConfig};
 use uvm_devices::virtio::net::{format_mac, tap, Net, NetConfig};
+use uvm_devices::virtio::vsock::{Vsock, VsockConfig};
 use uvm_devices::virtio::{self, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 
 use super::layout::{IOAPIC_PINS, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
@@ -64,6 +65,70 @@ impl FromStr for DiskSpec {
             }
         }
         Ok(spec)
+    }
+}
+
+/// `--vsock cid=N,uds=PATH`: the guest's context id and the Unix socket
+/// host programs use (Firecracker's convention: `CONNECT <port>` on PATH
+/// reaches the guest, the guest's connections to port P reach `PATH_P`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockSpec {
+    pub cid: u64,
+    pub uds: PathBuf,
+}
+
+impl FromStr for VsockSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "use --vsock cid=N,uds=PATH (N from 3)";
+        let (mut cid, mut uds) = (None, None);
+        for opt in s.split(',') {
+            match opt.split_once('=') {
+                Some(("cid", n)) => {
+                    let n: u64 = n
+                        .parse()
+                        .map_err(|_| format!("cid={n:?}: not a number; {usage}"))?;
+                    if !(3..=u64::from(u32::MAX - 1)).contains(&n) {
+                        return Err(format!(
+                            "cid={n}: 0, 1 and 2 are the hypervisor's and the host's, and a cid fits in 32 bits; {usage}"
+                        ));
+                    }
+                    cid = Some(n);
+                }
+                Some(("uds", p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
+                _ => return Err(format!("unknown vsock option {opt:?}; {usage}")),
+            }
+        }
+        match (cid, uds) {
+            (Some(cid), Some(uds)) => Ok(VsockSpec { cid, uds }),
+            _ => Err(format!("--vsock needs both cid and uds; {usage}")),
+        }
+    }
+}
+
+impl VsockSpec {
+    /// What can be told before anything is made: the socket must not exist
+    /// (uvm never removes a file it did not create) and its folder must.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.uds.symlink_metadata().is_ok() {
+            return Err(Error::Device(format!(
+                "--vsock uds={}: the path exists; uvm will not remove a file it did not create",
+                self.uds.display()
+            )));
+        }
+        let dir = match self.uds.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            return Err(Error::Device(format!(
+                "--vsock uds={}: no folder {}",
+                self.uds.display(),
+                dir.display()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -148,8 +213,15 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 
 /// Checks that can be made without KVM, so bad input fails the same way on
 /// every host.
-pub fn validate(disks: &[DiskSpec], nets: &[NetSpec]) -> Result<(), Error> {
-    let count = disks.len() + nets.len();
+pub fn validate(
+    disks: &[DiskSpec],
+    nets: &[NetSpec],
+    vsock: Option<&VsockSpec>,
+) -> Result<(), Error> {
+    if let Some(v) = vsock {
+        v.check()?;
+    }
+    let count = disks.len() + nets.len() + usize::from(vsock.is_some());
     if count > MAX_DEVICES as usize {
         return Err(Error::Device(format!(
             "{count} virtio devices: uvm has interrupt lines for at most {MAX_DEVICES}"
@@ -192,7 +264,12 @@ pub struct Attached {
 /// Creates the devices and wires each into `vm`: the next MMIO window and
 /// IOAPIC pin, ioeventfds on QueueNotify, the irqfd, and its worker in the
 /// event loop.
-pub fn attach(vm: &mut Vm, disks: &[DiskSpec], nets: &[NetSpec]) -> Result<Attached, Error> {
+pub fn attach(
+    vm: &mut Vm,
+    disks: &[DiskSpec],
+    nets: &[NetSpec],
+    vsock: Option<&VsockSpec>,
+) -> Result<Attached, Error> {
     let mut out = Attached::default();
     for d in ordered(disks) {
         let dev = Block::new(BlockConfig {
@@ -219,6 +296,14 @@ pub fn attach(vm: &mut Vm, disks: &[DiskSpec], nets: &[NetSpec]) -> Result<Attac
             mac: n.mac,
         })?;
         let what = format!("virtio-net {} {}", n.tap, format_mac(&dev.mac()));
+        add_device(vm, &mut out, dev, what)?;
+    }
+    if let Some(v) = vsock {
+        let dev = Vsock::new(VsockConfig {
+            guest_cid: v.cid,
+            uds_path: v.uds.clone(),
+        })?;
+        let what = format!("virtio-vsock cid {} {}", v.cid, v.uds.display());
         add_device(vm, &mut out, dev, what)?;
     }
     // Debian's kernels find the devices in the DSDT; kernels built with
@@ -383,14 +468,14 @@ mod tests {
             id: None,
             root,
         };
-        assert!(validate(&[spec(&ok, true)], &[]).is_ok());
+        assert!(validate(&[spec(&ok, true)], &[], None).is_ok());
         for bad in [
             vec![spec(&small, false)],
             vec![spec(&dir, false)],
             vec![spec(&dir.join("missing"), false)],
             vec![spec(&ok, true), spec(&ok, true)],
         ] {
-            let e = validate(&bad, &[]).unwrap_err().to_string();
+            let e = validate(&bad, &[], None).unwrap_err().to_string();
             assert!(!e.contains('\n'), "{e}");
         }
         let tap = |t: &str| NetSpec {
@@ -398,11 +483,42 @@ mod tests {
             mac: None,
             bridge: false,
         };
-        assert!(validate(&[], &[tap("a"), tap("a")]).is_err());
+        assert!(validate(&[], &[tap("a"), tap("a")], None).is_err());
         let many: Vec<_> = (0..MAX_DEVICES + 1)
             .map(|i| tap(&format!("t{i}")))
             .collect();
-        assert!(validate(&[], &many).is_err());
+        assert!(validate(&[], &many, None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn vsock_flags() {
+        let v: VsockSpec = "cid=3,uds=/tmp/v.sock".parse().unwrap();
+        assert_eq!(
+            (v.cid, v.uds.as_path()),
+            (3, std::path::Path::new("/tmp/v.sock"))
+        );
+        for (bad, why) in [
+            ("cid=2,uds=/tmp/v", "the host's"),
+            ("cid=0,uds=/tmp/v", "the host's"),
+            ("cid=99999999999,uds=/tmp/v", "32 bits"),
+            ("cid=x,uds=/tmp/v", "not a number"),
+            ("cid=3", "needs both"),
+            ("uds=/tmp/v", "needs both"),
+            ("cid=3,uds=/tmp/v,port=1", "unknown vsock option"),
+        ] {
+            let e = bad.parse::<VsockSpec>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let exists = VsockSpec {
+            cid: 3,
+            uds: std::env::temp_dir(),
+        };
+        assert!(exists.check().unwrap_err().to_string().contains("exists"));
+        let nodir = VsockSpec {
+            cid: 3,
+            uds: "/nonexistent-uvm/v.sock".into(),
+        };
+        assert!(nodir.check().unwrap_err().to_string().contains("no folder"));
     }
 }

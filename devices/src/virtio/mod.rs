@@ -1,9 +1,9 @@
-//! virtio 1.x devices (block, net) behind the virtio-mmio transport.
+//! virtio 1.x devices (block, net, vsock) behind the virtio-mmio transport.
 //!
 //! # Who runs what, and how activation reaches the event loop
 //!
-//! A device ([`block::Block`], [`net::Net`]) is one object behind one
-//! `Arc<Mutex<_>>`, shared by exactly two parties:
+//! A device ([`block::Block`], [`net::Net`], [`vsock::Vsock`]) is one object
+//! behind one `Arc<Mutex<_>>`, shared by exactly two parties:
 //!
 //! - the [`mmio::MmioTransport`] on the MMIO bus, driven by vCPU threads. It
 //!   owns the register file and the queue configuration the driver writes, and
@@ -50,6 +50,7 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod vsock;
 
 use std::io;
 use std::path::PathBuf;
@@ -121,6 +122,18 @@ pub enum Error {
     QueueConfig(usize),
     #[error("the device expects {expected} queues, the transport gave it {got}")]
     QueueCount { expected: usize, got: usize },
+    #[error("vsock guest CID {0} is reserved or too large: use 3 to 4294967295")]
+    VsockCid(u64),
+    #[error("vsock socket {0} already exists; uvm will not remove a file it did not create")]
+    VsockPathExists(PathBuf),
+    #[error("cannot listen on vsock socket {path}: {source}")]
+    VsockBind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create a timerfd: {0}")]
+    Timer(#[source] io::Error),
 }
 
 /// A device model as the transport sees it.
@@ -373,6 +386,7 @@ mod tests {
         shareable::<MmioTransport>();
         shareable::<block::Block>();
         shareable::<net::Net>();
+        shareable::<vsock::Vsock>();
         shareable::<IrqTrigger>();
         let _: Option<Arc<Mutex<dyn crate::BusDevice>>> =
             None::<Arc<Mutex<MmioTransport>>>.map(|t| t as _);

@@ -8,6 +8,8 @@ use std::io::Read;
 use std::time::Instant;
 
 use nix::errno::Errno;
+
+mod vsock;
 use uvm_probe::{Answer, HostFacts};
 
 fn answer(probe: &str, answer: impl Into<String>, evidence: impl Into<String>) -> Answer {
@@ -725,6 +727,20 @@ fn main() {
                     eprintln!("uvm-probe: net: {e}");
                     std::process::exit(1);
                 }
+            }
+        }
+        Some(cmd @ ("vsock-recv" | "vsock-send" | "vsock-echo" | "vsock-refused")) => {
+            let num = |i: usize| args.get(i).and_then(|n| n.parse::<u32>().ok());
+            let r = match (cmd, num(1), num(2)) {
+                ("vsock-recv", Some(port), _) => vsock::recv(port),
+                ("vsock-echo", Some(port), n) => vsock::echo(port, n.unwrap_or(1) as usize),
+                ("vsock-send", Some(cid), Some(port)) => vsock::send(cid, port),
+                ("vsock-refused", Some(cid), Some(port)) => vsock::refused(cid, port),
+                _ => Err("usage: vsock-recv PORT | vsock-echo PORT N | vsock-send CID PORT | vsock-refused CID PORT".into()),
+            };
+            if let Err(e) = r {
+                eprintln!("uvm-probe: {cmd}: {e}");
+                std::process::exit(1);
             }
         }
         Some("exits") => match exits(count(args.get(1))) {
