@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -85,20 +84,7 @@ impl Drop for Sink {
 }
 
 fn ip(args: &[&str]) -> Result<(), Error> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Io("bench: running ip (iproute2)".into(), e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!(
-            "bench: `ip {}`: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    super::io::ip(args).map_err(|e| Error::Usage(format!("bench: {e}")))
 }
 
 /// runc's place on the bridge: a network namespace whose `eth0` is one end

@@ -45,7 +45,7 @@ impl PortProxy {
             }
             if p.host == p.container {
                 // The workload listens on the host port itself.
-                check_free(p.host)?;
+                uvm_runtime::network::check_ports_free(std::slice::from_ref(p))?;
                 continue;
             }
             let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, p.host)).map_err(|e| {
@@ -80,15 +80,6 @@ impl Drop for PortProxy {
         for t in self.acceptors.drain(..) {
             let _ = t.join();
         }
-    }
-}
-
-fn check_free(port: u16) -> Result<(), Error> {
-    match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
-        Err(e) if e.kind() == ErrorKind::AddrInUse => Err(Error::Usage(format!(
-            "-p {port}:{port}: host port {port} is in use by another program on this host"
-        ))),
-        _ => Ok(()),
     }
 }
 
