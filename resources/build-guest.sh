@@ -2,9 +2,11 @@
 # Builds uvm's default guest under build/guest/:
 #   vmlinuz          Debian's cloud kernel (fetched by fetch-kernels.sh)
 #   initramfs.cpio   uvm-init as /init (static Rust), busybox-static, uvm's
-#                    container runtime (/bin/uvm-container, static), nft
+#                    guest agent and container runtime (/bin/uvm-agent, also
+#                    /bin/uvm-container, static), nft
 #                    with its libraries, and the kernel modules the guest
 #                    needs with their modules.dep and modules.alias
+#                    and uvm-probe
 #   uvm-probe        the isolation probe (static), for uvm probe and bench
 # Uncompressed on purpose: the kernel copies it in less time than it would
 # take to decompress it, above all under nested virtualisation.
@@ -28,14 +30,15 @@ step() { echo "build-guest: $*" >&2; }
 KROOT=$(readlink -f "$CACHE/cloud-amd64")
 KVER=$(ls "$KROOT/lib/modules")
 
-step "building uvm-init and uvm-container (static)"
+step "building uvm-init, uvm-container, uvm-agent and uvm-probe (static)"
 (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --quiet --target x86_64-unknown-linux-gnu -p uvm-init --bin uvm-init -p uvm-runtime --bin uvm-container \
-    -p uvm-probe --bin uvm-probe)
+    -p uvm-probe --bin uvm-probe -p uvm-agent --bin uvm-agent)
 INIT=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-init
 CONTAINER=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-container
 PROBE=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-probe
-for bin in "$INIT" "$CONTAINER" "$PROBE"; do
+AGENT=$ROOT/target/x86_64-unknown-linux-gnu/release/uvm-agent
+for bin in "$INIT" "$CONTAINER" "$PROBE" "$AGENT"; do
     if ! file -b "$bin" | grep -q "static"; then
         echo "build-guest: $bin is not static" >&2
         exit 1
@@ -54,7 +57,10 @@ trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE"/{bin,sbin,usr/bin,usr/sbin,etc/uvm,proc,sys,dev,run,tmp,root,mnt,lib/modules/"$KVER"}
 install -m 0755 "$INIT" "$STAGE/init"
 # Stripped: symbols would double the image and the boot's copy of it.
-install -m 0755 --strip "$CONTAINER" "$STAGE/bin/uvm-container"
+# The agent is a multi-call binary: as uvm-container it is the runtime's
+# command line, so the image holds the runtime once.
+install -m 0755 --strip "$AGENT" "$STAGE/bin/uvm-agent"
+ln -s uvm-agent "$STAGE/bin/uvm-container"
 # The probe too: the guest end of the vsock tests and benchmarks.
 install -m 0755 --strip "$PROBE" "$STAGE/bin/uvm-probe"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$STAGE/etc/passwd"

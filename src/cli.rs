@@ -32,6 +32,13 @@ Exit status of `uvm run`:
 At the vm levels only the workload's output reaches stdout; the guest's
 console (kernel and init) goes to a log, shown with --verbose.";
 
+pub const AGENT_EXIT_CODES: &str = "\
+Exit status of `uvm agent`:
+  0-255  for attached run, exec and wait: the process's own exit status
+         (128+N if it died of signal N); otherwise 0 when the agent did it
+  2      invalid command line
+  125    no agent answered, or it refused the request (the reason on stderr)";
+
 #[derive(Debug, Parser)]
 #[command(name = "uvm", version, about = "KVM microVMs and containers, side by side", after_help = EXIT_CODES)]
 pub struct Cli {
@@ -56,6 +63,10 @@ pub enum Command {
     Gc,
     /// The isolation matrix: what a workload can see and do at each level.
     Probe(crate::run::probe::ProbeArgs),
+    /// Drive a running VM's guest agent (uvm boot --agent): containers and
+    /// processes in the guest, their stdio, power-off.
+    #[command(after_help = AGENT_EXIT_CODES)]
+    Agent(crate::agent::ctl::AgentArgs),
     /// Benchmarks, side by side with a reference (run through tests/runner/kvm-runner on a PVM host);
     /// without a subcommand, one workload at each isolation level.
     Bench(BenchArgs),
@@ -133,6 +144,12 @@ pub struct BootArgs {
     /// guest port; the guest's connections to port P reach PATH_P)
     #[arg(long, value_name = "cid=N,uds=PATH")]
     pub vsock: Option<VsockSpec>,
+    /// Run uvm's guest agent instead of a command (needs --vsock): host
+    /// programs then create containers and processes in the guest through
+    /// it (vsock port 1024, ttrpc; their stdio on port 1025), and its
+    /// Shutdown request ends the VM with the status it carries
+    #[arg(long, conflicts_with = "command")]
+    pub agent: bool,
     /// Publish a port of the guest on the host: HOST:GUEST[/udp]
     /// (repeatable; needs --net bridge; answers on 127.0.0.1 too)
     #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
@@ -161,6 +178,18 @@ impl BootArgs {
         let mut cmdline = vec![DEFAULT_CMDLINE.to_string()];
         if !self.command.is_empty() {
             cmdline.push(uvm_protocol::encode_command(&self.command));
+        }
+        if self.agent {
+            if self.vsock.is_none() {
+                return Err(Error::Usage(
+                    "--agent needs --vsock cid=N,uds=PATH: the agent listens on vsock".into(),
+                ));
+            }
+            cmdline.push(format!(
+                "{}={}",
+                uvm_protocol::AGENT_PARAM,
+                uvm_agent_api::AGENT_PORT
+            ));
         }
         cmdline.push(self.cmdline.clone());
         let timeout = match self.timeout {
@@ -299,6 +328,25 @@ mod tests {
         assert_eq!(cfg.nets[0].tap, "t0");
         assert!(parse(&["boot", "--disk", "/a,bogus"]).is_err());
         assert!(parse(&["boot", "--net", "mac=52:54:00:00:00:01"]).is_err());
+    }
+
+    #[test]
+    fn agent_flag() {
+        let boot = |args: &[&str]| {
+            let mut all = vec!["boot", "--kernel", "/k"];
+            all.extend_from_slice(args);
+            match parse(&all).map(|c| c.command) {
+                Ok(Command::Boot(b)) => b.to_config().map_err(|e| e.to_string()),
+                Ok(_) => panic!(),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let cfg = boot(&["--vsock", "cid=3,uds=/tmp/v.sock", "--agent"]).unwrap();
+        assert!(cfg.cmdline.iter().any(|w| w == "uvm.agent=1024"));
+        assert!(boot(&["--agent"])
+            .unwrap_err()
+            .contains("--agent needs --vsock"));
+        assert!(boot(&["--vsock", "cid=3,uds=/tmp/v.sock", "--agent", "--", "true"]).is_err());
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub enum Error {
     RootImage(PathBuf, String),
     #[error("{0}")]
     Container(#[from] uvm_runtime::error::Error),
+    #[error("{0}")]
+    Agent(String),
 }
 
 /// 512M, 3.5G, 1536K: sizes the way the user typed them.

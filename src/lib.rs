@@ -2,6 +2,7 @@
 //! cli -> vmm -> devices -> rust-vmm crates.
 
 pub mod acpi;
+pub mod agent;
 pub mod bench;
 pub mod check;
 pub mod cli;

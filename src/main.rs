@@ -88,6 +88,13 @@ fn main() {
         Command::Run(args) => uvm::run::main(&args),
         Command::Probe(args) => uvm::run::probe::main(&args),
         Command::Gc => uvm::run::gc(),
+        Command::Agent(args) => match uvm::agent::ctl::main(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("uvm agent: {e}");
+                EXIT_UVM_ERROR
+            }
+        },
         Command::Boot(args) => match boot(&args) {
             Ok(outcome) => {
                 let (code, message) = outcome.exit();

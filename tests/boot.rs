@@ -440,6 +440,55 @@ rm -rf $B.plots
 "#,
     },
     Scripted {
+        name: "agent",
+        // The guest agent (uvm boot --agent), driven by `uvm agent` over the
+        // vsock socket: containers from OCI specs on an image the agent
+        // mounts (shared read-only, an overlay each), exec, kill, wait,
+        // forced and refused removal, bad requests, the VM's own processes,
+        // 10 MB through stdin and back, and power-off with a status.
+        script: r#"
+S=/dev/shm/uvm-agent-test.sock
+R=$(mktemp -d /dev/shm/uvm-agent-img.XXXXXX); I=$R.img
+$UVM container mkrootfs $R >/dev/null && mkfs.ext4 -q -F -d $R $I 64M
+run_uvm --disk $I,ro --vsock cid=3,uds=$S --agent &
+vm=$!
+A="$UVM agent --uds $S"
+ST="--rootfs /run/img --overlay --storage /dev/vda:ext4:/run/img:ro"
+{
+echo "check $($A check | cut -d, -f1)"
+$A spec -- sh -c 'echo out-$(hostname) pid=$$; echo err-c1 >&2; echo x > /written; exit 3' > $B.c1.json
+$A run c1 --spec $B.c1.json $ST > $B.c1.out 2> $B.c1.err; echo "c1 rc=$?"
+echo "c1 out=$(cat $B.c1.out) err=$(cat $B.c1.err)"
+$A spec -- sleep 1000 > $B.long.json
+$A run -d c2 --spec $B.long.json $ST; echo "c2 rc=$?"
+$A run -d c3 --spec $B.long.json $ST; echo "c3 rc=$?"
+$A exec c2 --exec-id e1 -- sh -c 'echo in-$(hostname) written=$(cat /written 2>/dev/null || echo none); echo e1-err >&2; exit 5' > $B.e1.out 2> $B.e1.err; echo "e1 rc=$?"
+echo "e1 out=$(cat $B.e1.out) err=$(cat $B.e1.err)"
+$A ps | awk 'NR > 1 { print "ps", $1, $2, $4 }'
+$A kill c3; echo "kill rc=$?"
+$A wait c3; echo "c3 wait rc=$?"
+$A rm c2 2> $B.rm.err; echo "rm-running rc=$? $(cat $B.rm.err)"
+$A rm --force c2; echo "rm-force rc=$?"
+$A rm c1 && $A rm c3; echo "rm rc=$?"
+echo "{bad" > $B.bad.json
+$A create bad --spec $B.bad.json $ST 2> $B.bad.err; echo "bad-spec rc=$? lines=$(wc -l < $B.bad.err) $(cat $B.bad.err)"
+$A run c5 --spec $B.c1.json --rootfs /nonexistent 2> $B.nr.err; echo "no-rootfs rc=$? $(cat $B.nr.err)"
+$A run -d c6 --spec $B.long.json $ST && $A run -d c6 --spec $B.long.json $ST 2> $B.dup.err; echo "dup rc=$? $(cat $B.dup.err)"
+$A rm -f c6
+$A exec -- sh -c 'echo "left containers=$(ls /run/uvm/containers 2>/dev/null | wc -l) cgroups=$(find /sys/fs/cgroup/uvm-agent -mindepth 1 -type d 2>/dev/null | wc -l) overlays=$(grep -c overlay /proc/mounts) storages=$(grep -c /run/img /proc/mounts) procs=$(ps -o comm | grep -c sleep)"'
+head -c 10000000 /dev/urandom > $B.rand
+echo "stdin $($A exec -- cat < $B.rand | md5sum | cut -d' ' -f1) $(md5sum < $B.rand | cut -d' ' -f1)"
+$A exec -- sh -c 'exit 9'; echo "vm-exec rc=$?"
+$A exec -- /no/such/program 2> $B.nf.err; echo "not-found rc=$? $(cat $B.nf.err)"
+$A shutdown 7; echo "shutdown rc=$?"
+wait $vm
+echo "after socket=$(test -e $S && echo left || echo gone)"
+$UVM agent --uds $S --wait 1 check 2> $B.gone.err; echo "gone rc=$? $(cat $B.gone.err)"
+} > $B.host 2>&1
+rm -rf $R $I $B.rand
+"#,
+    },
+    Scripted {
         name: "run_timeout",
         script: r#"
 uvm_run -i vm --name lvl-tmo --timeout 3 -- sleep 100
@@ -1178,6 +1227,70 @@ fn bench_quick_measures_every_level_beside_its_reference() {
             o.stdout
         );
     }
+}
+
+#[test]
+fn the_agent_runs_containers_and_processes_with_their_streams_and_statuses() {
+    let o = case("agent");
+    let h = &o.host;
+    assert_eq!(o.rc, 7, "the status Shutdown carried: {h}");
+    assert_eq!(field(h, "check"), "agent 0.1.0", "{h}");
+    // A container from a spec: its own stdout and stderr apart, its status,
+    // its hostname (its id), and a write to its overlay.
+    assert_eq!(field(h, "c1"), "rc=3", "{h}");
+    assert!(h.contains("c1 out=out-c1 pid=1 err=err-c1\n"), "{h}");
+    assert_eq!(field(h, "c2"), "rc=0", "{h}");
+    assert_eq!(field(h, "c3"), "rc=0", "{h}");
+    // An exec into c2: its namespaces (hostname), its own overlay (c1's
+    // write is not there), its streams and status.
+    assert_eq!(field(h, "e1"), "rc=5", "{h}");
+    assert!(h.contains("e1 out=in-c2 written=none err=e1-err\n"), "{h}");
+    assert!(
+        h.contains("ps c1 stopped \n") || h.contains("ps c1 stopped\n"),
+        "{h}"
+    );
+    assert!(h.contains("ps c2 running e1\n"), "{h}");
+    assert!(h.contains("ps c3 running"), "{h}");
+    assert_eq!(field(h, "kill"), "rc=0", "{h}");
+    assert_eq!(field(h, "c3 wait"), "rc=137", "killed by SIGKILL: {h}");
+    assert!(
+        h.contains("rm-running rc=125 uvm agent: removing container c2: container c2 is running"),
+        "{h}"
+    );
+    assert_eq!(field(h, "rm-force"), "rc=0", "{h}");
+    assert_eq!(field(h, "rm"), "rc=0", "{h}");
+    // Bad requests: one line each, status 125, the agent still serving.
+    assert!(
+        h.contains("bad-spec rc=125 lines=1 uvm agent: creating container bad: container bad: the OCI spec"),
+        "{h}"
+    );
+    assert!(
+        h.contains("no-rootfs rc=125 uvm agent: creating container c5:"),
+        "{h}"
+    );
+    assert!(h.contains("/nonexistent"), "{h}");
+    assert!(
+        h.contains("dup rc=125 uvm agent: creating container c6: container c6 exists"),
+        "{h}"
+    );
+    // Nothing left in the guest: state, cgroups, overlays, the image's
+    // mount, processes.
+    assert_eq!(
+        field(h, "left"),
+        "containers=0 cgroups=0 overlays=0 storages=0 procs=0",
+        "{h}"
+    );
+    let stdin: Vec<&str> = field(h, "stdin").split(' ').collect();
+    assert_eq!(stdin.len(), 2, "{h}");
+    assert_eq!(stdin[0], stdin[1], "10 MB through stdin and back: {h}");
+    assert_eq!(field(h, "vm-exec"), "rc=9", "{h}");
+    assert!(h.contains("not-found rc=125 uvm agent: exec "), "{h}");
+    assert_eq!(field(h, "shutdown"), "rc=0", "{h}");
+    assert_eq!(field(h, "after"), "socket=gone", "{h}");
+    assert!(
+        h.contains("gone rc=125 uvm agent: no agent answered on /dev/shm/uvm-agent-test.sock"),
+        "{h}"
+    );
 }
 
 #[test]

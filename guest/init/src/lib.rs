@@ -146,8 +146,28 @@ impl Workload {
         if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
             return Err(format!("{}: {bad:?} is not KEY=VALUE", protocol::ENV_PARAM));
         }
+        let argv = protocol::decode_command(cmdline)?.unwrap_or_default();
+        let argv = match protocol::param(cmdline, protocol::AGENT_PARAM) {
+            None => argv,
+            Some(_) if !argv.is_empty() => {
+                return Err(format!(
+                    "{} and {} both given: the agent receives the command",
+                    protocol::AGENT_PARAM,
+                    protocol::CMD_PARAM
+                ))
+            }
+            Some(port) if port.parse::<u32>().is_ok() => {
+                vec![protocol::AGENT_BIN.into(), "--port".into(), port.into()]
+            }
+            Some(port) => {
+                return Err(format!(
+                    "{}={port}: expected a vsock port",
+                    protocol::AGENT_PARAM
+                ))
+            }
+        };
         Ok(Workload {
-            argv: protocol::decode_command(cmdline)?.unwrap_or_default(),
+            argv,
             env,
             cwd: protocol::decode_list(cmdline, protocol::CWD_PARAM)?.map(|v| v.join("")),
             user: protocol::param(cmdline, protocol::USER_PARAM)
@@ -367,6 +387,16 @@ mod tests {
             Workload::from_cmdline("quiet").unwrap(),
             Workload::default()
         );
+        assert_eq!(
+            Workload::from_cmdline("uvm.agent=1024").unwrap().argv,
+            ["/bin/uvm-agent", "--port", "1024"]
+        );
+        assert!(Workload::from_cmdline("uvm.agent=x").is_err());
+        let both = format!(
+            "uvm.agent=1024 {}",
+            protocol::encode_command(&["true".into()])
+        );
+        assert!(Workload::from_cmdline(&both).is_err());
         assert!(Workload::from_cmdline("uvm.stdio=../sda").is_err());
         assert!(Workload::from_cmdline("uvm.user=root").is_err());
         let bad_env = protocol::encode_list(protocol::ENV_PARAM, &["NOEQUALS".into()]);

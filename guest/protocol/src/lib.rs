@@ -31,6 +31,11 @@ pub const USER_PARAM: &str = "uvm.user";
 /// from the console's messages.
 pub const STDIO_PARAM: &str = "uvm.stdio";
 
+/// Makes uvm-init run the guest agent ([`AGENT_BIN`]) as the workload
+/// instead of a command; the value is the agent's vsock control port.
+pub const AGENT_PARAM: &str = "uvm.agent";
+pub const AGENT_BIN: &str = "/bin/uvm-agent";
+
 /// `uvm.cmd=...` for `argv`.
 pub fn encode_command(argv: &[String]) -> String {
     encode_list(CMD_PARAM, argv)

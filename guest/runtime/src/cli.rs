@@ -314,7 +314,7 @@ fn forwarded_signals() -> SigSet {
     s
 }
 
-fn parse_signal(s: &str) -> Result<Signal> {
+pub fn parse_signal(s: &str) -> Result<Signal> {
     if let Ok(n) = s.parse::<i32>() {
         return Signal::try_from(n)
             .map_err(|_| Error::invalid("--signal", s, "unknown signal number"));
@@ -480,6 +480,7 @@ fn dispatch(args: ContainerArgs) -> Result<i32> {
                 env: a.env,
                 cwd: a.workdir,
                 forward_signals: Some(sigs),
+                ..ExecOptions::default()
             };
             let r = rt.exec(&a.name, &opts).map(|k| k.code());
             let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&sigs), None);

@@ -272,6 +272,34 @@ impl Namespaces {
     }
 }
 
+/// Descriptors a container's process gets as its 0, 1 and 2 instead of the
+/// runtime's own (a library user such as the guest agent gives each
+/// process pipes of its own).
+#[derive(Debug, Clone)]
+pub struct Stdio(pub std::sync::Arc<[OwnedFd; 3]>);
+
+impl Stdio {
+    pub fn new(stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) -> Stdio {
+        Stdio(std::sync::Arc::new([stdin, stdout, stderr]))
+    }
+
+    /// Makes them this process's 0, 1 and 2 (in a fork child).
+    fn install(&self) -> Result<()> {
+        for (target, fd) in self.0.iter().enumerate() {
+            let target = i32::try_from(target).unwrap_or(0);
+            // SAFETY: dup2 on a descriptor this process owns; the target
+            // is one of the standard three, replaced on purpose.
+            if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+                return Err(Error::io(
+                    format!("setting up descriptor {target}"),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything the container's processes need, prepared by the runtime
 /// before forking (so failures surface early and the children only act).
 pub struct ChildPlan<'a> {
@@ -284,9 +312,11 @@ pub struct ChildPlan<'a> {
     pub seccomp: &'a [BpfProgram],
     /// Run a tiny init as PID 1 (signal forwarding, zombie reaping).
     pub init: bool,
+    pub stdio: Option<&'a Stdio>,
 }
 
 /// A started (not yet released) container PID 1.
+#[derive(Debug)]
 pub struct Started {
     pub pid: Pid,
     sock: OwnedFd,
@@ -396,6 +426,9 @@ fn setns(fd: &OwnedFd, flag: CloneFlags) -> Result<()> {
 }
 
 fn first_child(plan: &ChildPlan, sock: BorrowedFd, in_cgroup: bool) -> Result<()> {
+    if let Some(stdio) = plan.stdio {
+        stdio.install()?;
+    }
     if let Some(cg) = plan.cgroup.filter(|_| !in_cgroup) {
         cg.add_pid(0)?;
     }
@@ -829,6 +862,7 @@ pub fn spawn_joined(
     process: &Process,
     seccomp: &[BpfProgram],
     cwd: Option<&str>,
+    stdio: Option<&Stdio>,
 ) -> Result<Pid> {
     let (psock, csock) = socket::socketpair(
         AddressFamily::Unix,
@@ -843,6 +877,9 @@ pub fn spawn_joined(
             drop(psock);
             let sock = csock.as_fd();
             let r = (|| -> Result<()> {
+                if let Some(stdio) = stdio {
+                    stdio.install()?;
+                }
                 if let Some(cg) = cgroup {
                     cg.add_pid(0)?;
                 }

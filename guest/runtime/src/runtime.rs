@@ -58,6 +58,8 @@ pub struct Container {
     state: State,
     paths: Paths,
     done: bool,
+    /// PID 1 waiting to exec the workload (created, not started).
+    pending: Option<process::Started>,
 }
 
 fn is_root() -> bool {
@@ -127,6 +129,15 @@ impl Runtime {
     /// Creates and starts a container; returns once the workload runs (its
     /// exec succeeded). On error nothing is left behind.
     pub fn create(&self, opts: &RunOptions) -> Result<Container> {
+        let mut c = self.create_stopped(opts)?;
+        c.start()?;
+        Ok(c)
+    }
+
+    /// Creates a container whose PID 1 exists, in its namespaces and
+    /// cgroup, with its rootfs and network, and waits before exec'ing the
+    /// workload until [`Container::start`] (OCI's create/start split).
+    pub fn create_stopped(&self, opts: &RunOptions) -> Result<Container> {
         let rootless = !is_root();
         let id = state::new_id();
         let name = match &opts.name {
@@ -217,10 +228,11 @@ impl Runtime {
             cgroup.map(|h| (h, &resources)),
             opts,
         ) {
-            Ok(()) => Ok(Container {
+            Ok(started) => Ok(Container {
                 state: st,
                 paths: self.paths.clone(),
                 done: false,
+                pending: Some(started),
             }),
             Err(e) => {
                 cleanup(&self.paths, &st);
@@ -239,7 +251,7 @@ impl Runtime {
         seccomp: &[BpfProgram],
         cgroup: Option<(&Hierarchy, &super::cgroups::Resources)>,
         opts: &RunOptions,
-    ) -> Result<()> {
+    ) -> Result<process::Started> {
         if let Some((hierarchy, resources)) = cgroup {
             let cg = Cgroup::create(
                 hierarchy,
@@ -306,6 +318,7 @@ impl Runtime {
             net: st.net.as_ref(),
             seccomp,
             init: opts.init,
+            stdio: opts.stdio.as_ref(),
         };
         let started = process::spawn(&plan)?;
         let pid = started.pid.as_raw();
@@ -321,7 +334,7 @@ impl Runtime {
             started.abort();
             return Err(e);
         }
-        started.release().map(drop)
+        Ok(started)
     }
 
     /// Rootless limits need a cgroup v2 directory delegated to the caller
@@ -626,6 +639,18 @@ impl Runtime {
     /// Runs a command in a running container (joins its namespaces and
     /// cgroup); returns its exit.
     pub fn exec(&self, name: &str, opts: &ExecOptions) -> Result<ExitKind> {
+        process::become_subreaper()?;
+        let pid = self.exec_start(name, opts)?;
+        match &opts.forward_signals {
+            Some(sigs) => process::wait_forwarding(pid, sigs),
+            None => process::wait_exit(pid),
+        }
+    }
+
+    /// Starts a command in a running container and returns its pid once it
+    /// has exec'd. The caller must be a subreaper (the process is an
+    /// orphan's child) and reaps it.
+    pub fn exec_start(&self, name: &str, opts: &ExecOptions) -> Result<Pid> {
         let st = self.running_state(name)?;
         let pid = st.pid.ok_or_else(|| Error::NotRunning(name.to_string()))?;
         let config = st.dir(&self.paths).join("config.json");
@@ -649,6 +674,12 @@ impl Runtime {
                 env.push(e.clone());
             }
             process.set_env(Some(env));
+        }
+        if let Some((uid, gid)) = opts.user {
+            let mut user = process.user().clone();
+            user.set_uid(uid);
+            user.set_gid(gid);
+            process.set_user(user);
         }
         let seccomp: Vec<BpfProgram> =
             match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
@@ -681,18 +712,14 @@ impl Runtime {
         if !st.running() {
             return Err(Error::NotRunning(name.to_string()));
         }
-        process::become_subreaper()?;
-        let pid = process::spawn_joined(
+        process::spawn_joined(
             st.cgroup.as_ref(),
             &nsfds,
             &process,
             &seccomp,
             opts.cwd.as_deref(),
-        )?;
-        match &opts.forward_signals {
-            Some(sigs) => process::wait_forwarding(pid, sigs),
-            None => process::wait_exit(pid),
-        }
+            opts.stdio.as_ref(),
+        )
     }
 }
 
@@ -705,6 +732,10 @@ pub struct ExecOptions {
     /// Forward these signals to the process while waiting (CLI); `None`
     /// waits plainly (library use).
     pub forward_signals: Option<nix::sys::signal::SigSet>,
+    /// Its user instead of the container's.
+    pub user: Option<(u32, u32)>,
+    /// Its stdin, stdout and stderr; `None`: the runtime's own.
+    pub stdio: Option<process::Stdio>,
 }
 
 impl Container {
@@ -720,6 +751,27 @@ impl Container {
     }
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// Whether [`Container::start`] is still to come.
+    pub fn created(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Lets PID 1 exec the workload; returns once it has (or failed to:
+    /// then the container is cleaned up when dropped). Starting twice is
+    /// an error.
+    pub fn start(&mut self) -> Result<()> {
+        let started = self.pending.take().ok_or_else(|| {
+            Error::Setup(format!("container {} already started", self.state.name))
+        })?;
+        started.release().map(drop)
+    }
+
+    /// Removes everything the container had, once its PID 1 was reaped by
+    /// the caller (a process reaping all its children, such as an agent).
+    pub fn reaped(mut self, kind: ExitKind) -> Exit {
+        self.finish(kind)
     }
 
     /// Sends a signal to the container's PID 1.

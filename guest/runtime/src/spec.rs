@@ -185,6 +185,8 @@ pub struct RunOptions {
     /// `--uidmap`/`--gidmap` ranges (imply `--userns`).
     pub uid_map: Vec<IdMap>,
     pub gid_map: Vec<IdMap>,
+    /// The container's stdin, stdout and stderr; `None`: the runtime's own.
+    pub stdio: Option<crate::process::Stdio>,
 }
 
 impl RunOptions {
@@ -215,6 +217,7 @@ impl RunOptions {
             userns: false,
             uid_map: Vec::new(),
             gid_map: Vec::new(),
+            stdio: None,
         }
     }
 }
@@ -397,7 +400,9 @@ pub struct Prepared {
     pub net: NetMode,
 }
 
-fn default_spec() -> Spec {
+/// The default profile (`uvm container run --rootfs` and `uvm agent spec`):
+/// oci-spec's runc-like defaults with uvm's device rules and capabilities.
+pub fn default_spec() -> Spec {
     let mut spec = Spec::default();
     if let Some(linux) = spec.linux_mut() {
         let mut res = LinuxResources::default();

@@ -1,0 +1,83 @@
+//! A process's streams joined to this process's own: what an attached
+//! `uvm agent run|exec` (and `uvm boot -- CMD` later) does with them.
+
+use std::io::Write;
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
+
+use super::{AgentClient, Stream, Streams};
+use crate::error::Error;
+
+/// The attached streams of one process.
+pub struct Attached {
+    stdin: Option<UnixStream>,
+    stdout: Option<UnixStream>,
+    stderr: Option<UnixStream>,
+}
+
+/// The copies running; [`Pumps::finish`] waits for the output ones.
+pub struct Pumps {
+    outputs: Vec<JoinHandle<std::io::Result<u64>>>,
+}
+
+impl Attached {
+    /// Connects the streams `want` names (before the process can write
+    /// much: a pipe holds what it writes until then).
+    pub fn connect(
+        a: &AgentClient,
+        container: &str,
+        exec_id: &str,
+        want: Streams,
+    ) -> Result<Attached, Error> {
+        let get = |on: bool, s: Stream| on.then(|| a.attach(container, exec_id, s)).transpose();
+        Ok(Attached {
+            stdin: get(want.stdin, Stream::Stdin)?,
+            stdout: get(want.stdout, Stream::Stdout)?,
+            stderr: get(want.stderr, Stream::Stderr)?,
+        })
+    }
+
+    /// Copies our stdin to the process (its EOF is the process's) and its
+    /// stdout and stderr to ours, each in a thread of its own.
+    pub fn pump(self) -> Pumps {
+        if let Some(mut s) = self.stdin {
+            // Not joined: a terminal's stdin may never end.
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut s);
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+        let mut outputs = Vec::new();
+        if let Some(mut s) = self.stdout {
+            outputs.push(std::thread::spawn(move || {
+                let mut out = std::io::stdout().lock();
+                let n = std::io::copy(&mut s, &mut out)?;
+                out.flush().map(|()| n)
+            }));
+        }
+        if let Some(mut s) = self.stderr {
+            outputs.push(std::thread::spawn(move || {
+                let n = std::io::copy(&mut s, &mut std::io::stderr().lock())?;
+                Ok(n)
+            }));
+        }
+        Pumps { outputs }
+    }
+}
+
+impl Pumps {
+    /// Waits until the process's stdout and stderr have ended (all their
+    /// writers closed them) and everything reached ours.
+    pub fn finish(self) -> Result<(), Error> {
+        for h in self.outputs {
+            match h.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                Ok(Err(e)) => return Err(Error::Io("copying the workload's output".into(), e)),
+                Err(_) => return Err(Error::Agent("an output copy panicked".into())),
+            }
+        }
+        Ok(())
+    }
+}
