@@ -154,6 +154,11 @@ pub struct BootArgs {
     /// (repeatable; needs --net bridge; answers on 127.0.0.1 too)
     #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
     pub publish: Vec<String>,
+    /// With a command: show the guest's console (kernel and init) on
+    /// stderr; without, it goes to a log, whose last lines uvm shows if the
+    /// guest crashes (stdout carries only the command's output)
+    #[arg(long)]
+    pub console: bool,
     /// When the VM ends, tell each virtio device's counters and queue state
     /// and the accesses no device claimed (on stderr)
     #[arg(long, short)]
@@ -175,10 +180,9 @@ impl BootArgs {
                 },
             ),
         };
+        // A command travels to the guest's agent over vsock (see main's
+        // boot), not on the command line.
         let mut cmdline = vec![DEFAULT_CMDLINE.to_string()];
-        if !self.command.is_empty() {
-            cmdline.push(uvm_protocol::encode_command(&self.command));
-        }
         if self.agent {
             if self.vsock.is_none() {
                 return Err(Error::Usage(
@@ -221,7 +225,6 @@ impl BootArgs {
             vsock: self.vsock.clone(),
             verbose: self.verbose,
             console: crate::vmm::linux::Output::Stdout,
-            workload_output: None,
         })
     }
 }
@@ -270,9 +273,13 @@ mod tests {
         assert_eq!(cfg.kernel, PathBuf::from("/k"));
         assert_eq!(cfg.initrd, None);
         assert_eq!(cfg.cmdline[0], DEFAULT_CMDLINE);
-        assert!(cfg.cmdline[1].starts_with("uvm.cmd="));
+        assert!(
+            !cfg.cmdline.iter().any(|w| w.contains("uvm.cmd=")),
+            "the command goes over vsock"
+        );
         assert_eq!(
-            cfg.cmdline[2], "foo=1",
+            cfg.cmdline.last().map(String::as_str),
+            Some("foo=1"),
             "user's command line goes last, verbatim"
         );
     }

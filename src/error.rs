@@ -57,6 +57,10 @@ pub enum Error {
     Container(#[from] uvm_runtime::error::Error),
     #[error("{0}")]
     Agent(String),
+    /// The workload's command could not run; `status` is what a shell
+    /// gives for that (127: not found, 126: not executable).
+    #[error("{msg}")]
+    NoCommand { status: i32, msg: String },
 }
 
 /// 512M, 3.5G, 1536K: sizes the way the user typed them.

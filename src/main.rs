@@ -2,6 +2,7 @@ use clap::Parser;
 
 use uvm::cli::{run_check, BenchArgs, BenchCommand, BootArgs, Cli, Command};
 use uvm::error::Error;
+use uvm::vmm::linux::Output;
 use uvm::vmm::shutdown::{Outcome, EXIT_UVM_ERROR};
 use uvm::{check, vmm};
 
@@ -10,6 +11,20 @@ fn boot(args: &BootArgs) -> Result<Outcome, Error> {
     // Checked before the lease, so bad input changes nothing on the host.
     cfg.validate()?;
     check::ensure_can_boot_linux()?;
+    // With a command, the guest's agent runs it: its stdio are uvm's, the
+    // console goes to a log in the VM's folder (or stderr).
+    let workload = match args.command.is_empty() {
+        true => None,
+        false => {
+            let dir = uvm::run::vm::RunDir::create(&format!("boot-{}", std::process::id()))?;
+            cfg.console = match args.console || args.verbose {
+                true => Output::Stderr,
+                false => Output::File(dir.path("console.log")),
+            };
+            let uds = uvm::agent::workload::prepare(&mut cfg, &dir.path("vsock.sock"));
+            Some((dir, uds))
+        }
+    };
     let lease = uvm::run::net::lease_for_boot(&mut cfg, &args.publish)?;
     let vm = vmm::linux::build(&cfg)?;
     // The VMM has made the tap: onto the bridge before the guest runs.
@@ -17,8 +32,24 @@ fn boot(args: &BootArgs) -> Result<Outcome, Error> {
         l.attach()?;
     }
     vmm::shutdown::stop_on_signals(vm.shutdown())?;
-    let _raw = RawStdin::enter();
-    vm.run(cfg.timeout)
+    let _raw = match &workload {
+        Some((_, uds)) => {
+            let p = uvm::agent::ProcessSpec::new(args.command.clone());
+            uvm::agent::workload::drive(uds.clone(), p, vm.shutdown())?;
+            None
+        }
+        None => Some(RawStdin::enter()),
+    };
+    let shutdown = vm.shutdown();
+    let outcome = vm.run(cfg.timeout)?;
+    // The console's last lines say why a guest crashed, or why its init
+    // gave up before the workload could start (a bad root disk, say).
+    if let (Some(_), Output::File(log)) = (&workload, &cfg.console) {
+        if let Some(t) = uvm::agent::workload::failure_tail(&outcome, &shutdown, log) {
+            eprintln!("uvm: the guest's console ended with:\n{t}");
+        }
+    }
+    Ok(outcome)
 }
 
 /// With a terminal on stdin, keys go to the guest as typed (the guest

@@ -440,6 +440,25 @@ rm -rf $B.plots
 "#,
     },
     Scripted {
+        name: "stdio",
+        // uvm boot -- CMD: the command's stdin, stdout and stderr are three
+        // vsock streams, the console a log (or stderr with --console), and
+        // the command travels over vsock, so its size is not bounded by
+        // the kernel command line.
+        script: r#"
+run_uvm -- sh -c 'echo out; echo err >&2; exit 4'
+head -c 10000000 /dev/urandom > $B.rand
+big=$(for i in $(seq 150); do echo "echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxx"; done)
+{
+echo "stdin $($UVM boot --timeout 180 -- cat < $B.rand | md5sum | cut -d' ' -f1) $(md5sum < $B.rand | cut -d' ' -f1)"
+echo "big $($UVM boot --timeout 180 -- sh -c "$big" | tail -1) bytes=${#big}"
+$UVM boot --timeout 180 --console -- true > $B.c.out 2> $B.c.err
+echo "console rc=$? out=$(wc -c < $B.c.out) ready=$(grep -c 'uvm-init: ready' $B.c.err)"
+} > $B.host 2>&1
+rm -f $B.rand
+"#,
+    },
+    Scripted {
         name: "agent",
         // The guest agent (uvm boot --agent), driven by `uvm agent` over the
         // vsock socket: containers from OCI specs on an image the agent
@@ -579,8 +598,8 @@ fn session() -> &'static Session {
         let base = dir.join("sigterm");
         if wanted("sigterm") {
         script.push_str(&format!(
-            "echo \"boot-tests: sigterm (session at ${{SECONDS}}s)\" >&2\n{uvm} boot -- sleep 1000 </dev/null >{b}.out 2>{b}.err & pid=$!\n\
-             for i in $(seq 120); do grep -q 'uvm-init: ready' {b}.out 2>/dev/null && break; sleep 0.5; done\n\
+            "echo \"boot-tests: sigterm (session at ${{SECONDS}}s)\" >&2\n{uvm} boot -- sh -c 'echo started; exec sleep 1000' </dev/null >{b}.out 2>{b}.err & pid=$!\n\
+             for i in $(seq 120); do grep -q started {b}.out 2>/dev/null && break; sleep 0.5; done\n\
              kill -TERM $pid; wait $pid; echo $? >{b}.rc\n",
             b = base.display()
         ));
@@ -647,14 +666,15 @@ fn case(name: &str) -> &'static Outcome {
     o
 }
 
-/// Lines the guest command printed, after the init's readiness line.
+/// Lines the guest command printed: all of uvm's stdout (the console is
+/// in a log, the command's stdio comes over vsock).
 fn command_lines(o: &Outcome) -> Vec<&str> {
-    let mut lines = o
-        .stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("uvm-init: ready"));
-    assert!(lines.next().is_some(), "no readiness line from the init");
-    lines.collect()
+    assert!(
+        !o.stdout.contains("uvm-init:"),
+        "the console reached stdout: {}",
+        o.stdout
+    );
+    o.stdout.lines().collect()
 }
 
 fn mem_total_kib(o: &Outcome) -> u64 {
@@ -741,7 +761,13 @@ fn exit_statuses_of_signals_and_missing_commands() {
     assert_eq!(case("signal").rc, 128 + 9);
     let o = case("notfound");
     assert_eq!(o.rc, 127);
-    assert!(o.stdout.contains("/nonexistent-command"), "{}", o.stdout);
+    assert_eq!(
+        o.stderr.trim(),
+        "uvm: /nonexistent-command: command not found",
+        "{}",
+        o.stderr
+    );
+    assert_eq!(o.stdout, "");
 }
 
 #[test]
@@ -756,7 +782,13 @@ fn poweroff_and_reboot_end_the_vm_cleanly() {
 fn guest_kernel_panic_is_a_distinct_failure() {
     let o = case("panic");
     assert_eq!(o.rc, 124);
-    assert_eq!(o.stderr.trim(), "uvm: the guest kernel panicked");
+    assert_eq!(
+        o.stderr.trim().lines().last(),
+        Some("uvm: the guest kernel panicked")
+    );
+    // The console's last lines come with it, the panic among them.
+    assert!(o.stderr.contains("Kernel panic"), "{}", o.stderr);
+    assert_eq!(o.stdout, "", "the console is not the command's output");
     let o = case("bootpanic");
     assert_eq!(o.rc, 124);
     assert!(o.stderr.contains("before its init started"), "{}", o.stderr);
@@ -773,10 +805,7 @@ fn timeout_stops_a_guest_that_does_not_finish() {
 fn sigterm_stops_the_vm_cleanly() {
     let o = case("sigterm");
     assert_eq!(o.rc, 128 + 15);
-    assert!(
-        o.stdout.contains("uvm-init: ready"),
-        "the guest was running"
-    );
+    assert_eq!(o.stdout, "started\n", "the guest's command was running");
     assert_eq!(o.stderr.trim(), "uvm: stopped by signal 15");
 }
 
@@ -902,14 +931,15 @@ fn an_ext4_image_boots_as_the_root_filesystem() {
 fn a_root_disk_without_a_filesystem_is_a_clear_error() {
     let o = case("badroot");
     assert_ne!(o.rc, 0);
+    // The init's reason, from the console's tail (the command never ran).
     assert!(
-        o.stdout
+        o.stderr
             .lines()
             .any(|l| l.starts_with("uvm-init: root /dev/vda:")),
         "{}",
-        o.stdout
+        o.stderr
     );
-    assert!(!o.stdout.contains("Kernel panic"), "{}", o.stdout);
+    assert!(!o.stderr.contains("Kernel panic"), "{}", o.stderr);
 }
 
 #[test]
@@ -1230,6 +1260,29 @@ fn bench_quick_measures_every_level_beside_its_reference() {
 }
 
 #[test]
+fn the_commands_stdio_are_three_streams_apart_from_the_console() {
+    let o = case("stdio");
+    assert_eq!(o.rc, 4);
+    assert_eq!(o.stdout, "out\n");
+    assert_eq!(o.stderr, "err\n");
+    let h = &o.host;
+    let sums: Vec<&str> = field(h, "stdin").split(' ').collect();
+    assert_eq!(sums.len(), 2, "{h}");
+    assert_eq!(
+        sums[0], sums[1],
+        "10 MB through stdin came back intact: {h}"
+    );
+    let big = field(h, "big");
+    assert!(big.starts_with("line-150-"), "{h}");
+    let bytes: usize = big.rsplit("bytes=").next().unwrap().parse().unwrap();
+    assert!(
+        bytes > 4096,
+        "a script longer than a command line allows: {h}"
+    );
+    assert_eq!(field(h, "console"), "rc=0 out=0 ready=1", "{h}");
+}
+
+#[test]
 fn the_agent_runs_containers_and_processes_with_their_streams_and_statuses() {
     let o = case("agent");
     let h = &o.host;
@@ -1284,7 +1337,10 @@ fn the_agent_runs_containers_and_processes_with_their_streams_and_statuses() {
     assert_eq!(stdin.len(), 2, "{h}");
     assert_eq!(stdin[0], stdin[1], "10 MB through stdin and back: {h}");
     assert_eq!(field(h, "vm-exec"), "rc=9", "{h}");
-    assert!(h.contains("not-found rc=125 uvm agent: exec "), "{h}");
+    assert!(
+        h.contains("not-found rc=127 uvm agent: /no/such/program: command not found"),
+        "{h}"
+    );
     assert_eq!(field(h, "shutdown"), "rc=0", "{h}");
     assert_eq!(field(h, "after"), "socket=gone", "{h}");
     assert!(

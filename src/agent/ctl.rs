@@ -242,7 +242,15 @@ pub fn main(args: &AgentArgs) -> Result<i32, Error> {
             } else {
                 Streams::ALL
             };
-            a.exec(container, &exec_id, &p, streams)?;
+            match a.exec(container, &exec_id, &p, streams) {
+                Ok(()) => {}
+                // As a shell says it, with its status.
+                Err(Error::NoCommand { status, msg }) => {
+                    eprintln!("uvm agent: {msg}");
+                    return Ok(status);
+                }
+                Err(e) => return Err(e),
+            }
             if *detach {
                 println!("{exec_id}");
                 return Ok(0);

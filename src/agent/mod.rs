@@ -17,6 +17,7 @@ use crate::error::Error;
 
 pub mod ctl;
 pub mod stdio;
+pub mod workload;
 
 /// How long one handshake with the VMM's vsock socket may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +69,15 @@ pub struct ProcessSpec {
     pub env: Vec<String>,
     pub cwd: Option<String>,
     pub user: Option<(u32, u32)>,
+}
+
+impl ProcessSpec {
+    pub fn new(args: Vec<String>) -> ProcessSpec {
+        ProcessSpec {
+            args,
+            ..ProcessSpec::default()
+        }
+    }
 }
 
 /// Which streams of a process the host attaches.
@@ -237,10 +247,21 @@ impl AgentClient {
             .map_or((-1, -1), |(u, g)| (i64::from(u), i64::from(g)));
         req.process = Some(m).into();
         req.stdio = Some(streams.message()).into();
-        self.client
-            .exec_process(ctx(), &req)
-            .map(drop)
-            .map_err(|e| agent_err(&format!("exec {exec_id}"), e))
+        match self.client.exec_process(ctx(), &req) {
+            Ok(_) => Ok(()),
+            Err(ttrpc::Error::RpcStatus(s)) if container.is_empty() => {
+                let status = match s.code.enum_value() {
+                    Ok(ttrpc::Code::NOT_FOUND) => 127,
+                    Ok(ttrpc::Code::PERMISSION_DENIED) => 126,
+                    _ => return Err(Error::Agent(format!("exec {exec_id}: {}", s.message))),
+                };
+                Err(Error::NoCommand {
+                    status,
+                    msg: s.message,
+                })
+            }
+            Err(e) => Err(agent_err(&format!("exec {exec_id}"), e)),
+        }
     }
 
     fn process_ref(container: &str, exec_id: &str) -> agent::ProcessRef {

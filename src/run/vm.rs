@@ -2,18 +2,17 @@
 //! private copy of its cached ext4 image) and the workload runs under
 //! uvm-init. `vm+container`: the same image, read-only, is the lower layer
 //! of a container that the guest's own `uvm-container` runs with the
-//! limits (cgroup v2 there). Either way the workload's output comes out of
-//! a second UART onto stdout, the console into a log.
+//! limits (cgroup v2 there). Either way the guest's agent runs the workload,
+//! its stdin, stdout and stderr are uvm's own over vsock, and the console
+//! goes into a log.
 
 use std::path::{Path, PathBuf};
 
-use uvm_protocol as protocol;
-
 use super::net::NetLease;
 use super::{container, image, refuse, Isolation, WorkloadSpec};
+use crate::agent::{workload, ProcessSpec};
 use crate::error::Error;
 use crate::vmm::linux::{LinuxVmConfig, Output, DEFAULT_CMDLINE};
-use crate::vmm::shutdown::{Outcome, EXIT_GUEST_CRASHED};
 use crate::vmm::virtio::{DiskSpec, NetSpec};
 use crate::{check, guest_image, vmm};
 use uvm_runtime::spec::PortMap;
@@ -76,8 +75,9 @@ fn check_flags(level: Isolation, spec: &WorkloadSpec) -> Result<u32, Error> {
     Ok(vcpus)
 }
 
-/// The VM's folder under the state root: its private disk and console log.
-struct RunDir(PathBuf);
+/// The VM's folder under the state root: its private disk, console log and
+/// vsock socket.
+pub struct RunDir(PathBuf);
 
 /// Where the VMs' folders are.
 fn vm_dirs() -> PathBuf {
@@ -106,7 +106,7 @@ fn owner_gone(dir: &Path) -> bool {
 }
 
 impl RunDir {
-    fn create(name: &str) -> Result<RunDir, Error> {
+    pub fn create(name: &str) -> Result<RunDir, Error> {
         let dir = vm_dirs().join(name);
         if dir.exists() {
             if !owner_gone(&dir) {
@@ -125,7 +125,7 @@ impl RunDir {
             .map_err(|e| Error::Io(format!("writing {}/owner", dir.display()), e))?;
         Ok(RunDir(dir))
     }
-    fn path(&self, f: &str) -> PathBuf {
+    pub fn path(&self, f: &str) -> PathBuf {
         self.0.join(f)
     }
 }
@@ -165,7 +165,7 @@ fn second_hop(spec: &WorkloadSpec) -> Result<WorkloadSpec, Error> {
 }
 
 /// The last lines of the console log, for a guest that failed.
-fn tail(log: &Path, lines: usize) -> String {
+pub fn tail(log: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log)
         .unwrap_or_default()
         .replace('\r', "");
@@ -201,29 +201,23 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
     if let Some(l) = &lease {
         cmdline.push(l.ip_param("eth0"));
     }
-    let disk = match level {
+    let (disk, process) = match level {
         Isolation::Vm => {
             let private = dir.path("root.ext4");
             image::private_copy(&img, &private)?;
-            cmdline.push(protocol::encode_command(&spec.argv));
-            if !spec.env.is_empty() {
-                cmdline.push(protocol::encode_list(protocol::ENV_PARAM, &spec.env));
-            }
-            if let Some(w) = &spec.workdir {
-                cmdline.push(protocol::encode_list(
-                    protocol::CWD_PARAM,
-                    std::slice::from_ref(w),
-                ));
-            }
-            if let Some((u, g)) = spec.user {
-                cmdline.push(format!("{}={u}:{g}", protocol::USER_PARAM));
-            }
-            DiskSpec {
+            let process = ProcessSpec {
+                args: spec.argv.clone(),
+                env: spec.env.clone(),
+                cwd: spec.workdir.clone(),
+                user: spec.user,
+            };
+            let disk = DiskSpec {
                 path: private,
                 read_only: false,
                 id: None,
                 root: true,
-            }
+            };
+            (disk, process)
         }
         _ => {
             let mut argv: Vec<String> = vec![
@@ -237,19 +231,19 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
             // that its eth0 is on.
             argv.extend(["--subnet".to_string(), GUEST_SUBNET.to_string()]);
             argv.extend(container::runtime_args(&second_hop(spec)?, GUEST_ROOTFS));
-            cmdline.push(protocol::encode_command(&argv));
-            DiskSpec {
+            let disk = DiskSpec {
                 path: img.clone(),
                 read_only: true,
                 id: Some("rootfs".into()),
                 root: false,
-            }
+            };
+            (disk, ProcessSpec::new(argv))
         }
     };
     // The user's fragment comes last in a config's command line.
     cmdline.push(String::new());
     let console_log = dir.path("console.log");
-    let cfg = LinuxVmConfig {
+    let mut cfg = LinuxVmConfig {
         kernel,
         initrd: Some(initrd),
         cmdline,
@@ -272,26 +266,27 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
         } else {
             Output::File(console_log.clone())
         },
-        workload_output: Some(Output::Stdout),
     };
+    // The workload and its stdio travel over vsock to the guest's agent.
+    let uds = workload::prepare(&mut cfg, &dir.path("vsock.sock"));
     cfg.validate()?;
     let vm = vmm::linux::build(&cfg)?;
     // The VMM has made the tap: onto the bridge with it before the guest runs.
     if let Some(l) = &lease {
         l.attach()?;
     }
-    vmm::shutdown::stop_on_signals(vm.shutdown())?;
+    let shutdown = vm.shutdown();
+    vmm::shutdown::stop_on_signals(shutdown.clone())?;
+    workload::drive(uds, process, shutdown.clone())?;
     let outcome = vm.run(cfg.timeout)?;
     let (code, message) = outcome.exit();
     if let Some(m) = message {
         eprintln!("uvm run: {m}");
     }
-    let crashed = code == EXIT_GUEST_CRASHED && outcome != Outcome::Timeout;
-    if crashed && !spec.verbose {
-        eprintln!(
-            "uvm run: the guest's console ended with:\n{}",
-            tail(&console_log, 15)
-        );
+    if !spec.verbose {
+        if let Some(t) = workload::failure_tail(&outcome, &shutdown, &console_log) {
+            eprintln!("uvm run: the guest's console ended with:\n{t}");
+        }
     }
     Ok(code)
 }

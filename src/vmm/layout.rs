@@ -36,13 +36,10 @@ pub const KVM_TSS: u64 = 0xfffb_d000;
 
 /// Legacy interrupt lines (IOAPIC pins).
 pub const SERIAL_IRQ: u32 = 4;
-/// The second UART, which carries a workload's output (`uvm run`).
-pub const SERIAL2_IRQ: u32 = 3;
 /// First IRQ for virtio-mmio devices; one each, up to the last IOAPIC pin.
 pub const VIRTIO_IRQ_BASE: u32 = 5;
 pub const IOAPIC_PINS: u32 = 24;
 
 /// Port I/O.
 pub const COM1: u16 = 0x3f8;
-pub const COM2: u16 = 0x2f8;
 pub const PVPANIC_PORT: u16 = 0x505;

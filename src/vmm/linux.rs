@@ -9,7 +9,7 @@ use uvm_devices::legacy::{
 };
 
 use super::console::ConsoleInput;
-use super::layout::{ACPI_TABLES, COM1, COM2, PVPANIC_PORT, RSDP, SERIAL2_IRQ, SERIAL_IRQ};
+use super::layout::{ACPI_TABLES, COM1, PVPANIC_PORT, RSDP, SERIAL_IRQ};
 use super::shutdown::Outcome;
 use super::virtio::{DiskSpec, NetSpec, VsockSpec};
 use super::{boot, regs, Vm};
@@ -40,9 +40,6 @@ pub struct LinuxVmConfig {
     /// Where the guest's console (the first UART) goes; host input reaches
     /// it only when it is the terminal's stdout.
     pub console: Output,
-    /// A second UART that carries only the workload's output (the init makes
-    /// it the command's stdout and stderr): where it goes.
-    pub workload_output: Option<Output>,
 }
 
 /// A host destination for a UART's output.
@@ -67,9 +64,6 @@ impl Output {
         })
     }
 }
-
-/// The command-line words that hand the second UART to the workload.
-pub const WORKLOAD_UART_CMDLINE: &str = "8250.nr_uarts=2 uvm.stdio=ttyS1";
 
 impl LinuxVmConfig {
     /// Checks everything that can be checked without KVM, so that bad input
@@ -101,14 +95,6 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
         port: COM1,
         irq: SERIAL_IRQ,
     }];
-    if let Some(out) = &cfg.workload_output {
-        let uart = SerialDevice::new(vm.irq_line(SERIAL2_IRQ)?, out.open()?);
-        vm.add_pio_device(Arc::new(Mutex::new(uart)), COM2, 8)?;
-        devices.push(AcpiDevice::Serial {
-            port: COM2,
-            irq: SERIAL2_IRQ,
-        });
-    }
     vm.add_pio_device(Arc::new(Mutex::new(I8042::new(sink.clone()))), 0x60, 5)?;
     vm.add_pio_device(
         Arc::new(Mutex::new(AcpiPower::new(sink.clone(), acpi::RESET_VALUE))),
@@ -143,9 +129,6 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
     let mut parts: Vec<&str> = cfg.cmdline.iter().map(String::as_str).collect();
     let user = parts.pop();
     parts.extend(attached.cmdline.iter().map(String::as_str));
-    if cfg.workload_output.is_some() {
-        parts.push(WORKLOAD_UART_CMDLINE);
-    }
     parts.extend(user);
     let cmdline = boot::cmdline(&parts)?;
     boot::write_boot_params(mem, &kernel, initrd.as_ref(), &cmdline, vm.mem_size())?;

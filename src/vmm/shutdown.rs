@@ -26,6 +26,8 @@ pub enum Outcome {
     Signal(i32),
     /// `--timeout` expired.
     Timeout,
+    /// uvm could not run the workload through the guest's agent.
+    Workload(String),
 }
 
 /// Exit statuses of `uvm boot` that are not the guest command's own.
@@ -50,6 +52,7 @@ impl Outcome {
             Outcome::VcpuError(e) => (EXIT_GUEST_CRASHED, Some(e.clone())),
             Outcome::Signal(n) => (128 + n, Some(format!("stopped by signal {n}"))),
             Outcome::Timeout => (EXIT_GUEST_CRASHED, Some("the guest did not finish within --timeout".into())),
+            Outcome::Workload(e) => (EXIT_UVM_ERROR, Some(e.clone())),
         }
     }
 }

@@ -17,6 +17,13 @@ pub enum AgentError {
     Setup(String),
     #[error(transparent)]
     Runtime(#[from] uvm_runtime::Error),
+    /// A process of the VM whose command cannot run.
+    #[error("{cmd}: {why}")]
+    NoCommand {
+        cmd: String,
+        why: String,
+        found: bool,
+    },
     /// Not a failure: the host asked for power-off with this status.
     #[error("shutting down with status {0}")]
     Shutdown(u8),
@@ -31,6 +38,14 @@ impl From<AgentError> for ttrpc::Error {
             AgentError::Exists(_) => Code::ALREADY_EXISTS,
             AgentError::State(_) => Code::FAILED_PRECONDITION,
             AgentError::Setup(_) | AgentError::Shutdown(_) => Code::INTERNAL,
+            // A command that cannot run: the host tells it as a shell
+            // would (127, 126), apart from the agent's own refusals.
+            AgentError::Runtime(uvm_runtime::Error::CommandNotFound(_)) => Code::NOT_FOUND,
+            AgentError::Runtime(uvm_runtime::Error::NotExecutable { .. }) => {
+                Code::PERMISSION_DENIED
+            }
+            AgentError::NoCommand { found: false, .. } => Code::NOT_FOUND,
+            AgentError::NoCommand { found: true, .. } => Code::PERMISSION_DENIED,
             AgentError::Runtime(_) => Code::UNKNOWN,
         };
         ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))

@@ -589,9 +589,16 @@ fn spawn_in_vm(
     let child = cmd.spawn().map_err(|e| {
         let what = &p.args[0];
         match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                AgentError::Runtime(uvm_runtime::Error::CommandNotFound(what.clone()))
-            }
+            std::io::ErrorKind::NotFound => AgentError::NoCommand {
+                cmd: what.clone(),
+                why: "command not found".into(),
+                found: false,
+            },
+            std::io::ErrorKind::PermissionDenied => AgentError::NoCommand {
+                cmd: what.clone(),
+                why: "cannot execute: permission denied".into(),
+                found: true,
+            },
             _ => AgentError::Setup(format!("{what}: {e}")),
         }
     })?;

@@ -202,11 +202,36 @@ fn open_stdio(dev: &str) -> Result<std::fs::File, InitError> {
     Ok(f)
 }
 
+/// The agent's executable, opened before the switch to a root disk (which
+/// need not hold it): the initramfs stays underneath, reachable through
+/// this descriptor.
+fn open_agent(cmdline: &str) -> Option<std::fs::File> {
+    protocol::param(cmdline, protocol::AGENT_PARAM)?;
+    match std::fs::File::open(protocol::AGENT_BIN) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            log(&format!("{}: {e}", protocol::AGENT_BIN));
+            None
+        }
+    }
+}
+
 /// Spawns the workload; `Err` carries the status a shell would give.
-fn spawn(w: &Workload, stdio: Option<&std::fs::File>) -> Result<Pid, u8> {
+fn spawn(
+    w: &Workload,
+    stdio: Option<&std::fs::File>,
+    agent: Option<&std::fs::File>,
+) -> Result<Pid, u8> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let argv = &w.argv;
-    let mut cmd = if argv.is_empty() {
+    let mut cmd = if let Some(exe) =
+        agent.filter(|_| argv.first().map(String::as_str) == Some(protocol::AGENT_BIN))
+    {
+        let mut c = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+        c.arg0("uvm-agent").args(&argv[1..]);
+        c
+    } else if argv.is_empty() {
         // An interactive shell needs the console as its controlling
         // terminal for job control and ^C: busybox setsid -c gives it one.
         let mut c = Command::new("/bin/setsid");
@@ -319,6 +344,7 @@ pub fn main() -> ! {
     if let Err(e) = modules::load_listed(std::path::Path::new(modules::LIST)) {
         log(&format!("{e}"));
     }
+    let agent = open_agent(&cmdline);
     switch_root(&cmdline);
     network(ip.as_ref());
     let workload = match Workload::from_cmdline(&cmdline) {
@@ -337,7 +363,7 @@ pub fn main() -> ! {
     };
     status::report_ready();
     log(&format!("ready after {:.3} s", uptime()));
-    let status = match spawn(&workload, stdio.as_ref()) {
+    let status = match spawn(&workload, stdio.as_ref(), agent.as_ref()) {
         Ok(pid) => wait_for(pid),
         Err(code) => code,
     };
