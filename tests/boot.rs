@@ -786,8 +786,12 @@ fn guest_kernel_panic_is_a_distinct_failure() {
         o.stderr.trim().lines().last(),
         Some("uvm: the guest kernel panicked")
     );
-    // The console's last lines come with it, the panic among them.
-    assert!(o.stderr.contains("Kernel panic"), "{}", o.stderr);
+    // The console's last lines come with it (the oops and its trace).
+    assert!(
+        o.stderr.contains("uvm: the guest's console ended with:\n["),
+        "{}",
+        o.stderr
+    );
     assert_eq!(o.stdout, "", "the console is not the command's output");
     let o = case("bootpanic");
     assert_eq!(o.rc, 124);
@@ -1021,13 +1025,14 @@ fn the_container_runtime_runs_inside_a_guest() {
     let o = case("container");
     assert_eq!(o.rc, 0);
     let out = &o.stdout;
-    assert!(out.contains("\ncgroup-v2\n"), "{out}");
+    assert!(out.lines().any(|l| l == "cgroup-v2"), "{out}");
     assert_eq!(field(out, "inside"), "pid=1 host=box procs=4 cgroup=0::/");
     assert!(out.contains("\nmknod-refused\n"), "{out}");
     assert_eq!(field(out, "run"), "rc=3", "the workload's status");
     assert!(out.contains("\nimage-unchanged\n"), "{out}");
     assert_eq!(field(out, "oom"), "rc=137", "{out}");
-    assert!(out.contains("OOM-killed"), "{out}");
+    // The runtime's own report, on the command's stderr (a stream apart).
+    assert!(o.stderr.contains("OOM-killed"), "{}", o.stderr);
     // cgroup v2 device rules (an eBPF program): no disk node even with
     // CAP_MKNOD, the default devices work, and a bound-in node outside the
     // rules does not open, though it does outside the container.
