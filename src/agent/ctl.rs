@@ -165,10 +165,6 @@ fn create(a: &AgentClient, f: &CreateFlags, streams: Streams) -> Result<(), Erro
     )
 }
 
-fn print_exit(status: super::ExitStatus) -> i32 {
-    status.status
-}
-
 /// Runs `uvm agent`; returns uvm's exit status.
 pub fn main(args: &AgentArgs) -> Result<i32, Error> {
     if let AgentCommand::Spec { command } = &args.command {
@@ -211,7 +207,7 @@ pub fn main(args: &AgentArgs) -> Result<i32, Error> {
             let pumps = attached.pump();
             let status = a.wait(&f.id, "")?;
             pumps.finish()?;
-            Ok(print_exit(status))
+            Ok(status.status)
         }
         AgentCommand::Exec {
             container,
@@ -258,9 +254,9 @@ pub fn main(args: &AgentArgs) -> Result<i32, Error> {
             let pumps = Attached::connect(&a, container, &exec_id, streams)?.pump();
             let status = a.wait(container, &exec_id)?;
             pumps.finish()?;
-            Ok(print_exit(status))
+            Ok(status.status)
         }
-        AgentCommand::Wait { container, exec_id } => a.wait(container, exec_id).map(print_exit),
+        AgentCommand::Wait { container, exec_id } => a.wait(container, exec_id).map(|s| s.status),
         AgentCommand::Kill {
             container,
             exec_id,
