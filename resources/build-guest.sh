@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${UVM_CACHE:-/var/cache/uvm}
 OUT=$ROOT/build/guest
 # Modules the guest loads at boot (dependencies are resolved from modules.dep).
-MODULES=(virtio_mmio virtio_blk virtio_net pvpanic_mmio overlay vmw_vsock_virtio_transport)
+MODULES=(virtio_mmio virtio_blk virtio_net pvpanic_mmio overlay vmw_vsock_virtio_transport virtiofs)
 # Modules shipped but loaded only when the kernel asks for them (busybox
 # modprobe, through modules.alias): the container runtime's bridge mode,
 # i.e. bridge and veth links and the nftables expressions of its NAT table.

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::error::Error;
 use crate::vmm::linux::{LinuxVmConfig, DEFAULT_CMDLINE};
 use crate::vmm::memory::parse_size;
-use crate::vmm::virtio::{DiskSpec, NetSpec, VsockSpec};
+use crate::vmm::virtio::{DiskSpec, FsSpec, NetSpec, VsockSpec};
 use crate::{check, guest_image};
 
 pub const EXIT_CODES: &str = "\
@@ -144,6 +144,11 @@ pub struct BootArgs {
     /// guest port; the guest's connections to port P reach PATH_P)
     #[arg(long, value_name = "cid=N,uds=PATH")]
     pub vsock: Option<VsockSpec>,
+    /// Share a host folder over virtio-fs: HOST_DIR:TAG[:ro] (repeatable).
+    /// uvm runs a virtiofsd for it and the guest's init mounts it at
+    /// /mnt/TAG (read-only with ro, which virtiofsd enforces too)
+    #[arg(long = "fs", value_name = "HOST_DIR:TAG[:ro]")]
+    pub shares: Vec<FsSpec>,
     /// Run uvm's guest agent instead of a command (needs --vsock): host
     /// programs then create containers and processes in the guest through
     /// it (vsock port 1024, ttrpc; their stdio on port 1025), and its
@@ -223,6 +228,7 @@ impl BootArgs {
             disks,
             nets: self.nets.clone(),
             vsock: self.vsock.clone(),
+            shares: self.shares.clone(),
             verbose: self.verbose,
             console: crate::vmm::linux::Output::Stdout,
         })

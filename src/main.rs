@@ -8,6 +8,8 @@ use uvm::{check, vmm};
 
 fn boot(args: &BootArgs) -> Result<Outcome, Error> {
     let mut cfg = args.to_config()?;
+    // From here on, nothing may outlast --timeout by much.
+    vmm::shutdown::hard_deadline(cfg.timeout);
     // Checked before the lease, so bad input changes nothing on the host.
     cfg.validate()?;
     check::ensure_can_boot_linux()?;

@@ -509,6 +509,96 @@ rm -rf $R $I $B.rand
 "#,
     },
     Scripted {
+        name: "fs",
+        // virtio-fs: two host folders, one read-only, each served by its
+        // own virtiofsd: what the host put there is read in the guest
+        // (100 MB with its checksum), what the guest writes lands on the
+        // host (1000 small files), the ro share refuses writes. Then a
+        // second VM whose virtiofsd is SIGKILLed under it: the guest's
+        // next requests fail with EIO, its command still ends with its
+        // own status, and nothing is left behind. (No process per file:
+        // a fork costs tens of milliseconds in the nested guest.)
+        script: r#"
+D=$(mktemp -d /dev/shm/uvm-fs.XXXXXX)
+mkdir $D/rw $D/ro
+echo from-host > $D/ro/hello
+head -c 100000000 /dev/urandom > $D/rw/big
+run_case --timeout 400 --fs $D/rw:data --fs $D/ro:cfg:ro -- sh -c '
+t0=$(date +%s)
+cat /mnt/cfg/hello
+echo guest-wrote > /mnt/data/from-guest
+(echo x > /mnt/cfg/nope) 2>/dev/null && echo ro-write-accepted || echo ro-write-refused
+echo "big $(md5sum < /mnt/data/big | cut -d" " -f1)"
+t1=$(date +%s)
+mkdir /mnt/data/small && cd /mnt/data/small || exit 1
+for i in $(seq 0 999); do echo "file $i" > f$i; set -- "$@" f$i; done
+t2=$(date +%s)
+echo "small $(cat "$@" | md5sum | cut -d" " -f1)"
+grep -c " virtiofs " /proc/mounts
+echo "fs-times big=$((t1-t0))s create=$((t2-t1))s read=$(($(date +%s)-t2))s" >&2
+exit 6'
+{
+echo "host from-guest $(cat $D/rw/from-guest)"
+echo "host ro-left $(ls $D/ro)"
+echo "host big $(md5sum < $D/rw/big | cut -d' ' -f1)"
+cd $D/rw/small && set -- $(for i in $(seq 0 999); do echo f$i; done)
+echo "host small $(ls | wc -l) $(cat "$@" | md5sum | cut -d' ' -f1)"
+cd /
+rm -rf $D/rw/small $D/rw/big
+(
+  for i in $(seq 600); do [ -e $D/rw/ready ] && break; sleep 0.1; done
+  pkill -KILL -f -- "--shared-dir=$D/rw"
+) &
+killer=$!
+$UVM boot --timeout 180 --fs $D/rw:data -- sh -c '
+echo ready > /mnt/data/ready
+i=0
+while echo 2>/dev/null > /mnt/data/t$i && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.1; done
+(echo > /mnt/data/after) 2>&1
+echo "after-kill $(cat /mnt/data/ready 2>&1)"
+exit 3' > $B.killed.out 2> $B.killed.err
+echo "killed rc=$?"
+wait $killer
+echo "killed out: $(tr '\n' '|' < $B.killed.out)"
+echo "killed err: $(grep -c 'virtiofsd for --fs tag data ended' $B.killed.err)"
+echo "left files=$(ls /run/uvm/virtiofsd 2>/dev/null | wc -l) daemons=$(pgrep -c virtiofsd)"
+} > $B.host 2>&1
+rm -rf $D
+"#,
+    },
+    Scripted {
+        name: "run_volumes",
+        // -v at the vm levels: the folder reaches the VM over virtio-fs,
+        // at vm mounted where asked, at vm+container bound on into the
+        // container; :ro refuses writes at both.
+        script: r#"
+V=$(mktemp -d /dev/shm/uvm-vol.XXXXXX); mkdir $V/a $V/b; echo in-a > $V/a/x; echo in-b > $V/b/x
+uvm_run -i vm --name lvl-vol -v $V/a:/data -v $V/b:/conf:ro -- sh -c 'cat /data/x /conf/x; echo vm-wrote > /data/y; (echo no > /conf/z) 2>/dev/null && echo ro-accepted || echo ro-refused'
+mv $B.out $B.vm.out; mv $B.rc $B.vm.rc
+uvm_run -i vm+container --name lvl-volc -v $V/a:/data -v $V/b:/conf:ro -- sh -c 'cat /data/x /conf/x; echo ctr-wrote > /data/z; (echo no > /conf/z) 2>/dev/null && echo ro-accepted || echo ro-refused'
+{
+echo "vm rc=$(cat $B.vm.rc) $(tr '\n' '|' < $B.vm.out)"
+echo "ctr rc=$(cat $B.rc) $(tr '\n' '|' < $B.out)"
+echo "host $(cat $V/a/y) $(cat $V/a/z) conf=$(ls $V/b | tr '\n' ' ')"
+} > $B.host
+rm -rf $V
+"#,
+    },
+    Scripted {
+        name: "systemd",
+        // A distribution's own init: a stock Debian (debootstrap, systemd)
+        // on its root disk, init=/lib/systemd/systemd. uvm-init hands PID 1
+        // over after mounting the root; systemd boots to multi-user, its
+        // check unit says what is-system-running says, and systemd's
+        // power-off ends uvm with 0.
+        script: r#"
+I=/dev/shm/uvm-debian.$$.ext4
+cp --sparse=always "$DEBIAN_IMAGE" $I 2>$B.err || { echo 1 > $B.rc; exit; }
+$UVM boot --timeout 400 --mem 1G --vcpus 2 --root $I --cmdline init=/lib/systemd/systemd </dev/null >$B.out 2>$B.err; echo $? >$B.rc
+rm -f $I
+"#,
+    },
+    Scripted {
         name: "run_timeout",
         script: r#"
 uvm_run -i vm --name lvl-tmo --timeout 3 -- sleep 100
@@ -516,6 +606,19 @@ echo "left $(ls /run/uvm/vm 2>/dev/null | wc -l)" > $B.host
 "#,
     },
 ];
+
+/// The stock Debian image with systemd (resources/build-debian-image.sh,
+/// cached); built here, on the host, which has the network L1 lacks. On
+/// failure the path is one that does not exist, and the case says so.
+fn debian_image() -> String {
+    let out = Command::new(repo().join("resources/build-debian-image.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => "/nonexistent/debian-image-build-failed".into(),
+    }
+}
 
 /// tests/runner/kvm-runner's status when its L1 VM wedged.
 const RUNNER_L1_WEDGED: i32 = 75;
@@ -569,6 +672,7 @@ fn session() -> &'static Session {
              export UVM_CACHE_DIR=/dev/shm/uvm-run-cache\n\
              UVM={uvm}\n\
              VSOCK_HOST={vsock_host}\n\
+             DEBIAN_IMAGE={debian}\n\
              RUN_WORKLOAD='hostname; cat /proc/self/cgroup; echo \"env=$FOO cwd=$(pwd) id=$(id -u):$(id -g)\"; exit 3'\n\
              uvm_run() {{ {uvm} run \"$@\" </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }}\n\
              uvm_probe() {{ {uvm} probe \"$@\" </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }}\n\
@@ -577,6 +681,7 @@ fn session() -> &'static Session {
              retry() {{ for i in $(seq 240); do timeout 120 bash -c \"$1\" 2>/dev/null && return 0; sleep 0.5; done; return 1; }}\n",
             uvm = env!("CARGO_BIN_EXE_uvm"),
             vsock_host = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vsock/host.py"),
+            debian = shell_quote(&debian_image()),
             dir = dir.display(),
         );
         // UVM_BOOT_CASES=a,b runs only those cases (for working on a few;
@@ -1224,6 +1329,78 @@ fn run_net_publishes_ports_at_both_vm_levels_on_every_host_address() {
         h.contains("after-gc taps=0 ports=0 states=0 bridge=0 vmdirs=0"),
         "{h}"
     );
+}
+
+#[test]
+fn host_folders_over_virtio_fs_and_a_backend_killed_under_the_guest() {
+    let o = case("fs");
+    assert_eq!(o.rc, 6, "{}", o.stderr);
+    let host = &o.host;
+    let big_host = host
+        .lines()
+        .find_map(|l| l.strip_prefix("host big "))
+        .expect("host checksum");
+    assert_eq!(
+        command_lines(o),
+        [
+            "from-host",
+            "ro-write-refused",
+            &format!("big {big_host}"),
+            &format!(
+                "small {}",
+                host.lines()
+                    .find_map(|l| l.strip_prefix("host small 1000 "))
+                    .expect("1000 files on the host")
+            ),
+            "2",
+        ]
+    );
+    assert!(host.contains("host from-guest guest-wrote"), "{host}");
+    assert!(host.lines().any(|l| l == "host ro-left hello"), "{host}");
+    // The second VM: EIO once virtiofsd is gone, the command's own status,
+    // one line from uvm about it, nothing left.
+    assert!(host.contains("killed rc=3"), "{host}");
+    let out = host
+        .lines()
+        .find_map(|l| l.strip_prefix("killed out: "))
+        .unwrap();
+    assert!(
+        out.contains("sh: can't create /mnt/data/after: Input/output error")
+            && out.contains("after-kill cat: can't open '/mnt/data/ready': Input/output error"),
+        "{out}"
+    );
+    assert!(host.contains("killed err: 1"), "{host}");
+    assert!(host.contains("left files=0 daemons=0"), "{host}");
+}
+
+#[test]
+fn run_volumes_reach_both_vm_levels_over_virtio_fs() {
+    let o = case("run_volumes");
+    let h = &o.host;
+    assert!(
+        h.contains("vm rc=0 in-a|in-b|ro-refused|"),
+        "{h}\n{}",
+        o.stderr
+    );
+    assert!(
+        h.contains("ctr rc=0 in-a|in-b|ro-refused|"),
+        "{h}\n{}",
+        o.stderr
+    );
+    assert!(h.contains("host vm-wrote ctr-wrote conf=x "), "{h}");
+}
+
+#[test]
+fn a_debian_root_boots_its_own_systemd_to_multi_user_and_powers_off() {
+    let o = case("systemd");
+    assert_eq!(o.rc, 0, "{}", o.stderr);
+    let out = &o.stdout;
+    assert!(
+        out.contains("uvm-init: handing PID 1 over to /lib/systemd/systemd"),
+        "{out}"
+    );
+    assert!(out.contains("uvm-check: running"), "{out}");
+    assert!(!out.contains("uvm-check: failed:"), "{out}");
 }
 
 #[test]

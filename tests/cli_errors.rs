@@ -5,9 +5,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn uvm(args: &[&str]) -> (i32, String, String) {
+    uvm_env(args, &[])
+}
+
+fn uvm_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let start = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_uvm"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run uvm");
     assert!(
@@ -23,7 +28,11 @@ fn uvm(args: &[&str]) -> (i32, String, String) {
 }
 
 fn assert_one_line_error(args: &[&str], code: i32, needle: &str) {
-    let (rc, stdout, stderr) = uvm(args);
+    assert_one_line_error_env(args, &[], code, needle);
+}
+
+fn assert_one_line_error_env(args: &[&str], env: &[(&str, &str)], code: i32, needle: &str) {
+    let (rc, stdout, stderr) = uvm_env(args, env);
     assert_eq!(rc, code, "uvm {args:?}: stderr {stderr:?}");
     assert!(stdout.is_empty(), "uvm {args:?} printed {stdout:?}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
@@ -227,5 +236,38 @@ fn bad_vsock_flags() {
         &["boot", "--vsock", "cid=3,uds=/nonexistent-uvm/v.sock"],
         125,
         "no folder /nonexistent-uvm",
+    );
+}
+
+#[test]
+fn bad_fs_flags() {
+    assert_one_line_error(
+        &["boot", "--fs", "/nonexistent-uvm:share", "--", "true"],
+        125,
+        "--fs /nonexistent-uvm: no such folder",
+    );
+    assert_one_line_error(&["boot", "--fs", "/tmp:bad tag"], 2, "tag \"bad tag\"");
+    assert_one_line_error(&["boot", "--fs", "/tmp"], 2, "HOST_DIR:TAG");
+    assert_one_line_error(
+        &["boot", "--fs", "/tmp:a", "--fs", "/tmp:a:ro", "--", "true"],
+        125,
+        "--fs tag a is given twice",
+    );
+    // No virtiofsd: told before anything is started.
+    assert_one_line_error_env(
+        &["boot", "--fs", "/tmp:share", "--", "true"],
+        &[("UVM_VIRTIOFSD", "/nonexistent-uvm/virtiofsd")],
+        125,
+        "UVM_VIRTIOFSD=/nonexistent-uvm/virtiofsd: not an executable file",
+    );
+    assert_one_line_error_env(
+        &["boot", "--fs", "/tmp:share", "--", "true"],
+        &[
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/nonexistent-uvm"),
+            ("CARGO_HOME", "/nonexistent-uvm"),
+        ],
+        125,
+        "--fs needs virtiofsd",
     );
 }

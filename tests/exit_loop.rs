@@ -46,7 +46,7 @@ fn vm_running(program: &[u8], bare: bool) -> (Vm, Arc<Mutex<Recorder>>, Arc<Mute
     let mut vm = if bare {
         Vm::new_bare(64 << 20, 1)
     } else {
-        Vm::new(64 << 20, 1)
+        Vm::new(64 << 20, 1, false)
     }
     .expect("KVM VM");
     vm.memory()

@@ -89,11 +89,11 @@ fn flags_a_level_cannot_honour_name_the_level() {
             "the process level cannot honour -v",
         ),
         (
-            &["-i", "vm", "-v", "/tmp:/tmp", "--", "true"][..],
-            "the vm level cannot honour -v",
+            &["-i", "vm", "-v", "/etc/hostname:/h", "--", "true"][..],
+            "the vm level cannot honour -v: /etc/hostname:/h: a VM is given folders",
         ),
         (
-            &["-i", "vm+container", "-v", "/tmp:/tmp", "--", "true"][..],
+            &["-i", "vm+container", "-v", "/etc/hostname:/h", "--", "true"][..],
             "the vm+container level cannot honour -v",
         ),
         (

@@ -13,9 +13,9 @@ use super::{container, image, refuse, Isolation, WorkloadSpec};
 use crate::agent::{workload, ProcessSpec};
 use crate::error::Error;
 use crate::vmm::linux::{LinuxVmConfig, Output, DEFAULT_CMDLINE};
-use crate::vmm::virtio::{DiskSpec, NetSpec};
+use crate::vmm::virtio::{DiskSpec, FsSpec, NetSpec};
 use crate::{check, guest_image, vmm};
-use uvm_runtime::spec::PortMap;
+use uvm_runtime::spec::{PortMap, Volume};
 use uvm_runtime::state;
 
 /// Guest RAM added to `--memory` for the guest's own kernel, init and the
@@ -38,13 +38,6 @@ mkdir -p /mnt/rootfs && mount -t ext4 -o ro /dev/vda /mnt/rootfs || { echo "uvm:
 exec "$@""#;
 
 fn check_flags(level: Isolation, spec: &WorkloadSpec) -> Result<u32, Error> {
-    if !spec.volumes.is_empty() {
-        return Err(refuse(
-            level,
-            "-v",
-            "host folders reach a VM over virtio-fs, which uvm does not have yet",
-        ));
-    }
     if level == Isolation::Vm && spec.pids_limit.is_some() {
         return Err(refuse(
             level,
@@ -164,6 +157,42 @@ fn second_hop(spec: &WorkloadSpec) -> Result<WorkloadSpec, Error> {
     Ok(inner)
 }
 
+/// `-v` at the vm levels: each host folder becomes a virtio-fs share. At
+/// vm the guest's init mounts it where the workload wants it; at
+/// vm+container it mounts it under /mnt and the guest's runtime binds it
+/// on into the container (returned: those `-v` flags).
+fn shares(level: Isolation, spec: &WorkloadSpec) -> Result<(Vec<FsSpec>, Vec<String>), Error> {
+    let mut shares = Vec::new();
+    let mut inner = Vec::new();
+    for (i, v) in spec.volumes.iter().enumerate() {
+        let vol: Volume = v.parse()?;
+        if !vol.host.is_dir() {
+            return Err(refuse(
+                level,
+                "-v",
+                &format!("{v}: a VM is given folders (over virtio-fs), not single files"),
+            ));
+        }
+        let tag = format!("vol{i}");
+        let container = vol.container.to_string_lossy().into_owned();
+        let guest_path = match level {
+            Isolation::Vm => container.clone(),
+            _ => format!("/mnt/{tag}"),
+        };
+        if level != Isolation::Vm {
+            let ro = if vol.read_only { ":ro" } else { "" };
+            inner.push(format!("{guest_path}:{container}{ro}"));
+        }
+        shares.push(FsSpec {
+            dir: vol.host,
+            tag,
+            read_only: vol.read_only,
+            guest_path,
+        });
+    }
+    Ok((shares, inner))
+}
+
 /// The last lines of the console log, for a guest that failed.
 pub fn tail(log: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log)
@@ -175,6 +204,7 @@ pub fn tail(log: &Path, lines: usize) -> String {
 
 pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
     let vcpus = check_flags(level, spec)?;
+    let (shares, inner_volumes) = shares(level, spec)?;
     let kernel = guest_image::default_file(guest_image::KERNEL)?;
     let initrd = guest_image::default_file(guest_image::INITRD)?;
     check::ensure_can_boot_linux()?;
@@ -230,7 +260,9 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
             // The guest's own bridge must not overlap the host's subnet
             // that its eth0 is on.
             argv.extend(["--subnet".to_string(), GUEST_SUBNET.to_string()]);
-            argv.extend(container::runtime_args(&second_hop(spec)?, GUEST_ROOTFS));
+            let mut inner = second_hop(spec)?;
+            inner.volumes = inner_volumes;
+            argv.extend(container::runtime_args(&inner, GUEST_ROOTFS));
             let disk = DiskSpec {
                 path: img.clone(),
                 read_only: true,
@@ -260,6 +292,7 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
             })
             .collect(),
         vsock: None,
+        shares,
         verbose: spec.verbose,
         console: if spec.verbose {
             Output::Stderr
@@ -278,6 +311,7 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
     let shutdown = vm.shutdown();
     vmm::shutdown::stop_on_signals(shutdown.clone())?;
     workload::drive(uds, process, shutdown.clone())?;
+    vmm::shutdown::hard_deadline(cfg.timeout);
     let outcome = vm.run(cfg.timeout)?;
     let (code, message) = outcome.exit();
     if let Some(m) = message {

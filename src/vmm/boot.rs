@@ -222,7 +222,7 @@ mod tests {
     use vm_memory::Bytes;
 
     fn mem(size: u64) -> GuestMemoryMmap {
-        crate::vmm::memory::create(size).unwrap()
+        crate::vmm::memory::create(size, false).unwrap()
     }
 
     /// A minimal image with a valid bzImage setup header.

@@ -11,7 +11,7 @@ use uvm_devices::legacy::{
 use super::console::ConsoleInput;
 use super::layout::{ACPI_TABLES, COM1, PVPANIC_PORT, RSDP, SERIAL_IRQ};
 use super::shutdown::Outcome;
-use super::virtio::{DiskSpec, NetSpec, VsockSpec};
+use super::virtio::{DiskSpec, FsSpec, NetSpec, VsockSpec};
 use super::{boot, regs, Vm};
 use crate::acpi::{self, AcpiConfig, AcpiDevice};
 use crate::error::Error;
@@ -35,6 +35,8 @@ pub struct LinuxVmConfig {
     pub disks: Vec<DiskSpec>,
     pub nets: Vec<NetSpec>,
     pub vsock: Option<VsockSpec>,
+    /// Host folders over virtio-fs (guest RAM is then a shared memfd).
+    pub shares: Vec<FsSpec>,
     /// Tell the devices' counters and queue state when the VM ends.
     pub verbose: bool,
     /// Where the guest's console (the first UART) goes; host input reaches
@@ -77,13 +79,14 @@ impl LinuxVmConfig {
         if let Some(initrd) = &self.initrd {
             boot::check_initrd(initrd)?;
         }
-        super::virtio::validate(&self.disks, &self.nets, self.vsock.as_ref())
+        super::virtio::validate(&self.disks, &self.nets, self.vsock.as_ref(), &self.shares)
     }
 }
 
 /// Builds the VM with its devices and boot state, ready to run.
 pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
-    let mut vm = Vm::new(cfg.mem_size, cfg.vcpus)?;
+    // vhost-user backends map guest RAM themselves: it must be shared.
+    let mut vm = Vm::new(cfg.mem_size, cfg.vcpus, !cfg.shares.is_empty())?;
 
     let sink = vm.event_sink();
     let serial = Arc::new(Mutex::new(SerialDevice::new(
@@ -114,7 +117,13 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
         ))));
     }
 
-    let attached = super::virtio::attach(&mut vm, &cfg.disks, &cfg.nets, cfg.vsock.as_ref())?;
+    let attached = super::virtio::attach(
+        &mut vm,
+        &cfg.disks,
+        &cfg.nets,
+        cfg.vsock.as_ref(),
+        &cfg.shares,
+    )?;
     vm.set_verbose(cfg.verbose);
 
     let mem = vm.memory();

@@ -1,6 +1,10 @@
 //! Guest RAM and the e820 map the kernel is told about.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{EBDA, HIMEM, MMIO_HOLE_END, MMIO_HOLE_START};
 use crate::error::Error;
@@ -92,7 +96,10 @@ pub fn host_memory() -> u64 {
         .map_or(u64::MAX, |kb| kb * 1024)
 }
 
-pub fn create(size: u64) -> Result<GuestMemoryMmap, Error> {
+/// Guest RAM, private and anonymous; or, when `shared`, in one memfd
+/// mapped shared, so that a vhost-user backend can map the same pages
+/// (the fd goes to it with the memory table).
+pub fn create(size: u64, shared: bool) -> Result<GuestMemoryMmap, Error> {
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
         .into_iter()
         .map(|(a, l)| usize::try_from(l).map(|l| (a, l)))
@@ -101,7 +108,37 @@ pub fn create(size: u64) -> Result<GuestMemoryMmap, Error> {
             size,
             available: usize::MAX as u64,
         })?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(Error::GuestMemory)
+    if !shared {
+        return GuestMemoryMmap::from_ranges(&ranges).map_err(Error::GuestMemory);
+    }
+    let file = Arc::new(memfd(size)?);
+    // Each range at its own offset in the one file: the file is the RAM
+    // without the MMIO hole.
+    let mut offset = 0u64;
+    let with_files: Vec<_> = ranges
+        .iter()
+        .map(|&(addr, len)| {
+            let r = (addr, len, Some(FileOffset::from_arc(file.clone(), offset)));
+            offset += len as u64;
+            r
+        })
+        .collect();
+    GuestMemoryMmap::from_ranges_with_files(with_files).map_err(Error::GuestMemory)
+}
+
+fn memfd(size: u64) -> Result<File, Error> {
+    let err = |e| Error::Io("creating the guest's shared memory (memfd)".into(), e);
+    let name = c"uvm-guest-ram";
+    // SAFETY: memfd_create with a NUL-terminated name; the fd it returns
+    // is new and owned by nothing else.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(size).map_err(err)?;
+    Ok(file)
 }
 
 pub use uvm_runtime::limits::parse_size;
@@ -165,9 +202,30 @@ mod tests {
 
     #[test]
     fn guest_memory_matches_ranges() {
-        let mem = create(256 << 20).unwrap();
+        let mem = create(256 << 20, false).unwrap();
         assert_eq!(mem.num_regions(), 1);
         assert_eq!(mem.last_addr(), GuestAddress((256 << 20) - 1));
+    }
+
+    #[test]
+    fn shared_memory_is_one_memfd_across_the_hole() {
+        use vm_memory::{Bytes, GuestMemoryRegion};
+        let size = MMIO_HOLE_START + (64 << 20);
+        let mem = create(size, true).unwrap();
+        let regions: Vec<_> = mem.iter().collect();
+        assert_eq!(regions.len(), 2);
+        let (lo, hi) = (
+            regions[0].file_offset().unwrap(),
+            regions[1].file_offset().unwrap(),
+        );
+        assert_eq!((lo.start(), hi.start()), (0, MMIO_HOLE_START));
+        assert_eq!(lo.file().metadata().unwrap().len(), size);
+        // The mapping is shared: a write shows in the file.
+        mem.write_obj(0xabcdu16, GuestAddress(MMIO_HOLE_END))
+            .unwrap();
+        let mut b = [0u8; 2];
+        std::os::unix::fs::FileExt::read_exact_at(hi.file(), &mut b, MMIO_HOLE_START).unwrap();
+        assert_eq!(u16::from_le_bytes(b), 0xabcd);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod regs;
 pub mod shutdown;
 pub mod vcpu;
 pub mod virtio;
+pub mod virtiofsd;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +44,11 @@ pub struct Vm {
     pio: Bus,
     mmio: Bus,
     shutdown: Arc<Shutdown>,
+    /// What must live as long as the VM (device backends such as
+    /// virtiofsd). Dropped before `events`, so a backend is stopped while
+    /// its device still holds the connection: one that ended on its own
+    /// can be told from one that was stopped.
+    keep: Vec<Box<dyn Send>>,
     events: EventManager<Subscriber>,
     /// Told on stderr when the VM ends, if `verbose`: (what, its account).
     reports: Vec<(String, Report)>,
@@ -54,18 +60,19 @@ pub type Report = Box<dyn Fn() -> String + Send>;
 
 impl Vm {
     /// A VM with `mem_size` bytes of RAM, an in-kernel irqchip and PIT, and
-    /// `vcpus` vCPUs (not yet configured).
-    pub fn new(mem_size: u64, vcpus: u32) -> Result<Self, Error> {
-        Self::create(mem_size, vcpus, true)
+    /// `vcpus` vCPUs (not yet configured). `shared_memory`: RAM a
+    /// vhost-user backend can map too (see [`memory::create`]).
+    pub fn new(mem_size: u64, vcpus: u32, shared_memory: bool) -> Result<Self, Error> {
+        Self::create(mem_size, vcpus, true, shared_memory)
     }
 
     /// The same without an interrupt controller: HLT then exits to uvm,
     /// which is what small test programs want.
     pub fn new_bare(mem_size: u64, vcpus: u32) -> Result<Self, Error> {
-        Self::create(mem_size, vcpus, false)
+        Self::create(mem_size, vcpus, false, false)
     }
 
-    fn create(mem_size: u64, vcpus: u32, irqchip: bool) -> Result<Self, Error> {
+    fn create(mem_size: u64, vcpus: u32, irqchip: bool, shared: bool) -> Result<Self, Error> {
         memory::validate_size(mem_size, memory::host_memory())?;
         let kvm = Kvm::new().map_err(Error::KvmOpen)?;
         let max = u32::try_from(kvm.get_max_vcpus())
@@ -77,7 +84,7 @@ impl Vm {
         let fd = kvm
             .create_vm()
             .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
-        let mem = memory::create(mem_size)?;
+        let mem = memory::create(mem_size, shared)?;
         for (slot, region) in (0u32..).zip(mem.iter()) {
             let region_desc = kvm_userspace_memory_region {
                 slot,
@@ -122,10 +129,16 @@ impl Vm {
             pio: Bus::new(),
             mmio: Bus::new(),
             shutdown: Arc::new(Shutdown::default()),
+            keep: Vec::new(),
             events,
             reports: Vec::new(),
             verbose: false,
         })
+    }
+
+    /// Keeps `x` until the VM ends.
+    pub fn keep_alive(&mut self, x: Box<dyn Send>) {
+        self.keep.push(x);
     }
 
     /// Adds a device to the account given at the end with `verbose`.

@@ -75,6 +75,75 @@ pub fn stop_on_signals(shutdown: std::sync::Arc<Shutdown>) -> Result<(), crate::
     Ok(())
 }
 
+/// How long past `--timeout` uvm may take to stop its VM.
+pub const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// A last resort behind `--timeout`: should uvm still be running
+/// [`STOP_GRACE`] after it (a thread stuck where no timeout reaches), it
+/// says in one line where each of its threads is and exits 124, so a
+/// bounded run stays bounded.
+pub fn hard_deadline(timeout: Option<Duration>) {
+    let Some(t) = timeout else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("deadline".into())
+        .spawn(move || {
+            std::thread::sleep(t + STOP_GRACE);
+            eprintln!(
+                "uvm: still running {} s past --timeout, so stopping hard; its threads: {}",
+                STOP_GRACE.as_secs(),
+                thread_states()
+            );
+            std::process::exit(EXIT_GUEST_CRASHED);
+        });
+}
+
+/// Each thread's name, the system call it is in and where it sleeps in
+/// the kernel, from /proc.
+fn thread_states() -> String {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = e.path();
+        let read = |f: &str| {
+            std::fs::read_to_string(p.join(f))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        let syscall = read("syscall");
+        let mut words = syscall.split_whitespace();
+        let nr = words.next().unwrap_or("?");
+        let arg0 = words.next().unwrap_or("");
+        let call = match nr {
+            "0" => "read",
+            "1" => "write",
+            "7" => "poll",
+            "16" => "ioctl",
+            "42" => "connect",
+            "43" | "288" => "accept",
+            "44" | "46" => "send",
+            "45" | "47" => "recv",
+            "61" => "wait4",
+            "202" => "futex",
+            "230" | "35" => "sleep",
+            "232" | "281" => "epoll_wait",
+            "running" => "(running)",
+            other => other,
+        };
+        out.push(format!(
+            "{} {call}({arg0}) [{}]",
+            read("comm"),
+            read("wchan")
+        ));
+    }
+    out.join(", ")
+}
+
 #[derive(Default)]
 pub struct Shutdown {
     outcome: Mutex<Option<Outcome>>,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::IoEventAddress;
 use uvm_devices::virtio::block::{self, Block, BlockConfig};
+use uvm_devices::virtio::fs::{self, Fs, FsConfig};
 use uvm_devices::virtio::net::{format_mac, tap, Net, NetConfig};
 use uvm_devices::virtio::vsock::{Vsock, VsockConfig};
 use uvm_devices::virtio::{self, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -132,6 +133,73 @@ impl VsockSpec {
     }
 }
 
+/// `--fs HOST_DIR:TAG[:ro]`: a host folder the guest mounts over
+/// virtio-fs, served by a virtiofsd of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsSpec {
+    pub dir: PathBuf,
+    pub tag: String,
+    pub read_only: bool,
+    /// Where the guest's init mounts it (`/mnt/TAG` for `--fs`).
+    pub guest_path: String,
+}
+
+/// Tags are names: letters, digits, `.`, `_` and `-`, at most 36 bytes.
+pub fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= fs::TAG_BYTES
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+impl FromStr for FsSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "use --fs HOST_DIR:TAG[:ro]";
+        let mut parts: Vec<&str> = s.split(':').collect();
+        let read_only = match parts.last() {
+            Some(&"ro") => true,
+            Some(&"rw") => false,
+            _ => {
+                parts.push("");
+                false
+            }
+        };
+        parts.pop();
+        let tag = parts.pop().unwrap_or_default();
+        let dir = parts.join(":");
+        if dir.is_empty() || tag.is_empty() {
+            return Err(format!("{s:?}: {usage}"));
+        }
+        if !valid_tag(tag) {
+            return Err(format!(
+                "tag {tag:?}: 1 to {} letters, digits, '.', '_' or '-'",
+                fs::TAG_BYTES
+            ));
+        }
+        Ok(FsSpec {
+            dir: PathBuf::from(dir),
+            tag: tag.to_string(),
+            read_only,
+            guest_path: format!("/mnt/{tag}"),
+        })
+    }
+}
+
+impl FsSpec {
+    pub fn check(&self) -> Result<(), Error> {
+        if !self.dir.is_dir() {
+            return Err(Error::Device(format!(
+                "--fs {}: no such folder",
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX]` or `--net bridge[,mac=..]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetSpec {
@@ -217,11 +285,26 @@ pub fn validate(
     disks: &[DiskSpec],
     nets: &[NetSpec],
     vsock: Option<&VsockSpec>,
+    shares: &[FsSpec],
 ) -> Result<(), Error> {
     if let Some(v) = vsock {
         v.check()?;
     }
-    let count = disks.len() + nets.len() + usize::from(vsock.is_some());
+    for f in shares {
+        f.check()?;
+    }
+    let mut tags: Vec<&str> = shares.iter().map(|f| f.tag.as_str()).collect();
+    tags.sort_unstable();
+    if let Some(w) = tags.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::Device(format!(
+            "--fs tag {} is given twice: each share needs its own",
+            w[0]
+        )));
+    }
+    if !shares.is_empty() {
+        super::virtiofsd::binary()?;
+    }
+    let count = disks.len() + nets.len() + usize::from(vsock.is_some()) + shares.len();
     if count > MAX_DEVICES as usize {
         return Err(Error::Device(format!(
             "{count} virtio devices: uvm has interrupt lines for at most {MAX_DEVICES}"
@@ -269,6 +352,7 @@ pub fn attach(
     disks: &[DiskSpec],
     nets: &[NetSpec],
     vsock: Option<&VsockSpec>,
+    shares: &[FsSpec],
 ) -> Result<Attached, Error> {
     let mut out = Attached::default();
     for d in ordered(disks) {
@@ -305,6 +389,27 @@ pub fn attach(
         })?;
         let what = format!("virtio-vsock cid {} {}", v.cid, v.uds.display());
         add_device(vm, &mut out, dev, what)?;
+    }
+    for (i, f) in shares.iter().enumerate() {
+        let (daemon, socket) = super::virtiofsd::Virtiofsd::start(f, i)?;
+        vm.keep_alive(Box::new(daemon));
+        let dev = Fs::new(FsConfig {
+            socket,
+            tag: f.tag.clone(),
+        })?;
+        let what = format!("virtio-fs {} {}", f.tag, f.dir.display());
+        add_device(vm, &mut out, dev, what)?;
+    }
+    if !shares.is_empty() {
+        let list: Vec<uvm_protocol::Share> = shares
+            .iter()
+            .map(|f| uvm_protocol::Share {
+                tag: f.tag.clone(),
+                read_only: f.read_only,
+                path: f.guest_path.clone(),
+            })
+            .collect();
+        out.cmdline.push(uvm_protocol::encode_shares(&list));
     }
     // Debian's kernels find the devices in the DSDT; kernels built with
     // VIRTIO_MMIO_CMDLINE_DEVICES (and no ACPI) find them here.
@@ -468,14 +573,14 @@ mod tests {
             id: None,
             root,
         };
-        assert!(validate(&[spec(&ok, true)], &[], None).is_ok());
+        assert!(validate(&[spec(&ok, true)], &[], None, &[]).is_ok());
         for bad in [
             vec![spec(&small, false)],
             vec![spec(&dir, false)],
             vec![spec(&dir.join("missing"), false)],
             vec![spec(&ok, true), spec(&ok, true)],
         ] {
-            let e = validate(&bad, &[], None).unwrap_err().to_string();
+            let e = validate(&bad, &[], None, &[]).unwrap_err().to_string();
             assert!(!e.contains('\n'), "{e}");
         }
         let tap = |t: &str| NetSpec {
@@ -483,12 +588,59 @@ mod tests {
             mac: None,
             bridge: false,
         };
-        assert!(validate(&[], &[tap("a"), tap("a")], None).is_err());
+        assert!(validate(&[], &[tap("a"), tap("a")], None, &[]).is_err());
         let many: Vec<_> = (0..MAX_DEVICES + 1)
             .map(|i| tap(&format!("t{i}")))
             .collect();
-        assert!(validate(&[], &many, None).is_err());
+        assert!(validate(&[], &many, None, &[]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fs_flags() {
+        let f: FsSpec = "/srv/data:share".parse().unwrap();
+        assert_eq!(
+            f,
+            FsSpec {
+                dir: "/srv/data".into(),
+                tag: "share".into(),
+                read_only: false,
+                guest_path: "/mnt/share".into(),
+            }
+        );
+        let f: FsSpec = "/a:b:c:ro".parse().unwrap();
+        assert_eq!(
+            (f.dir.to_str(), f.tag.as_str(), f.read_only),
+            (Some("/a:b"), "c", true)
+        );
+        for bad in [
+            "",
+            "/a",
+            ":t",
+            "/a:",
+            "/a:ro",
+            "/a:t t",
+            "/a:t/u",
+            &format!("/a:{}", "x".repeat(37)),
+        ] {
+            assert!(bad.parse::<FsSpec>().is_err(), "{bad:?} accepted");
+        }
+        let missing = FsSpec {
+            dir: "/nonexistent-uvm".into(),
+            tag: "t".into(),
+            read_only: false,
+            guest_path: "/mnt/t".into(),
+        };
+        let e = validate(&[], &[], None, std::slice::from_ref(&missing))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such folder"), "{e}");
+        let mut twice = missing;
+        twice.dir = std::env::temp_dir();
+        let e = validate(&[], &[], None, &[twice.clone(), twice])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("given twice"), "{e}");
     }
 
     #[test]

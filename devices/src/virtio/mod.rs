@@ -48,6 +48,7 @@
 //! ```
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
@@ -132,6 +133,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("virtio-fs tag {0:?}: use 1 to 36 bytes, without NUL")]
+    FsTag(String),
+    #[error("vhost-user {op}: {source}")]
+    Vhost {
+        op: &'static str,
+        #[source]
+        source: vhost::Error,
+    },
+    #[error("{0}")]
+    FsBackend(String),
     #[error("cannot create a timerfd: {0}")]
     Timer(#[source] io::Error),
 }

@@ -216,6 +216,34 @@ fn open_agent(cmdline: &str) -> Option<std::fs::File> {
     }
 }
 
+/// The distribution's own init `init=` names, when PID 1 is to be handed
+/// over to it: there is a root disk and no uvm workload (a command or the
+/// agent), as initramfs-tools and dracut do.
+fn handoff_target(cmdline: &str) -> Option<&str> {
+    let init = protocol::param(cmdline, "init")?;
+    let workload = protocol::param(cmdline, protocol::CMD_PARAM).is_some()
+        || protocol::param(cmdline, protocol::AGENT_PARAM).is_some();
+    (protocol::param(cmdline, "root").is_some() && !workload && !init.is_empty()).then_some(init)
+}
+
+/// Becomes `init`: the root's own PID 1 from here on, with the mounts,
+/// modules and network uvm-init set up. Returns only if exec fails.
+fn hand_over(init: &str) -> u8 {
+    use std::os::unix::process::CommandExt;
+    log(&format!("handing PID 1 over to {init}"));
+    let e = Command::new(init)
+        .env_clear()
+        .env("PATH", PATH)
+        .env("TERM", "linux")
+        .current_dir("/")
+        .exec();
+    log(&format!("{init}: {e}"));
+    match e.kind() {
+        std::io::ErrorKind::NotFound => 127,
+        _ => 126,
+    }
+}
+
 /// Spawns the workload; `Err` carries the status a shell would give.
 fn spawn(
     w: &Workload,
@@ -347,6 +375,14 @@ pub fn main() -> ! {
     let agent = open_agent(&cmdline);
     switch_root(&cmdline);
     network(ip.as_ref());
+    // In the final root: a share is where the workload looks for it.
+    if let Err(e) = uvm_protocol::decode_shares(&cmdline)
+        .map_err(InitError::Cmdline)
+        .and_then(|s| mounts::mount_shares(&s))
+    {
+        log(&format!("{e}"));
+        finish(125);
+    }
     let workload = match Workload::from_cmdline(&cmdline) {
         Ok(w) => w,
         Err(e) => {
@@ -363,6 +399,10 @@ pub fn main() -> ! {
     };
     status::report_ready();
     log(&format!("ready after {:.3} s", uptime()));
+    if let Some(init) = handoff_target(&cmdline) {
+        let code = hand_over(init);
+        finish(code);
+    }
     let status = match spawn(&workload, stdio.as_ref(), agent.as_ref()) {
         Ok(pid) => wait_for(pid),
         Err(code) => code,
@@ -427,6 +467,27 @@ mod tests {
         assert!(Workload::from_cmdline("uvm.user=root").is_err());
         let bad_env = protocol::encode_list(protocol::ENV_PARAM, &["NOEQUALS".into()]);
         assert!(Workload::from_cmdline(&bad_env).is_err());
+    }
+
+    #[test]
+    fn pid_1_goes_to_init_only_with_a_root_disk_and_no_workload() {
+        let root = "root=/dev/vda rw";
+        assert_eq!(
+            handoff_target(&format!("{root} init=/lib/systemd/systemd")),
+            Some("/lib/systemd/systemd")
+        );
+        assert_eq!(handoff_target("init=/lib/systemd/systemd"), None);
+        assert_eq!(handoff_target(root), None);
+        assert_eq!(handoff_target(&format!("{root} init=")), None);
+        let cmd = protocol::encode_command(&["true".into()]);
+        assert_eq!(
+            handoff_target(&format!("{root} init=/sbin/init {cmd}")),
+            None
+        );
+        assert_eq!(
+            handoff_target(&format!("{root} init=/sbin/init uvm.agent=1024")),
+            None
+        );
     }
 
     #[test]

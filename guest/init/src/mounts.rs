@@ -92,3 +92,41 @@ pub fn console_stdio() {
         }
     }
 }
+
+/// Mounts the virtio-fs shares the VMM attached, each at its path (made
+/// if missing). The driver binds the devices as its module loads, but
+/// give it a moment in case the probe is deferred.
+pub fn mount_shares(shares: &[uvm_protocol::Share]) -> Result<(), InitError> {
+    for s in shares {
+        std::fs::create_dir_all(&s.path)
+            .map_err(|e| InitError::Io(format!("mkdir {}", s.path), e))?;
+        let flags = if s.read_only {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
+        let mut last = nix::Error::ENODEV;
+        let mounted = super::poll_until(std::time::Duration::from_secs(2), || {
+            match mount(
+                Some(s.tag.as_str()),
+                s.path.as_str(),
+                Some("virtiofs"),
+                flags,
+                None::<&str>,
+            ) {
+                Ok(()) => Some(()),
+                Err(e) => {
+                    last = e;
+                    None
+                }
+            }
+        });
+        if mounted.is_none() {
+            return Err(InitError::Mount {
+                target: format!("virtiofs {} at {}", s.tag, s.path),
+                errno: last,
+            });
+        }
+    }
+    Ok(())
+}

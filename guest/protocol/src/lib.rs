@@ -34,7 +34,61 @@ pub const STDIO_PARAM: &str = "uvm.stdio";
 /// Makes uvm-init run the guest agent ([`AGENT_BIN`]) as the workload
 /// instead of a command; the value is the agent's vsock control port.
 pub const AGENT_PARAM: &str = "uvm.agent";
+/// virtio-fs shares the init mounts, a list (see [`encode_list`]) of
+/// `TAG ro|rw PATH` items.
+pub const FS_PARAM: &str = "uvm.fs";
 pub const AGENT_BIN: &str = "/bin/uvm-agent";
+
+/// A virtio-fs share the init mounts: the device's tag, read-only or
+/// not, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub tag: String,
+    pub read_only: bool,
+    pub path: String,
+}
+
+/// `uvm.fs=...` for `shares`.
+pub fn encode_shares(shares: &[Share]) -> String {
+    let items: Vec<String> = shares
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {}",
+                s.tag,
+                if s.read_only { "ro" } else { "rw" },
+                s.path
+            )
+        })
+        .collect();
+    encode_list(FS_PARAM, &items)
+}
+
+/// The shares `uvm.fs=` names (none when absent).
+pub fn decode_shares(cmdline: &str) -> Result<Vec<Share>, String> {
+    let Some(items) = decode_list(cmdline, FS_PARAM)? else {
+        return Ok(Vec::new());
+    };
+    items
+        .iter()
+        .map(|item| {
+            let mut w = item.splitn(3, ' ');
+            let (tag, mode, path) = (w.next(), w.next(), w.next());
+            match (tag, mode, path) {
+                (Some(tag), Some(mode @ ("ro" | "rw")), Some(path))
+                    if !tag.is_empty() && path.starts_with('/') =>
+                {
+                    Ok(Share {
+                        tag: tag.to_string(),
+                        read_only: mode == "ro",
+                        path: path.to_string(),
+                    })
+                }
+                _ => Err(format!("{FS_PARAM}: {item:?} is not TAG ro|rw /PATH")),
+            }
+        })
+        .collect()
+}
 
 /// `uvm.cmd=...` for `argv`.
 pub fn encode_command(argv: &[String]) -> String {
@@ -93,6 +147,29 @@ pub fn param<'a>(cmdline: &'a str, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_round_trip_with_any_path() {
+        let shares = vec![
+            Share {
+                tag: "fs0".into(),
+                read_only: true,
+                path: "/data dir/with 'quotes'".into(),
+            },
+            Share {
+                tag: "b".into(),
+                read_only: false,
+                path: "/mnt/b".into(),
+            },
+        ];
+        let line = format!("quiet {} x=1", encode_shares(&shares));
+        assert_eq!(decode_shares(&line).unwrap(), shares);
+        assert!(decode_shares("quiet").unwrap().is_empty());
+        for bad in ["fs0 rx /a", "fs0 ro a", " ro /a", "fs0"] {
+            let line = encode_list(FS_PARAM, &[bad.to_string()]);
+            assert!(decode_shares(&line).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn command_round_trips_any_bytes() {
