@@ -387,7 +387,7 @@ H="python3 $VSOCK_HOST"
   wait $after; kill -9 $hold
 ) </dev/null >$B.helper.log 2>&1 &
 helper=$!
-run_uvm --vsock cid=3,uds=$S -- sh -c '
+run_case --timeout 400 --vsock cid=3,uds=$S -- sh -c '
 head -c 20000000 /dev/urandom > /tmp/g2h
 md5sum /tmp/g2h > /tmp/g2h.md5
 uvm-probe vsock-echo 5001 64 > /tmp/echo.out 2>&1 &
