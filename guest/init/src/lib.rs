@@ -341,6 +341,19 @@ fn reap_for(limit: Duration) {
     }
 }
 
+/// Waits (at most 2 s, a UART may be wedged) until what was written to the
+/// console has left it: the VM ends at the status report or the power-off,
+/// and a line still in the tty's buffer would be lost (seen under QEMU,
+/// whose guests print their workload's output there).
+fn drain_console() {
+    let (done, wait) = std::sync::mpsc::channel();
+    let _ = std::thread::Builder::new().spawn(move || {
+        let _ = nix::sys::termios::tcdrain(std::io::stdout());
+        let _ = done.send(());
+    });
+    let _ = wait.recv_timeout(Duration::from_secs(2));
+}
+
 /// Stops what is left, flushes the filesystems, and tells the VMM.
 fn finish(status: u8) -> ! {
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
@@ -351,6 +364,7 @@ fn finish(status: u8) -> ! {
     reap_for(Duration::from_millis(100));
     nix::unistd::sync();
     root::remount_readonly();
+    drain_console();
     status::report_exit(status);
     // Not under uvm (no status port): power off the ordinary way.
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
