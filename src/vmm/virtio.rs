@@ -293,12 +293,9 @@ pub fn validate(
     for f in shares {
         f.check()?;
     }
-    let mut tags: Vec<&str> = shares.iter().map(|f| f.tag.as_str()).collect();
-    tags.sort_unstable();
-    if let Some(w) = tags.windows(2).find(|w| w[0] == w[1]) {
+    if let Some(tag) = given_twice(shares.iter().map(|f| f.tag.as_str())) {
         return Err(Error::Device(format!(
-            "--fs tag {} is given twice: each share needs its own",
-            w[0]
+            "--fs tag {tag} is given twice: each share needs its own"
         )));
     }
     if !shares.is_empty() {
@@ -316,15 +313,19 @@ pub fn validate(
     for d in disks {
         block::check_image(&d.path)?;
     }
-    let mut taps: Vec<&str> = nets.iter().map(|n| n.tap.as_str()).collect();
-    taps.sort_unstable();
-    if let Some(w) = taps.windows(2).find(|w| w[0] == w[1]) {
+    if let Some(tap) = given_twice(nets.iter().map(|n| n.tap.as_str())) {
         return Err(Error::Device(format!(
-            "tap {} is given twice: each --net needs its own tap",
-            w[0]
+            "tap {tap} is given twice: each --net needs its own tap"
         )));
     }
     Ok(())
+}
+
+/// A name that occurs more than once, if any.
+fn given_twice<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut v: Vec<&str> = names.collect();
+    v.sort_unstable();
+    v.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
 }
 
 /// The disks in the order the guest finds them: the root disk first, so it
