@@ -359,7 +359,7 @@ echo 0 > $B.rc
     },
     Scripted {
         name: "vsock",
-        // virtio-vsock through the Firecracker-style Unix socket: 20 MB
+        // virtio-vsock through the Firecracker-style Unix socket: 8 MB
         // each way with checksums (50 MB passes too; less keeps the
         // runner's L1 from its nested-SVM hazards under heavy traffic), 64 connections at once, refusals both
         // ways, a host peer that stops reading stalls only its own
@@ -368,7 +368,7 @@ echo 0 > $B.rc
 # On L1's own tmpfs: a Unix socket cannot be bound on the 9p /tmp.
 S=/dev/shm/uvm-vsock-test.sock
 rm -f $S ${S}_*
-head -c 20000000 /dev/urandom > $B.h2g
+head -c 8000000 /dev/urandom > $B.h2g
 H="python3 $VSOCK_HOST"
 (
   $H serve $S 6000 $B.g2h.data > $B.g2h.sum &
@@ -388,7 +388,7 @@ H="python3 $VSOCK_HOST"
 ) </dev/null >$B.helper.log 2>&1 &
 helper=$!
 run_case --timeout 400 --vsock cid=3,uds=$S -- sh -c '
-head -c 20000000 /dev/urandom > /tmp/g2h
+head -c 8000000 /dev/urandom > /tmp/g2h
 md5sum /tmp/g2h > /tmp/g2h.md5
 uvm-probe vsock-echo 5001 64 > /tmp/echo.out 2>&1 &
 echo_pid=$!
@@ -512,8 +512,8 @@ rm -rf $R $I $B.rand
         name: "fs",
         // virtio-fs: two host folders, one read-only, each served by its
         // own virtiofsd: what the host put there is read in the guest
-        // (100 MB with its checksum), what the guest writes lands on the
-        // host (1000 small files), the ro share refuses writes. Then a
+        // (20 MB with its checksum), what the guest writes lands on the
+        // host (200 small files), the ro share refuses writes. Then a
         // second VM whose virtiofsd is SIGKILLed under it: the guest's
         // next requests fail with EIO, its command still ends with its
         // own status, and nothing is left behind. (No process per file:
@@ -522,7 +522,7 @@ rm -rf $R $I $B.rand
 D=$(mktemp -d /dev/shm/uvm-fs.XXXXXX)
 mkdir $D/rw $D/ro
 echo from-host > $D/ro/hello
-head -c 100000000 /dev/urandom > $D/rw/big
+head -c 20000000 /dev/urandom > $D/rw/big
 run_case --timeout 400 --fs $D/rw:data --fs $D/ro:cfg:ro -- sh -c '
 t0=$(date +%s)
 cat /mnt/cfg/hello
@@ -531,7 +531,7 @@ echo guest-wrote > /mnt/data/from-guest
 echo "big $(md5sum < /mnt/data/big | cut -d" " -f1)"
 t1=$(date +%s)
 mkdir /mnt/data/small && cd /mnt/data/small || exit 1
-for i in $(seq 0 999); do echo "file $i" > f$i; set -- "$@" f$i; done
+for i in $(seq 0 199); do echo "file $i" > f$i; set -- "$@" f$i; done
 t2=$(date +%s)
 echo "small $(cat "$@" | md5sum | cut -d" " -f1)"
 grep -c " virtiofs " /proc/mounts
@@ -541,7 +541,7 @@ exit 6'
 echo "host from-guest $(cat $D/rw/from-guest)"
 echo "host ro-left $(ls $D/ro)"
 echo "host big $(md5sum < $D/rw/big | cut -d' ' -f1)"
-cd $D/rw/small && set -- $(for i in $(seq 0 999); do echo f$i; done)
+cd $D/rw/small && set -- $(for i in $(seq 0 199); do echo f$i; done)
 echo "host small $(ls | wc -l) $(cat "$@" | md5sum | cut -d' ' -f1)"
 cd /
 rm -rf $D/rw/small $D/rw/big
@@ -1349,8 +1349,8 @@ fn host_folders_over_virtio_fs_and_a_backend_killed_under_the_guest() {
             &format!(
                 "small {}",
                 host.lines()
-                    .find_map(|l| l.strip_prefix("host small 1000 "))
-                    .expect("1000 files on the host")
+                    .find_map(|l| l.strip_prefix("host small 200 "))
+                    .expect("200 files on the host")
             ),
             "2",
         ]
@@ -1576,9 +1576,9 @@ fn vsock_carries_data_both_ways_and_survives_bad_peers() {
     assert_eq!(sent.len(), 2, "{h}");
     assert_eq!(sent[0], sent[1], "the host sent its file: {h}");
     assert_eq!(field(out, "guest h2g "), [sent[0].clone()], "{out}");
-    // Guest to host: 20 MB, checksums equal.
+    // Guest to host: 8 MB, checksums equal.
     let got = field(h, "host g2h ");
-    assert_eq!(got.get(1).map(String::as_str), Some("20000000"), "{h}");
+    assert_eq!(got.get(1).map(String::as_str), Some("8000000"), "{h}");
     assert_eq!(field(out, "guest g2h ").first(), got.first(), "{out} {h}");
     assert!(h.contains("host many ok=64 of 64"), "{h}");
     assert!(out.contains("guest echo echoed 64"), "{out}");
