@@ -100,6 +100,8 @@ pub enum BenchCommand {
     },
     /// virtio-blk and virtio-net throughput in the guest, uvm vs QEMU microvm (same kernel, image, tap).
     Io(crate::bench::io::IoArgs),
+    /// vsock against TCP over virtio-net, virtio-fs against virtio-blk ext4, in one uvm guest.
+    Channels(crate::bench::channels::ChannelsArgs),
 }
 
 #[derive(Debug, clap::Args)]

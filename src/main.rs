@@ -115,6 +115,10 @@ fn main() {
             ..
         }) => uvm::bench::io::main(&args),
         Command::Bench(BenchArgs {
+            command: Some(BenchCommand::Channels(args)),
+            ..
+        }) => uvm::bench::channels::main(&args),
+        Command::Bench(BenchArgs {
             command: None,
             levels,
         }) => uvm::bench::levels::main(&levels),

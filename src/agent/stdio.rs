@@ -1,8 +1,9 @@
 //! A process's streams joined to this process's own: what an attached
 //! `uvm agent run|exec` (and `uvm boot -- CMD` later) does with them.
 
-use std::io::Write;
+use std::fs::File;
 use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 
@@ -39,7 +40,12 @@ impl Attached {
     }
 
     /// Copies our stdin to the process (its EOF is the process's) and its
-    /// stdout and stderr to ours, each in a thread of its own.
+    /// stdout and stderr to ours, each in a thread of its own. The outputs
+    /// go to copies of our descriptors, never through std's `Stdout` and
+    /// `Stderr`: a copy into those holds their process-wide lock while it
+    /// waits on the guest, and every other writer (the serial console on
+    /// the vCPU thread, uvm's own messages) would wait with it, the guest
+    /// frozen behind its console.
     pub fn pump(self) -> Pumps {
         if let Some(mut s) = self.stdin {
             // Not joined: a terminal's stdin may never end.
@@ -49,17 +55,14 @@ impl Attached {
             });
         }
         let mut outputs = Vec::new();
-        if let Some(mut s) = self.stdout {
+        for (stream, ours) in [
+            (self.stdout, std::io::stdout().as_fd().try_clone_to_owned()),
+            (self.stderr, std::io::stderr().as_fd().try_clone_to_owned()),
+        ] {
+            let Some(mut s) = stream else { continue };
             outputs.push(std::thread::spawn(move || {
-                let mut out = std::io::stdout().lock();
-                let n = std::io::copy(&mut s, &mut out)?;
-                out.flush().map(|()| n)
-            }));
-        }
-        if let Some(mut s) = self.stderr {
-            outputs.push(std::thread::spawn(move || {
-                let n = std::io::copy(&mut s, &mut std::io::stderr().lock())?;
-                Ok(n)
+                let mut out = File::from(ours?);
+                std::io::copy(&mut s, &mut out)
             }));
         }
         Pumps { outputs }

@@ -9,15 +9,13 @@
 //! with `nc` and the bench pushes bytes to it and pulls bytes from it over
 //! TCP through the tap, timed on this side.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::bench::guest::{connect_tcp, json_number, number, pull, push, GuestRun, TapGuard};
 use crate::bench::{median, qemu_microvm, svg_plot, Panel};
 use crate::error::Error;
 use crate::vmm::memory::parse_size;
@@ -31,15 +29,6 @@ const IP_PARAM: &str = "ip=10.0.2.2::10.0.2.1:255.255.255.0::eth0:off";
 const MAC: &str = "52:54:00:12:34:56";
 const PORT_TO_GUEST: u16 = 5002;
 const PORT_FROM_GUEST: u16 = 5003;
-/// Connection attempts to a guest port the guest said it listens on (it
-/// may take a moment to actually listen), one every 100 ms.
-const CONNECT_TRIES: u32 = 300;
-/// A transfer that moves no byte for this long has stalled.
-const STALL: Duration = Duration::from_secs(60);
-/// How long a VMM may take to exit once its guest said it is done.
-const EXIT_GRACE: Duration = Duration::from_secs(60);
-/// Console lines kept to explain a failure.
-const RECENT_LINES: usize = 30;
 
 const USAGE_EXIT: &str = "\
 Exit status: 0 when every run of both VMMs completed; 1 when a run failed
@@ -167,18 +156,6 @@ pub enum GuestLine {
     Done,
 }
 
-fn field<'a>(words: &[&'a str], key: &str) -> Result<&'a str, String> {
-    words
-        .iter()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .ok_or_else(|| format!("no {key}="))
-}
-
-fn number<T: std::str::FromStr>(words: &[&str], key: &str) -> Result<T, String> {
-    let v = field(words, key)?;
-    v.parse().map_err(|_| format!("{key}={v}: not a number"))
-}
-
 /// Parses a console line: `None` when it is not the bench's (kernel or
 /// init messages), an error when it is but makes no sense. The serial
 /// console's `\r` and anything before the tag (a kernel message the line
@@ -258,14 +235,6 @@ pub fn table(header: &str, uvm: &[Sample], qemu: &[Sample]) -> String {
         ));
     }
     out
-}
-
-fn json_number(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.3}")
-    } else {
-        "null".into()
-    }
 }
 
 fn json_samples(samples: &[Sample]) -> String {
@@ -348,56 +317,6 @@ say done"#
     )
 }
 
-/// A child process that is killed if the bench gives up on it.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run `ip` (iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}`: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// A tap made for one VM, with the host's address, deleted when dropped:
-/// each VM gets a fresh one, so no VMM inherits the other's offloads.
-struct TapGuard(String);
-
-impl TapGuard {
-    fn create(name: &str) -> Result<Self, BenchError> {
-        let env = |e: String| BenchError::Environment(format!("cannot make tap {name}: {e}"));
-        ip(&["tuntap", "add", name, "mode", "tap"]).map_err(env)?;
-        let tap = TapGuard(name.to_string());
-        ip(&["addr", "add", HOST_CIDR, "dev", name]).map_err(env)?;
-        ip(&["link", "set", name, "up"]).map_err(env)?;
-        Ok(tap)
-    }
-}
-
-impl Drop for TapGuard {
-    fn drop(&mut self) {
-        let _ = ip(&["link", "del", &self.0]);
-    }
-}
-
 /// The raw disk image, allocated with zeros (so neither VMM pays for the
 /// host filesystem's allocation), deleted when dropped.
 struct ImageGuard(PathBuf);
@@ -422,87 +341,6 @@ impl Drop for ImageGuard {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-fn connect(port: u16, deadline: Instant) -> Result<TcpStream, String> {
-    let addr = SocketAddr::from((GUEST_IP, port));
-    let mut last = None;
-    for _ in 0..CONNECT_TRIES {
-        if Instant::now() >= deadline {
-            break;
-        }
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-            Ok(s) => {
-                s.set_read_timeout(Some(STALL))
-                    .and_then(|()| s.set_write_timeout(Some(STALL)))
-                    .map_err(|e| format!("{addr}: {e}"))?;
-                return Ok(s);
-            }
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!(
-        "cannot connect to the guest at {addr}: {}",
-        last.map_or("out of time".into(), |e| e.to_string())
-    ))
-}
-
-/// Sends `size` bytes to the guest's listener and waits until the guest
-/// closes its side (it has read them all); the seconds that took.
-fn send_to_guest(size: u64, deadline: Instant) -> Result<f64, String> {
-    let mut s = connect(PORT_TO_GUEST, deadline)?;
-    let buf = vec![0u8; 1 << 16];
-    let start = Instant::now();
-    let mut sent = 0u64;
-    while sent < size {
-        let n = usize::try_from(size - sent).map_or(buf.len(), |left| left.min(buf.len()));
-        s.write_all(&buf[..n])
-            .map_err(|e| format!("host->guest: after {sent} of {size} bytes: {e}"))?;
-        sent += n as u64;
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "host->guest: out of time after {sent} of {size} bytes"
-            ));
-        }
-    }
-    s.shutdown(Shutdown::Write)
-        .map_err(|e| format!("host->guest: shutdown: {e}"))?;
-    let mut sink = [0u8; 4096];
-    loop {
-        match s.read(&mut sink) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => return Err(format!("host->guest: waiting for the guest to close: {e}")),
-        }
-    }
-    Ok(start.elapsed().as_secs_f64())
-}
-
-/// Reads what the guest sends until it closes; the seconds that took.
-fn receive_from_guest(size: u64, deadline: Instant) -> Result<f64, String> {
-    let mut s = connect(PORT_FROM_GUEST, deadline)?;
-    let mut buf = vec![0u8; 1 << 16];
-    let start = Instant::now();
-    let mut got = 0u64;
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got += n as u64,
-            Err(e) => return Err(format!("guest->host: after {got} of {size} bytes: {e}")),
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "guest->host: out of time after {got} of {size} bytes"
-            ));
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    if got != size {
-        return Err(format!("guest->host: got {got} bytes, expected {size}"));
-    }
-    Ok(secs)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -584,81 +422,31 @@ impl IoBench<'_> {
 
     /// Boots one VM on a fresh tap and runs the guest's side of the bench.
     fn run_vm(&self, vmm: Vmm, label: &str) -> Result<Sample, BenchError> {
-        let _tap = TapGuard::create(&self.tap)?;
-        let mut cmd = match vmm {
+        let _tap = TapGuard::create(&self.tap, HOST_CIDR).map_err(BenchError::Environment)?;
+        let cmd = match vmm {
             Vmm::Uvm => self.uvm()?,
             Vmm::Qemu => self.qemu(),
         };
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| BenchError::Environment(format!("starting {vmm}: {e}")))?;
-        let mut child = ChildGuard(child);
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.0.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut line = Vec::new();
-            while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-                let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                if tx.send(text).is_err() {
-                    break;
-                }
-                line.clear();
-            }
-        });
-        let stderr_text = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.0.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&stderr_text);
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            sink.lock().map(|mut t| t.push_str(&s)).ok();
-        });
-
         let args = self.args;
         let deadline = Instant::now() + Duration::from_secs(args.timeout);
-        let mut recent: VecDeque<String> = VecDeque::new();
+        let mut run =
+            GuestRun::spawn(cmd, label.to_string(), deadline).map_err(BenchError::Environment)?;
         let mut sample = [f64::NAN; 4];
         let mut done = false;
-        let fail = |what: String, recent: &VecDeque<String>| {
-            let mut m = format!("{label}: {what}");
-            if !recent.is_empty() {
-                m.push_str("\nlast console lines:");
-                for l in recent {
-                    m.push_str("\n  ");
-                    m.push_str(l);
-                }
-            }
-            BenchError::Run(m)
-        };
         let mut put = |m: Metric, v: f64| {
             eprintln!("bench io: {label}: {} {v:.2}", m.label());
             sample[m.index()] = v;
         };
         while !done {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(line) => line,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(fail(
-                        format!("no progress within --timeout {} s", args.timeout),
-                        &recent,
-                    ))
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            let Some(line) = run.next_line().map_err(BenchError::Run)? else {
+                break;
             };
-            if recent.len() == RECENT_LINES {
-                recent.pop_front();
-            }
-            recent.push_back(line.clone());
             let event = match parse_guest_line(&line) {
                 None => continue,
                 Some(Ok(e)) => e,
-                Some(Err(e)) => return Err(fail(e, &recent)),
+                Some(Err(e)) => return Err(BenchError::Run(run.fail(e))),
             };
+            let fail = |e: String| BenchError::Run(run.fail(e));
             match event {
                 GuestLine::Disk {
                     write,
@@ -669,7 +457,7 @@ impl IoBench<'_> {
                 } => {
                     let op = if write { "write" } else { "read" };
                     if rc != 0 {
-                        return Err(fail(format!("guest dd {op} failed ({rc})"), &recent));
+                        return Err(fail(format!("guest dd {op} failed ({rc})")));
                     }
                     let m = if write {
                         Metric::DiskWrite
@@ -679,74 +467,38 @@ impl IoBench<'_> {
                     put(m, mb_per_s(bytes, t1 - t0));
                 }
                 GuestLine::Listen(PORT_TO_GUEST) => {
+                    let mut s = connect_tcp(GUEST_IP, PORT_TO_GUEST, deadline).map_err(fail)?;
                     let secs =
-                        send_to_guest(args.net_size, deadline).map_err(|e| fail(e, &recent))?;
+                        push(&mut s, args.net_size, deadline, "host->guest").map_err(fail)?;
                     put(Metric::NetToGuest, mb_per_s(args.net_size, secs));
                 }
                 GuestLine::Received(n) if n != args.net_size => {
-                    return Err(fail(
-                        format!("the guest received {n} bytes, expected {}", args.net_size),
-                        &recent,
-                    ))
+                    return Err(fail(format!(
+                        "the guest received {n} bytes, expected {}",
+                        args.net_size
+                    )))
                 }
                 GuestLine::Received(_) => {}
                 GuestLine::Listen(PORT_FROM_GUEST) => {
-                    let secs = receive_from_guest(args.net_size, deadline)
-                        .map_err(|e| fail(e, &recent))?;
+                    let mut s = connect_tcp(GUEST_IP, PORT_FROM_GUEST, deadline).map_err(fail)?;
+                    let secs =
+                        pull(&mut s, args.net_size, deadline, "guest->host").map_err(fail)?;
                     put(Metric::NetFromGuest, mb_per_s(args.net_size, secs));
                 }
                 GuestLine::Listen(port) => {
-                    return Err(fail(format!("the guest listens on {port}?"), &recent))
+                    return Err(fail(format!("the guest listens on {port}?")))
                 }
                 GuestLine::Note(n) => eprintln!("bench io: {label}: guest: {n}"),
                 GuestLine::Done => done = true,
             }
         }
-        // The guest is done (or the VMM closed its console): let it exit.
-        let exit_by = Instant::now() + EXIT_GRACE;
-        let status = loop {
-            match child.0.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() < exit_by => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                _ => break None,
-            }
-        };
-        let stderr_tail = || {
-            let text = stderr_text.lock().map(|t| t.clone()).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().rev().take(5).collect();
-            lines.into_iter().rev().collect::<Vec<_>>().join("\n  ")
-        };
-        let status = status.ok_or_else(|| {
-            fail(
-                format!(
-                    "{vmm} did not exit within {} s of the guest's last line",
-                    EXIT_GRACE.as_secs()
-                ),
-                &recent,
-            )
-        })?;
-        if !done {
-            return Err(fail(
-                format!(
-                    "{vmm} exited ({status}) before the guest finished; its stderr:\n  {}",
-                    stderr_tail()
-                ),
-                &recent,
-            ));
-        }
-        if !status.success() {
-            return Err(fail(
-                format!(
-                    "{vmm} exited with {status}; its stderr:\n  {}",
-                    stderr_tail()
-                ),
-                &recent,
-            ));
-        }
+        run.finish(&vmm.to_string(), done)
+            .map_err(BenchError::Run)?;
         if let Some(m) = METRICS.iter().find(|m| !sample[m.index()].is_finite()) {
-            return Err(fail(format!("no measurement of {}", m.label()), &recent));
+            return Err(BenchError::Run(format!(
+                "{label}: no measurement of {}",
+                m.label()
+            )));
         }
         Ok(sample)
     }

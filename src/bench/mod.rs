@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
+pub mod channels;
+pub mod guest;
 pub mod io;
 pub mod levels;
 pub mod net;

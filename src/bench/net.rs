@@ -84,7 +84,7 @@ impl Drop for Sink {
 }
 
 fn ip(args: &[&str]) -> Result<(), Error> {
-    super::io::ip(args).map_err(|e| Error::Usage(format!("bench: {e}")))
+    super::guest::ip(args).map_err(|e| Error::Usage(format!("bench: {e}")))
 }
 
 /// runc's place on the bridge: a network namespace whose `eth0` is one end
