@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::bench::guest::{
     connect_tcp, field, json_number, number, pull, push, retry_connect, round_trips, GuestRun,
-    TapGuard, STALL,
+    HalfClose, TapGuard, STALL,
 };
 use crate::bench::io::{mb_per_s, ratio, BenchError};
 use crate::bench::{median, svg_plot, write_plot, Panel};
@@ -436,6 +436,21 @@ impl ChannelsBench<'_> {
                 Ok(s)
             })
         };
+        // The host's end of a guest port: over vsock through uvm's socket
+        // (or, for a guest that sends, the connection uvm makes to ours),
+        // over TCP to the guest's address.
+        let open =
+            |c: Channel, port: u32, guest_sends: bool| -> Result<Box<dyn HalfClose>, String> {
+                Ok(match c {
+                    Channel::Vsock if guest_sends => Box::new(accept(&from_guest, deadline)?),
+                    Channel::Vsock => Box::new(vsock(port)?),
+                    Channel::Tcp => {
+                        let port = u16::try_from(port)
+                            .map_err(|_| format!("the guest names TCP port {port}"))?;
+                        Box::new(connect_tcp(GUEST_IP, port, deadline)?)
+                    }
+                })
+            };
         let mut put = |p: Pair, side: usize, v: f64| {
             eprintln!(
                 "bench channels: {label}: {} {}: {v:.2}",
@@ -497,18 +512,13 @@ impl ChannelsBench<'_> {
                     put(pair, usize::from(blk), v);
                 }
                 GuestLine::ToGuest(c, port) => {
-                    let what = format!("host->guest over {c}");
-                    let secs = match c {
-                        Channel::Vsock => {
-                            let mut s = vsock(port).map_err(fail)?;
-                            push(&mut s, args.stream_size, deadline, &what)
-                        }
-                        Channel::Tcp => {
-                            let mut s =
-                                connect_tcp(GUEST_IP, tcp_port(port)?, deadline).map_err(fail)?;
-                            push(&mut s, args.stream_size, deadline, &what)
-                        }
-                    }
+                    let mut s = open(c, port, false).map_err(fail)?;
+                    let secs = push(
+                        &mut *s,
+                        args.stream_size,
+                        deadline,
+                        &format!("host->guest over {c}"),
+                    )
                     .map_err(fail)?;
                     put(Pair::ToGuest, side(c), mb_per_s(args.stream_size, secs));
                 }
@@ -520,34 +530,24 @@ impl ChannelsBench<'_> {
                 }
                 GuestLine::Received(..) => {}
                 GuestLine::FromGuest(c, port) => {
-                    let what = format!("guest->host over {c}");
-                    let secs = match c {
-                        Channel::Vsock => {
-                            let mut s = accept(&from_guest, deadline).map_err(fail)?;
-                            pull(&mut s, args.stream_size, deadline, &what)
-                        }
-                        Channel::Tcp => {
-                            let mut s =
-                                connect_tcp(GUEST_IP, tcp_port(port)?, deadline).map_err(fail)?;
-                            pull(&mut s, args.stream_size, deadline, &what)
-                        }
-                    }
+                    let mut s = open(c, port, true).map_err(fail)?;
+                    let secs = pull(
+                        &mut *s,
+                        args.stream_size,
+                        deadline,
+                        &format!("guest->host over {c}"),
+                    )
                     .map_err(fail)?;
                     put(Pair::FromGuest, side(c), mb_per_s(args.stream_size, secs));
                 }
                 GuestLine::Echo(c, port) => {
-                    let what = format!("round trips over {c}");
-                    let trips = match c {
-                        Channel::Vsock => {
-                            let mut s = vsock(port).map_err(fail)?;
-                            round_trips(&mut s, args.round_trips, deadline, &what)
-                        }
-                        Channel::Tcp => {
-                            let mut s =
-                                connect_tcp(GUEST_IP, tcp_port(port)?, deadline).map_err(fail)?;
-                            round_trips(&mut s, args.round_trips, deadline, &what)
-                        }
-                    }
+                    let mut s = open(c, port, false).map_err(fail)?;
+                    let trips = round_trips(
+                        &mut *s,
+                        args.round_trips,
+                        deadline,
+                        &format!("round trips over {c}"),
+                    )
                     .map_err(fail)?;
                     put(Pair::RoundTrip, side(c), median(trips));
                 }
@@ -575,10 +575,6 @@ impl ChannelsBench<'_> {
         }
         Ok(sample)
     }
-}
-
-fn tcp_port(port: u32) -> Result<u16, BenchError> {
-    u16::try_from(port).map_err(|_| BenchError::Run(format!("the guest names TCP port {port}")))
 }
 
 /// The VMM's connection for a guest that connects to the host's port.
