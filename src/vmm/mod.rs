@@ -8,6 +8,7 @@ pub mod layout;
 pub mod linux;
 pub mod memory;
 pub mod regs;
+pub mod seccomp;
 pub mod shutdown;
 pub mod vcpu;
 pub mod virtio;
