@@ -112,7 +112,7 @@ pub fn hard_deadline(timeout: Option<Duration>, seccomp: bool) -> Result<(), cra
 
 /// Each thread's name, the system call it is in and where it sleeps in
 /// the kernel, from /proc.
-fn thread_states() -> String {
+pub(crate) fn thread_states() -> String {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc/self/task")
         .into_iter()

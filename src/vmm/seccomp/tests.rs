@@ -202,79 +202,181 @@ fn the_sigsys_line_names_thread_and_call() {
     assert!(line.buf[..line.len].starts_with(b"uvm: stopped by a SIGSYS that no seccomp"));
 }
 
-/// Set in the child that [`forbidden_call_stops_the_process`] starts: the
-/// role to apply and the call to make.
+/// Set in the children [`run_child`] starts: the role to apply, what to
+/// do under it, and the thread's name.
 const CHILD_ENV: &str = "UVM_SECCOMP_TEST_CHILD";
 
-/// In a child process (this test binary again, running only
-/// [`child_breaks_its_filter`]), a thread under `role`'s filter makes a
-/// call the filter forbids: the child must end with [`EXIT_SECCOMP`] and
-/// say which thread and which call. Returns its stderr.
-fn run_child(role: &str, call: &str, thread: &str) -> String {
+/// Runs this test binary again, only [`child_under_a_filter`], which does
+/// `action` in a thread named `thread` under `role`'s filter. Returns its
+/// exit status and stderr.
+fn run_child(role: &str, action: &str, thread: &str) -> (Option<i32>, String) {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "vmm::seccomp::tests::child_breaks_its_filter",
+            "vmm::seccomp::tests::child_under_a_filter",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_ENV, format!("{role}:{call}:{thread}"))
+        .env(CHILD_ENV, format!("{role}:{action}:{thread}"))
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
+    (
         out.status.code(),
-        Some(EXIT_SECCOMP),
-        "{role}/{call}: {:?}, stderr: {stderr}",
-        out.status
-    );
-    stderr
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A call the filter forbids ends the process with [`EXIT_SECCOMP`] and a
+/// line that names the thread and the call.
+fn assert_stopped(role: &str, call: &str, thread: &str, line: &str) {
+    let (status, err) = run_child(role, call, thread);
+    assert_eq!(status, Some(EXIT_SECCOMP), "{role}/{call}: {err}");
+    assert!(err.contains(line), "{err}");
+}
+
+/// What the filter must allow goes through: the child ends with 0.
+fn assert_allowed(role: &str, action: &str, thread: &str) {
+    let (status, err) = run_child(role, action, thread);
+    assert!(!err.contains("uvm: seccomp"), "{role}/{action}: {err}");
+    assert_eq!(status, Some(0), "{role}/{action}: {err}");
 }
 
 #[test]
 fn forbidden_call_stops_the_process() {
-    let err = run_child("vcpu", "socket", "vcpu0");
-    assert!(
-        err.contains(
-            "uvm: seccomp: thread vcpu0 made system call socket (41), which its filter forbids"
-        ),
-        "{err}"
+    assert_stopped(
+        "vcpu",
+        "socket",
+        "vcpu0",
+        "uvm: seccomp: thread vcpu0 made system call socket (41), which its filter forbids",
     );
-    let err = run_child("event_loop", "execve", "event-loop");
-    assert!(
-        err.contains("thread event-loop made system call execve (59)"),
-        "{err}"
+    assert_stopped(
+        "event_loop",
+        "execve",
+        "event-loop",
+        "thread event-loop made system call execve (59)",
     );
-    let err = run_child("control", "execve", "workload");
-    assert!(
-        err.contains("thread workload made system call execve (59)"),
-        "{err}"
+    assert_stopped(
+        "control",
+        "execve",
+        "workload",
+        "thread workload made system call execve (59)",
     );
-    let err = run_child("vcpu", "openat", "vcpu1");
-    assert!(
-        err.contains("thread vcpu1 made system call openat (257)"),
-        "{err}"
+    assert_stopped(
+        "vcpu",
+        "openat",
+        "vcpu1",
+        "thread vcpu1 made system call openat (257)",
+    );
+    assert_stopped(
+        "control",
+        "fork",
+        "signals",
+        "thread signals made system call clone (56)",
     );
 }
 
-/// Only does something in the child [`run_child`] starts.
+/// What the thread that ends the VM does after it (see Vm::run, main.rs's
+/// boot and the Drops it runs), under the control filter: stop and reap
+/// a backend process, remove the VM's folder and vsock socket, read the
+/// console log's tail, the deadline's report from /proc, the terminal's
+/// mode, a thread's start and end, and the process's exit.
 #[test]
-fn child_breaks_its_filter() {
+fn the_control_filter_lets_the_vm_end_and_clean_up() {
+    assert_allowed("control", "cleanup", "uvm");
+}
+
+/// The event loop serving virtio-vsock's host side: a program connects,
+/// sends CONNECT and hangs up, and the device accepts, reads, arms its
+/// timer and closes.
+#[test]
+fn the_event_loop_filter_lets_vsock_serve_the_host() {
+    assert_allowed("event_loop", "vsock", "event-loop");
+}
+
+/// Everything the cleanup action needs set up beforehand, as Vm::run's
+/// caller has it: a folder with a log and a socket, a child process.
+struct Leftovers {
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+fn leftovers() -> Leftovers {
+    let dir = std::env::temp_dir().join(format!("uvm-seccomp-test-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("console.log"), "one\r\ntwo\r\n").unwrap();
+    std::fs::write(dir.join("sub/file"), "x").unwrap();
+    drop(std::os::unix::net::UnixListener::bind(dir.join("vsock.sock")).unwrap());
+    let child = Command::new("sleep").arg("30").spawn().unwrap();
+    Leftovers { dir, child }
+}
+
+fn clean_up(mut l: Leftovers) {
+    use std::io::IsTerminal;
+    eprintln!("cleaning up");
+    assert_eq!(crate::run::vm::tail(&l.dir.join("console.log"), 1), "two");
+    let sock = l.dir.join("vsock.sock");
+    assert!(sock.symlink_metadata().is_ok());
+    std::fs::remove_file(&sock).unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(l.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    while l.child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = l.child.kill();
+    let _ = l.child.wait();
+    std::fs::remove_dir_all(&l.dir).unwrap();
+    assert!(crate::vmm::shutdown::thread_states().contains("uvm"));
+    let _ = std::io::stdin().is_terminal();
+    std::thread::spawn(|| eprintln!("a thread")).join().unwrap();
+    std::process::exit(0);
+}
+
+type Subscriber = std::sync::Arc<std::sync::Mutex<dyn event_manager::MutEventSubscriber + Send>>;
+
+/// A virtio-vsock device in an event loop, and a host program that
+/// connects to it, as Vm::run's caller sets them up.
+fn vsock_loop() -> (event_manager::EventManager<Subscriber>, std::path::PathBuf) {
+    use event_manager::SubscriberOps;
+    use std::io::Write;
+    use uvm_devices::virtio::vsock::{Vsock, VsockConfig};
+    let uds = std::env::temp_dir().join(format!("uvm-seccomp-test-{}.sock", std::process::id()));
+    let vsock = Vsock::new(VsockConfig {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    })
+    .unwrap();
+    let mut events = event_manager::EventManager::<Subscriber>::new().unwrap();
+    events.add_subscriber(std::sync::Arc::new(std::sync::Mutex::new(vsock)));
+    let path = uds.clone();
+    std::thread::spawn(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.write_all(b"CONNECT 52\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
+    (events, uds)
+}
+
+/// Only does something in the children [`run_child`] starts.
+#[test]
+fn child_under_a_filter() {
     let Ok(what) = std::env::var(CHILD_ENV) else {
         return;
     };
     let mut parts = what.split(':').map(str::to_string);
-    let (role, call, thread) = (
+    let (role, action, thread) = (
         parts.next().unwrap(),
         parts.next().unwrap(),
         parts.next().unwrap(),
     );
     let role = Role::ALL.into_iter().find(|r| r.name() == role).unwrap();
+    // Set up unfiltered, as the threads' creator does.
+    let mut cleanup = (action == "cleanup").then(leftovers);
+    let mut vsock = (action == "vsock").then(vsock_loop);
     let t = std::thread::Builder::new()
         .name(thread)
         .spawn(move || {
             apply(role, true).unwrap();
-            match call.as_str() {
+            match action.as_str() {
                 "socket" => {
                     let _ = std::os::unix::net::UnixDatagram::unbound();
                 }
@@ -284,11 +386,35 @@ fn child_breaks_its_filter() {
                 "openat" => {
                     let _ = std::fs::File::open("/etc/hostname");
                 }
-                other => panic!("no such call in this test: {other}"),
+                "fork" => {
+                    // SAFETY: the child would only _exit; the filter stops
+                    // the call before there is a child.
+                    if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
+                        // SAFETY: ends the child at once.
+                        unsafe { libc::_exit(0) }
+                    }
+                }
+                "cleanup" => clean_up(cleanup.take().unwrap()),
+                "vsock" => {
+                    let (events, _) = vsock.as_mut().unwrap();
+                    let until = std::time::Instant::now() + std::time::Duration::from_millis(600);
+                    while std::time::Instant::now() < until {
+                        events.run_with_timeout(50).unwrap();
+                    }
+                    // The device is dropped (and its socket removed) by
+                    // the control thread, as in Vm::run.
+                    return vsock;
+                }
+                other => panic!("no such action in this test: {other}"),
             }
+            None
         })
         .unwrap();
-    let _ = t.join();
-    // The filter let the call through: not what the parent expects.
-    std::process::exit(0);
+    if let Ok(Some((events, uds))) = t.join() {
+        drop(events);
+        assert!(!uds.exists(), "the device removes its socket");
+        std::process::exit(0);
+    }
+    // The filter let a forbidden call through.
+    std::process::exit(1);
 }
