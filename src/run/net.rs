@@ -4,6 +4,7 @@
 //! runtime's state (so `uvm gc` cleans up after a killed uvm) and released
 //! when dropped.
 
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
@@ -24,7 +25,7 @@ pub struct NetLease {
     releaser: Option<Releaser>,
 }
 
-/// `uvm release-lease NAME`, waiting for its stdin to close.
+/// `uvm release-lease NAME`, waiting to be told on its stdin.
 struct Releaser {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -32,6 +33,9 @@ struct Releaser {
 
 /// The hidden subcommand the helper runs.
 pub const RELEASE_LEASE: &str = "release-lease";
+
+/// What uvm writes to the helper's stdin when the lease is to go.
+const RELEASE_NOW: &[u8] = b"release\n";
 
 impl NetLease {
     /// `publish`: `HOST:GUEST[/udp]` flags; `what` is shown by `uvm container ps`.
@@ -53,12 +57,13 @@ impl NetLease {
     }
 
     /// Hands the release to a helper process (this program again, as
-    /// `uvm release-lease NAME`) that waits until uvm closes its stdin, or
-    /// dies, and then releases the lease. Releasing runs `nft` and opens a
-    /// netlink socket, which the control seccomp filter forbids the thread
-    /// that ends the VM; the helper, started before any filter, is not
-    /// under one, and it sees no guest data. Dropping the lease then
-    /// closes the pipe and waits for the helper.
+    /// `uvm release-lease NAME`), which releases the lease when uvm tells it
+    /// to on its stdin. Releasing runs `nft` and opens a netlink socket,
+    /// which the control seccomp filter forbids the thread that ends the
+    /// VM; the helper, started before any filter, is not under one, and
+    /// it sees no guest data. Dropping the lease then tells the helper and
+    /// waits for it. A uvm killed before that leaves its lease, as without
+    /// the helper, for `uvm gc`.
     pub fn release_from_helper(&mut self) -> Result<(), Error> {
         let exe =
             std::env::current_exe().map_err(|e| Error::Io("finding uvm's own binary".into(), e))?;
@@ -110,19 +115,32 @@ impl Drop for NetLease {
     fn drop(&mut self) {
         match self.releaser.take() {
             Some(mut r) => {
-                drop(r.stdin.take());
-                let _ = r.child.wait();
+                let told = r
+                    .stdin
+                    .take()
+                    .is_some_and(|mut stdin| stdin.write_all(RELEASE_NOW).is_ok());
+                let done = r.child.wait().is_ok_and(|s| s.success());
+                if !(told && done) {
+                    eprintln!(
+                        "uvm: the helper that releases network lease {} failed; `uvm gc` removes it",
+                        self.name
+                    );
+                }
             }
             None => self.rt.release(&self.name),
         }
     }
 }
 
-/// `uvm release-lease NAME`: waits for stdin to end (the uvm that started
-/// it closed it, or died), then releases lease NAME.
+/// `uvm release-lease NAME`: waits for stdin to end, then releases lease
+/// NAME if it was told to (a uvm that died without saying so leaves the
+/// lease to `uvm gc`).
 pub fn release_when_told(name: &str) -> i32 {
-    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-    Runtime::new(Paths::new(state::default_root())).release(name);
+    let mut told = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut told);
+    if told == RELEASE_NOW {
+        Runtime::new(Paths::new(state::default_root())).release(name);
+    }
     0
 }
 
