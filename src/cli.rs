@@ -19,6 +19,9 @@ Exit status of `uvm boot`:
          guest's init started, a KVM error, or --timeout expired
   125    uvm could not start the VM (bad kernel/initrd, bad size, no usable KVM)
   128+N  uvm was stopped by signal N (130 for SIGINT, 143 for SIGTERM)
+  159    (128+SIGSYS) one of uvm's threads made a system call its seccomp
+         filter forbids: stderr names the thread and the call; --no-seccomp
+         runs without the filters
 Without a command, the guest runs a shell on the console; powering off or
 rebooting the guest ends uvm with status 0.";
 
@@ -29,6 +32,9 @@ Exit status of `uvm run`:
   124    --timeout expired, or the guest crashed (vm levels)
   125    uvm could not run the workload (bad flag for the level, missing
          rootfs, unwritable cache, no usable KVM, ...)
+  159    (vm levels) one of uvm's threads made a system call its seccomp
+         filter forbids: stderr names the thread and the call; --no-seccomp
+         runs without the filters
 At the vm levels only the workload's output reaches stdout; the guest's
 console (kernel and init) goes to a log, shown with --verbose.";
 
@@ -61,6 +67,10 @@ pub enum Command {
     /// Remove what killed runs left behind: containers, VM leases (taps,
     /// addresses, published ports), VM folders, then unused bridges.
     Gc,
+    /// Internal: releases a VM's network lease once its stdin closes (the
+    /// helper a seccomp-filtered uvm leaves that to).
+    #[command(name = "release-lease", hide = true)]
+    ReleaseLease { name: String },
     /// The isolation matrix: what a workload can see and do at each level.
     Probe(crate::run::probe::ProbeArgs),
     /// Drive a running VM's guest agent (uvm boot --agent): containers and
@@ -170,6 +180,10 @@ pub struct BootArgs {
     /// and the accesses no device claimed (on stderr)
     #[arg(long, short)]
     pub verbose: bool,
+    /// Run the VMM's threads without their seccomp filters (for debugging
+    /// a thread that a filter stopped, status 159; see README "Seccomp")
+    #[arg(long)]
+    pub no_seccomp: bool,
     /// Command to run in the guest, with its arguments
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -232,6 +246,7 @@ impl BootArgs {
             vsock: self.vsock.clone(),
             shares: self.shares.clone(),
             verbose: self.verbose,
+            seccomp: !self.no_seccomp,
             console: crate::vmm::linux::Output::Stdout,
         })
     }
@@ -299,6 +314,14 @@ mod tests {
         };
         assert_eq!((b.vcpus, b.mem), (1, 512 << 20));
         assert!(b.command.is_empty());
+        assert!(b.to_config().unwrap().seccomp, "seccomp is on by default");
+        let Command::Boot(b) = parse(&["boot", "--kernel", "/k", "--no-seccomp"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert!(!b.to_config().unwrap().seccomp);
     }
 
     #[test]
@@ -403,5 +426,11 @@ mod tests {
     fn help_documents_exit_codes() {
         let help = parse(&["boot", "--help"]).unwrap_err().to_string();
         assert!(help.contains("124") && help.contains("125"), "{help}");
+        let seccomp = crate::vmm::seccomp::EXIT_SECCOMP.to_string();
+        assert!(
+            help.contains(&seccomp) && help.contains("--no-seccomp"),
+            "{help}"
+        );
+        assert!(RUN_EXIT_CODES.contains(&seccomp));
     }
 }

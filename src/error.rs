@@ -40,6 +40,10 @@ pub enum Error {
     DefaultGuestMissing(PathBuf),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// A thread could not put itself under its seccomp filter (a kernel
+    /// without seccomp, say).
+    #[error("cannot install the {0} seccomp filter: {1} (--no-seccomp runs without filters)")]
+    Seccomp(&'static str, seccompiler::Error),
     /// A flag or value on uvm's command line that cannot be used.
     #[error("{0}")]
     Usage(String),

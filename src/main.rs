@@ -9,7 +9,7 @@ use uvm::{check, vmm};
 fn boot(args: &BootArgs) -> Result<Outcome, Error> {
     let mut cfg = args.to_config()?;
     // From here on, nothing may outlast --timeout by much.
-    vmm::shutdown::hard_deadline(cfg.timeout);
+    vmm::shutdown::hard_deadline(cfg.timeout, cfg.seccomp)?;
     // Checked before the lease, so bad input changes nothing on the host.
     cfg.validate()?;
     check::ensure_can_boot_linux()?;
@@ -27,17 +27,20 @@ fn boot(args: &BootArgs) -> Result<Outcome, Error> {
             Some((dir, uds))
         }
     };
-    let lease = uvm::run::net::lease_for_boot(&mut cfg, &args.publish)?;
+    let mut lease = uvm::run::net::lease_for_boot(&mut cfg, &args.publish)?;
+    if let Some(l) = lease.as_mut().filter(|_| cfg.seccomp) {
+        l.release_from_helper()?;
+    }
     let vm = vmm::linux::build(&cfg)?;
     // The VMM has made the tap: onto the bridge before the guest runs.
     if let Some(l) = &lease {
         l.attach()?;
     }
-    vmm::shutdown::stop_on_signals(vm.shutdown())?;
+    vmm::shutdown::stop_on_signals(vm.shutdown(), cfg.seccomp)?;
     let _raw = match &workload {
         Some((_, uds)) => {
             let p = uvm::agent::ProcessSpec::new(args.command.clone());
-            uvm::agent::workload::drive(uds.clone(), p, vm.shutdown())?;
+            uvm::agent::workload::drive(uds.clone(), p, vm.shutdown(), cfg.seccomp)?;
             None
         }
         None => Some(RawStdin::enter()),
@@ -125,6 +128,7 @@ fn main() {
         Command::Run(args) => uvm::run::main(&args),
         Command::Probe(args) => uvm::run::probe::main(&args),
         Command::Gc => uvm::run::gc(),
+        Command::ReleaseLease { name } => uvm::run::net::release_when_told(&name),
         Command::Agent(args) => match uvm::agent::ctl::main(&args) {
             Ok(code) => code,
             Err(e) => {

@@ -271,3 +271,35 @@ fn bad_fs_flags() {
         "--fs needs virtiofsd",
     );
 }
+
+/// The helper a seccomp-filtered uvm leaves the network lease's release
+/// to: hidden from help, it waits for stdin to end, and releases the
+/// lease (here one that does not exist) without a word if told to.
+#[test]
+fn the_lease_releasing_helper_is_hidden_and_quiet() {
+    use std::io::Write;
+    for told in [&b""[..], b"release\n"] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_uvm"))
+            .args(["release-lease", "uvm-test-no-such-lease"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run uvm");
+        c.stdin.take().unwrap().write_all(told).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    }
+    let (_, help, _) = uvm(&["--help"]);
+    assert!(!help.contains("release-lease"), "{help}");
+}
+
+#[test]
+fn no_seccomp_is_refused_where_there_is_no_vmm() {
+    assert_one_line_error(
+        &["run", "-i", "process", "--no-seccomp", "--", "true"],
+        125,
+        "--no-seccomp",
+    );
+}

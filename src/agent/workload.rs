@@ -45,30 +45,40 @@ pub fn prepare(cfg: &mut LinuxVmConfig, uds: &Path) -> PathBuf {
     uds
 }
 
-/// Runs `p` in the VM once its agent answers, in a thread of its own; the
-/// VM ends with the process's status (or, if the agent cannot be reached
-/// or refuses, with uvm's error, reported through `shutdown`).
-pub fn drive(uds: PathBuf, p: ProcessSpec, shutdown: Arc<Shutdown>) -> Result<(), Error> {
-    std::thread::Builder::new()
-        .name("workload".into())
-        .spawn(move || {
-            if let Err(e) = run(&uds, &p, &shutdown) {
-                // The workload may have ended the VM itself (poweroff,
-                // reboot, a panic), taking the agent's connection with it:
-                // then that is the outcome, not this error.
-                for _ in 0..150 {
-                    if shutdown.is_done() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
+/// Runs `p` in the VM once its agent answers, in a thread of its own (under
+/// the control seccomp filter if `seccomp`; the threads it starts for the
+/// streams inherit it); the VM ends with the process's status (or, if the
+/// agent cannot be reached or refuses, with uvm's error, reported through
+/// `shutdown`).
+pub fn drive(
+    uds: PathBuf,
+    p: ProcessSpec,
+    shutdown: Arc<Shutdown>,
+    seccomp: bool,
+) -> Result<(), Error> {
+    let work = move || {
+        if let Err(e) = run(&uds, &p, &shutdown) {
+            // The workload may have ended the VM itself (poweroff,
+            // reboot, a panic), taking the agent's connection with it:
+            // then that is the outcome, not this error.
+            for _ in 0..150 {
+                if shutdown.is_done() {
+                    return;
                 }
-                if !shutdown.is_done() {
-                    shutdown.report(Outcome::Workload(e.to_string()));
-                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-        })
-        .map(drop)
-        .map_err(|e| Error::Io("starting the workload thread".into(), e))
+            if !shutdown.is_done() {
+                shutdown.report(Outcome::Workload(e.to_string()));
+            }
+        }
+    };
+    crate::vmm::seccomp::spawn(
+        "workload",
+        crate::vmm::seccomp::Role::Control,
+        seccomp,
+        work,
+    )
+    .map(drop)
 }
 
 fn run(uds: &Path, p: &ProcessSpec, shutdown: &Shutdown) -> Result<(), Error> {
@@ -105,4 +115,185 @@ pub fn failure_tail(outcome: &Outcome, shutdown: &Shutdown, log: &Path) -> Optio
         && *outcome != Outcome::Timeout;
     let gave_up = !shutdown.guest_ready() && matches!(outcome, Outcome::Status(_));
     (crashed || gave_up).then(|| crate::run::vm::tail(log, 15))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The workload's client under the control seccomp filter, against a
+    //! guest faked in the same process: a VMM's vsock socket whose port
+    //! 1024 leads to a ttrpc agent and whose port 1025 serves the streams.
+
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::sync::Mutex;
+
+    use uvm_agent_api::agent::{CheckResponse, Empty, ShutdownRequest, WaitProcessResponse};
+    use uvm_agent_api::agent_ttrpc::{create_agent_service, AgentService};
+    use uvm_agent_api::ttrpc;
+
+    use super::*;
+    use crate::vmm::seccomp::EXIT_SECCOMP;
+
+    const CHILD_ENV: &str = "UVM_WORKLOAD_TEST_CHILD";
+
+    /// The agent: runs nothing, answers with the status the stdin it was
+    /// sent deserves (3 for "ping"), and passes the status of Shutdown on.
+    struct FakeAgent {
+        stdin: Mutex<Receiver<Vec<u8>>>,
+        shutdown: Mutex<Sender<u32>>,
+    }
+
+    impl AgentService for FakeAgent {
+        fn check(&self, _: &ttrpc::TtrpcContext, _: Empty) -> ttrpc::Result<CheckResponse> {
+            Ok(CheckResponse::new())
+        }
+        fn exec_process(
+            &self,
+            _: &ttrpc::TtrpcContext,
+            _: uvm_agent_api::agent::ExecProcessRequest,
+        ) -> ttrpc::Result<Empty> {
+            Ok(Empty::new())
+        }
+        fn wait_process(
+            &self,
+            _: &ttrpc::TtrpcContext,
+            _: uvm_agent_api::agent::ProcessRef,
+        ) -> ttrpc::Result<WaitProcessResponse> {
+            let got = self
+                .stdin
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_default();
+            let mut r = WaitProcessResponse::new();
+            r.status = if got == b"ping" { 3 } else { 4 };
+            Ok(r)
+        }
+        fn shutdown(&self, _: &ttrpc::TtrpcContext, req: ShutdownRequest) -> ttrpc::Result<Empty> {
+            let _ = self.shutdown.lock().unwrap().send(req.status);
+            Ok(Empty::new())
+        }
+    }
+
+    /// Copies `from` into `to` until the end, then ends `to`'s writing.
+    fn pipe(mut from: UnixStream, mut to: UnixStream) {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    }
+
+    /// One connection to the fake VMM's socket: the CONNECT handshake, then
+    /// the agent (port 1024) or a stream (1025).
+    fn serve(mut conn: UnixStream, agent: &Path, stdin: &Sender<Vec<u8>>) {
+        let mut line = String::new();
+        let mut r = BufReader::with_capacity(1, conn.try_clone().unwrap());
+        r.read_line(&mut line).unwrap();
+        conn.write_all(b"OK 7\n").unwrap();
+        if line.trim() == format!("CONNECT {}", uvm_agent_api::AGENT_PORT) {
+            let agent = UnixStream::connect(agent).unwrap();
+            pipe(conn.try_clone().unwrap(), agent.try_clone().unwrap());
+            pipe(agent, conn);
+            return;
+        }
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        conn.write_all(b"OK\n").unwrap();
+        match line.trim().rsplit(' ').next() {
+            Some("stdout") => conn.write_all(b"to stdout\n").unwrap(),
+            Some("stderr") => conn.write_all(b"to stderr\n").unwrap(),
+            _ => {
+                let mut got = Vec::new();
+                let _ = conn.read_to_end(&mut got);
+                let _ = stdin.send(got);
+            }
+        }
+    }
+
+    /// In the child: the fake guest, then [`drive`] under the filter; exits
+    /// with the status the workload's client asked the guest to stop with.
+    fn child() -> ! {
+        let dir = std::env::temp_dir().join(format!("uvm-workload-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (agent_sock, uds) = (dir.join("agent.sock"), dir.join("vsock.sock"));
+        let (stdin_tx, stdin_rx) = channel();
+        let (shutdown_tx, shutdown_rx) = channel();
+        let agent = FakeAgent {
+            stdin: Mutex::new(stdin_rx),
+            shutdown: Mutex::new(shutdown_tx),
+        };
+        let mut server = ttrpc::Server::new()
+            .bind(&format!("unix://{}", agent_sock.display()))
+            .unwrap()
+            .register_service(create_agent_service(Arc::new(agent)));
+        server.start().unwrap();
+        let listener = UnixListener::bind(&uds).unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (agent_sock, stdin_tx) = (agent_sock.clone(), stdin_tx.clone());
+                std::thread::spawn(move || serve(conn, &agent_sock, &stdin_tx));
+            }
+        });
+        let shutdown = Arc::new(Shutdown::default());
+        shutdown.on_guest_event(uvm_devices::legacy::GuestEvent::Ready);
+        drive(
+            uds,
+            ProcessSpec::new(vec!["x".into()]),
+            shutdown.clone(),
+            true,
+        )
+        .unwrap();
+        let status = shutdown_rx.recv_timeout(Duration::from_secs(30));
+        let _ = std::fs::remove_dir_all(&dir);
+        match status {
+            Ok(s) => std::process::exit(i32::try_from(s).unwrap_or(99)),
+            Err(_) => {
+                eprintln!(
+                    "no Shutdown request; the VM's outcome: {:?}",
+                    shutdown.wait(Some(Duration::ZERO))
+                );
+                std::process::exit(99)
+            }
+        }
+    }
+
+    /// What `uvm boot -- CMD` does with the workload, under the control
+    /// filter: connect, exec, copy the three streams (stdin from a pipe,
+    /// so std's copy splices), wait, ask for the shutdown.
+    #[test]
+    fn the_workload_client_runs_under_the_control_filter() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            child();
+        }
+        let mut c = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "agent::workload::tests::the_workload_client_runs_under_the_control_filter",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(b"ping").unwrap();
+        let out = c.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_ne!(out.status.code(), Some(EXIT_SECCOMP), "{stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "stdout: {stdout}\nstderr: {stderr}"
+        );
+        assert!(stdout.contains("to stdout\n"), "{stdout}");
+        assert!(stderr.contains("to stderr\n"), "{stderr}");
+    }
 }

@@ -87,6 +87,10 @@ pub struct WorkloadArgs {
     /// Show the guest's console (kernel and init messages) on stderr
     #[arg(long)]
     pub verbose: bool,
+    /// At the vm levels: run the VMM's threads without their seccomp
+    /// filters (for debugging a thread that a filter stopped, status 159)
+    #[arg(long)]
+    pub no_seccomp: bool,
     /// The command and its arguments (after --)
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -100,6 +104,7 @@ impl WorkloadArgs {
             timeout: None,
             cache_dir: None,
             verbose: false,
+            no_seccomp: false,
             command,
         }
     }
@@ -184,6 +189,8 @@ pub struct WorkloadSpec {
     pub timeout: Option<Duration>,
     pub cache_dir: PathBuf,
     pub verbose: bool,
+    /// The VMM's seccomp filters (vm levels); off with `--no-seccomp`.
+    pub seccomp: bool,
 }
 
 /// The cache folder: `--cache-dir`, `$UVM_CACHE_DIR`, else /var/cache/uvm/run.
@@ -300,6 +307,7 @@ impl WorkloadArgs {
             timeout,
             cache_dir: cache_dir(self.cache_dir.as_ref()),
             verbose: self.verbose,
+            seccomp: !self.no_seccomp,
         })
     }
 }
@@ -353,6 +361,13 @@ pub(crate) fn refuse(level: Isolation, flag: &str, why: &str) -> Error {
 
 /// Runs the workload at `level`; the result is its exit status.
 pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
+    if !spec.seccomp && !level.in_vm() {
+        return Err(refuse(
+            level,
+            "--no-seccomp",
+            "it turns off the VMM's own filters; for the workload's, use uvm container run --seccomp unconfined",
+        ));
+    }
     match level {
         Isolation::Process => process::run(spec),
         Isolation::Container => container::run(spec),
@@ -465,6 +480,21 @@ mod tests {
         assert_eq!(s.name, "web");
         assert_eq!(s.argv, ["sh", "-c", "exit 3"]);
         assert_eq!(s.net, Net::Default);
+        assert!(s.seccomp, "the VMM's filters are on by default");
+    }
+
+    #[test]
+    fn no_seccomp_is_for_the_vm_levels() {
+        let (_, s) = spec(&["-i", "vm", "--no-seccomp", "--", "true"]).unwrap();
+        assert!(!s.seccomp);
+        for level in [Isolation::Process, Isolation::Container] {
+            let e = run(level, &s).unwrap_err().to_string();
+            assert!(
+                e.contains(level.name()) && e.contains("--no-seccomp"),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! runtime's state (so `uvm gc` cleans up after a killed uvm) and released
 //! when dropped.
 
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdin, Command, Stdio};
+
 use uvm_runtime::spec::{NetConfig, PortMap};
 use uvm_runtime::state::{self, Paths};
 use uvm_runtime::Runtime;
@@ -16,7 +20,22 @@ pub struct NetLease {
     name: String,
     net: NetConfig,
     tap: String,
+    /// The helper that releases the lease, when one does (see
+    /// [`NetLease::release_from_helper`]).
+    releaser: Option<Releaser>,
 }
+
+/// `uvm release-lease NAME`, waiting to be told on its stdin.
+struct Releaser {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+/// The hidden subcommand the helper runs.
+pub const RELEASE_LEASE: &str = "release-lease";
+
+/// What uvm writes to the helper's stdin when the lease is to go.
+const RELEASE_NOW: &[u8] = b"release\n";
 
 impl NetLease {
     /// `publish`: `HOST:GUEST[/udp]` flags; `what` is shown by `uvm container ps`.
@@ -33,7 +52,33 @@ impl NetLease {
             name: name.to_string(),
             net,
             tap,
+            releaser: None,
         })
+    }
+
+    /// Hands the release to a helper process (this program again, as
+    /// `uvm release-lease NAME`), which releases the lease when uvm tells it
+    /// to on its stdin. Releasing runs `nft` and opens a netlink socket,
+    /// which the control seccomp filter forbids the thread that ends the
+    /// VM; the helper, started before any filter, is not under one, and
+    /// it sees no guest data. Dropping the lease then tells the helper and
+    /// waits for it. A uvm killed before that leaves its lease, as without
+    /// the helper, for `uvm gc`.
+    pub fn release_from_helper(&mut self) -> Result<(), Error> {
+        let exe =
+            std::env::current_exe().map_err(|e| Error::Io("finding uvm's own binary".into(), e))?;
+        let mut child = Command::new(&exe)
+            .args([RELEASE_LEASE, &self.name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            // Its own process group: a Ctrl-C for uvm must not kill it
+            // before it has released the lease.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| Error::Io(format!("starting {} {RELEASE_LEASE}", exe.display()), e))?;
+        let stdin = child.stdin.take();
+        self.releaser = Some(Releaser { child, stdin });
+        Ok(())
     }
 
     /// The address, gateway and bridge leased.
@@ -68,8 +113,35 @@ impl NetLease {
 
 impl Drop for NetLease {
     fn drop(&mut self) {
-        self.rt.release(&self.name);
+        match self.releaser.take() {
+            Some(mut r) => {
+                let told = r
+                    .stdin
+                    .take()
+                    .is_some_and(|mut stdin| stdin.write_all(RELEASE_NOW).is_ok());
+                let done = r.child.wait().is_ok_and(|s| s.success());
+                if !(told && done) {
+                    eprintln!(
+                        "uvm: the helper that releases network lease {} failed; `uvm gc` removes it",
+                        self.name
+                    );
+                }
+            }
+            None => self.rt.release(&self.name),
+        }
     }
+}
+
+/// `uvm release-lease NAME`: waits for stdin to end, then releases lease
+/// NAME if it was told to (a uvm that died without saying so leaves the
+/// lease to `uvm gc`).
+pub fn release_when_told(name: &str) -> i32 {
+    let mut told = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut told);
+    if told == RELEASE_NOW {
+        Runtime::new(Paths::new(state::default_root())).release(name);
+    }
+    0
 }
 
 /// `uvm boot --net bridge[,mac=..]` and `-p`: leases the bridged device's
@@ -124,6 +196,7 @@ mod tests {
                 ports: vec![],
             },
             tap: "uvmt0".into(),
+            releaser: None,
         };
         assert_eq!(
             l.ip_param("eth0"),

@@ -220,11 +220,11 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
         format!("uvm.hostname={hostname}"),
     ];
     let lease = if spec.bridged() {
-        Some(NetLease::take(
-            &spec.name,
-            &spec.publish,
-            &format!("uvm run -i {level}"),
-        )?)
+        let mut l = NetLease::take(&spec.name, &spec.publish, &format!("uvm run -i {level}"))?;
+        if spec.seccomp {
+            l.release_from_helper()?;
+        }
+        Some(l)
     } else {
         None
     };
@@ -294,6 +294,7 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
         vsock: None,
         shares,
         verbose: spec.verbose,
+        seccomp: spec.seccomp,
         console: if spec.verbose {
             Output::Stderr
         } else {
@@ -309,9 +310,9 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
         l.attach()?;
     }
     let shutdown = vm.shutdown();
-    vmm::shutdown::stop_on_signals(shutdown.clone())?;
-    workload::drive(uds, process, shutdown.clone())?;
-    vmm::shutdown::hard_deadline(cfg.timeout);
+    vmm::shutdown::stop_on_signals(shutdown.clone(), cfg.seccomp)?;
+    workload::drive(uds, process, shutdown.clone(), cfg.seccomp)?;
+    vmm::shutdown::hard_deadline(cfg.timeout, cfg.seccomp)?;
     let outcome = vm.run(cfg.timeout)?;
     let (code, message) = outcome.exit();
     if let Some(m) = message {

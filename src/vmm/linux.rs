@@ -39,6 +39,9 @@ pub struct LinuxVmConfig {
     pub shares: Vec<FsSpec>,
     /// Tell the devices' counters and queue state when the VM ends.
     pub verbose: bool,
+    /// Run the VMM's threads under their seccomp filters (see
+    /// [`super::seccomp`]); off with `--no-seccomp`.
+    pub seccomp: bool,
     /// Where the guest's console (the first UART) goes; host input reaches
     /// it only when it is the terminal's stdout.
     pub console: Output,
@@ -125,6 +128,7 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
         &cfg.shares,
     )?;
     vm.set_verbose(cfg.verbose);
+    vm.set_seccomp(cfg.seccomp);
 
     let mem = vm.memory();
     let kernel = boot::load_kernel(mem, &cfg.kernel)?;

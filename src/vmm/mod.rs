@@ -8,6 +8,7 @@ pub mod layout;
 pub mod linux;
 pub mod memory;
 pub mod regs;
+pub mod seccomp;
 pub mod shutdown;
 pub mod vcpu;
 pub mod virtio;
@@ -53,6 +54,9 @@ pub struct Vm {
     /// Told on stderr when the VM ends, if `verbose`: (what, its account).
     reports: Vec<(String, Report)>,
     verbose: bool,
+    /// Whether the threads run under their seccomp filters (see
+    /// [`seccomp`]); on unless turned off.
+    seccomp: bool,
 }
 
 /// A device's one-line account, read when the VM has ended.
@@ -133,6 +137,7 @@ impl Vm {
             events,
             reports: Vec::new(),
             verbose: false,
+            seccomp: true,
         })
     }
 
@@ -150,6 +155,16 @@ impl Vm {
     /// accesses nobody claimed, on stderr.
     pub fn set_verbose(&mut self, verbose: bool) {
         self.verbose = verbose;
+    }
+
+    /// Runs the VM's threads under their seccomp filters (the default) or
+    /// without (`--no-seccomp`, for debugging).
+    pub fn set_seccomp(&mut self, on: bool) {
+        self.seccomp = on;
+    }
+
+    pub fn seccomp(&self) -> bool {
+        self.seccomp
     }
 
     pub fn memory(&self) -> &GuestMemoryMmap {
@@ -241,6 +256,11 @@ impl Vm {
     }
 
     /// Runs the VM until it ends (or `timeout`), then stops every thread.
+    ///
+    /// Each vCPU thread and the event loop put themselves under their
+    /// seccomp filters before they touch anything the guest controls; the
+    /// calling thread takes the control filter once they run (so they do
+    /// not inherit it) and keeps it after this returns.
     pub fn run(self, timeout: Option<Duration>) -> Result<Outcome, Error> {
         vcpu::install_kick_handler()?;
         let handlers = vcpu::ExitHandlers {
@@ -248,31 +268,62 @@ impl Vm {
             mmio: Arc::new(self.mmio),
             shutdown: self.shutdown.clone(),
         };
+        let seccomp = self.seccomp;
         let mut threads = Vec::with_capacity(self.vcpus.len());
+        let mut failed = None;
         for (i, fd) in (0u32..).zip(self.vcpus) {
             let h = handlers.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("vcpu{i}"))
-                .spawn(move || vcpu::run(fd, i, h))
-                .map_err(|e| Error::Io("starting a vCPU thread".into(), e))?;
-            threads.push(t);
+            let name = format!("vcpu{i}");
+            match seccomp::spawn(&name, seccomp::Role::Vcpu, seccomp, move || {
+                vcpu::run(fd, i, h)
+            }) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
         let mut events = self.events;
         let shutdown = self.shutdown.clone();
-        let event_loop = std::thread::Builder::new()
-            .name("event-loop".into())
-            .spawn(move || {
+        let event_loop = if failed.is_none() {
+            let run = move || {
                 while !shutdown.is_done() {
                     if let Err(e) = events.run_with_timeout(100) {
                         shutdown.report(Outcome::VcpuError(format!("event loop failed: {e:?}")));
                     }
                 }
-            })
-            .map_err(|e| Error::Io("starting the event loop".into(), e))?;
+            };
+            match seccomp::spawn("event-loop", seccomp::Role::EventLoop, seccomp, run) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        // The vCPUs and the event loop run under their own filters: this
+        // thread takes the control filter, which they must not inherit.
+        if failed.is_none() {
+            failed = seccomp::apply(seccomp::Role::Control, seccomp).err();
+        }
+        if let Some(e) = failed {
+            // Stop what started; the outcome recorded here is never told.
+            self.shutdown.report(Outcome::Halted);
+            vcpu::stop_all(threads);
+            if let Some(t) = event_loop {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
 
         let outcome = self.shutdown.wait(timeout);
         vcpu::stop_all(threads);
-        let _ = event_loop.join();
+        if let Some(t) = event_loop {
+            let _ = t.join();
+        }
         if self.verbose {
             for (what, report) in &self.reports {
                 eprintln!("uvm: {what}: {}", report());

@@ -58,21 +58,27 @@ impl Outcome {
 }
 
 /// SIGINT/SIGTERM/SIGHUP end the VM like any other outcome, so the terminal
-/// is restored and the threads stopped before exit.
-pub fn stop_on_signals(shutdown: std::sync::Arc<Shutdown>) -> Result<(), crate::error::Error> {
+/// is restored and the threads stopped before exit. The thread that waits
+/// for them runs under the control seccomp filter if `seccomp`.
+pub fn stop_on_signals(
+    shutdown: std::sync::Arc<Shutdown>,
+    seccomp: bool,
+) -> Result<(), crate::error::Error> {
     use crate::error::Error;
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| Error::Io("installing signal handlers".into(), e))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
+    super::seccomp::spawn(
+        "signals",
+        super::seccomp::Role::Control,
+        seccomp,
+        move || {
             if let Some(sig) = signals.forever().next() {
                 shutdown.report(Outcome::Signal(sig));
             }
-        })
-        .map_err(|e| Error::Io("starting the signal thread".into(), e))?;
-    Ok(())
+        },
+    )
+    .map(drop)
 }
 
 /// How long past `--timeout` uvm may take to stop its VM.
@@ -81,14 +87,17 @@ pub const STOP_GRACE: Duration = Duration::from_secs(30);
 /// A last resort behind `--timeout`: should uvm still be running
 /// [`STOP_GRACE`] after it (a thread stuck where no timeout reaches), it
 /// says in one line where each of its threads is and exits 124, so a
-/// bounded run stays bounded.
-pub fn hard_deadline(timeout: Option<Duration>) {
+/// bounded run stays bounded. The thread that waits runs under the control
+/// seccomp filter if `seccomp`.
+pub fn hard_deadline(timeout: Option<Duration>, seccomp: bool) -> Result<(), crate::error::Error> {
     let Some(t) = timeout else {
-        return;
+        return Ok(());
     };
-    let _ = std::thread::Builder::new()
-        .name("deadline".into())
-        .spawn(move || {
+    super::seccomp::spawn(
+        "deadline",
+        super::seccomp::Role::Control,
+        seccomp,
+        move || {
             std::thread::sleep(t + STOP_GRACE);
             eprintln!(
                 "uvm: still running {} s past --timeout, so stopping hard; its threads: {}",
@@ -96,12 +105,14 @@ pub fn hard_deadline(timeout: Option<Duration>) {
                 thread_states()
             );
             std::process::exit(EXIT_GUEST_CRASHED);
-        });
+        },
+    )
+    .map(drop)
 }
 
 /// Each thread's name, the system call it is in and where it sleeps in
 /// the kernel, from /proc.
-fn thread_states() -> String {
+pub(crate) fn thread_states() -> String {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc/self/task")
         .into_iter()
