@@ -145,6 +145,8 @@ pub enum Error {
     FsBackend(String),
     #[error("cannot create a timerfd: {0}")]
     Timer(#[source] io::Error),
+    #[error("invalid rate limit: {0}")]
+    RateLimit(&'static str),
 }
 
 /// A device model as the transport sees it.
