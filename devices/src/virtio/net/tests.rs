@@ -410,6 +410,8 @@ fn net_or_skip(tag: &str, mac: Option<[u8; 6]>) -> Option<Net> {
     match Net::new(NetConfig {
         tap: tap_name(tag),
         mac,
+        rx_rate_limit: Default::default(),
+        tx_rate_limit: Default::default(),
     }) {
         Ok(n) => Some(n),
         Err(e @ (Error::TunOpen(_) | Error::Tap { .. })) => {
@@ -437,6 +439,8 @@ fn net_opens_a_tap_and_describes_itself() {
     let busy = Net::new(NetConfig {
         tap: name.clone(),
         mac: None,
+        rx_rate_limit: Default::default(),
+        tx_rate_limit: Default::default(),
     });
     let msg = busy.err().unwrap().to_string();
     assert!(
@@ -456,6 +460,8 @@ fn generated_macs_are_local_unicast() {
     let e = Net::new(NetConfig {
         tap: "x".into(),
         mac: Some([1, 0, 0, 0, 0, 1]),
+        rx_rate_limit: Default::default(),
+        tx_rate_limit: Default::default(),
     });
     assert!(matches!(e, Err(Error::MulticastMac(_))));
 }
