@@ -317,7 +317,9 @@ type ThrottledDisk = (
     uvm_devices::virtio::Memory,
 );
 
-const USED: u64 = 0x3000;
+const DESC: u32 = 0x1000;
+const AVAIL: u32 = 0x2000;
+const USED: u32 = 0x3000;
 
 fn throttled_disk() -> ThrottledDisk {
     use event_manager::SubscriberOps;
@@ -345,36 +347,36 @@ fn throttled_disk() -> ThrottledDisk {
     // under a filter that may not allow it.
     std::fs::remove_file(&img).unwrap();
     let mem = uvm_devices::virtio::Memory::from_ranges(&[(GuestAddress(0), 3 << 20)]).unwrap();
-    let (desc, avail) = (0x1000u64, 0x2000u64);
+    let (desc, avail) = (u64::from(DESC), u64::from(AVAIL));
     let put = |at: u64, v: &[u8]| mem.write_slice(v, GuestAddress(at)).unwrap();
     // Two OUT requests: header, data, status, as descriptors 0-2 and 3-5.
-    for (i, (hdr, data, len, sector)) in [
+    for ((hdr, data, len, sector), i) in [
         (0x4000u64, 0x10_0000u64, 1u32 << 20, 0u64),
         (0x4100, 0x2_0000, 64 << 10, 2048),
     ]
     .into_iter()
-    .enumerate()
+    .zip(0u16..)
     {
         put(hdr, &1u32.to_le_bytes());
         put(hdr + 8, &sector.to_le_bytes());
-        let first = 3 * i as u16;
-        for (k, (addr, l, flags)) in [(hdr, 16u32, 1u16), (data, len, 1), (hdr + 16, 1, 2)]
+        let first = 3 * i;
+        for ((addr, l, flags), k) in [(hdr, 16u32, 1u16), (data, len, 1), (hdr + 16, 1, 2)]
             .into_iter()
-            .enumerate()
+            .zip(0u16..)
         {
-            let at = desc + 16 * (u64::from(first) + k as u64);
+            let at = desc + 16 * u64::from(first + k);
             put(at, &addr.to_le_bytes());
             put(at + 8, &l.to_le_bytes());
             put(at + 12, &flags.to_le_bytes());
-            put(at + 14, &(first + k as u16 + 1).to_le_bytes());
+            put(at + 14, &(first + k + 1).to_le_bytes());
         }
-        put(avail + 4 + 2 * i as u64, &first.to_le_bytes());
+        put(avail + 4 + 2 * u64::from(i), &first.to_le_bytes());
     }
     put(avail + 2, &2u16.to_le_bytes());
     let mut q = virtio_queue::Queue::new(16).unwrap();
-    q.set_desc_table_address(Some(desc as u32), Some(0));
-    q.set_avail_ring_address(Some(avail as u32), Some(0));
-    q.set_used_ring_address(Some(USED as u32), Some(0));
+    q.set_desc_table_address(Some(DESC), Some(0));
+    q.set_avail_ring_address(Some(AVAIL), Some(0));
+    q.set_used_ring_address(Some(USED), Some(0));
     q.set_ready(true);
     blk.activate(mem.clone(), 1 << 32, vec![q], IrqTrigger::new().unwrap())
         .unwrap();
@@ -386,7 +388,8 @@ fn throttled_disk() -> ThrottledDisk {
 
 fn used_idx(mem: &uvm_devices::virtio::Memory) -> u16 {
     use vm_memory::Bytes;
-    mem.read_obj(vm_memory::GuestAddress(USED + 2)).unwrap()
+    mem.read_obj(vm_memory::GuestAddress(u64::from(USED) + 2))
+        .unwrap()
 }
 
 /// Everything the cleanup action needs set up beforehand, as Vm::run's
