@@ -260,6 +260,10 @@ fn a_throttled_request_waits_for_the_timer_and_no_longer() {
     assert!(waited < Duration::from_millis(750), "{waited:?}");
     assert!(more <= 2, "{more} events to serve one request");
     assert_eq!(q.take_used()[1], (3, (256 << 10) + 1));
+    // A write is charged its data, a read the room for it, the status
+    // byte aside.
+    let c = blk.lock().unwrap().rate_limit_counters().unwrap();
+    assert_eq!((c.bytes, c.ops), (MIB + (256 << 10), 2));
 }
 
 #[test]

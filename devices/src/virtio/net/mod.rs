@@ -428,6 +428,7 @@ fn generate_mac() -> [u8; 6] {
 
 impl Net {
     pub fn new(cfg: NetConfig) -> Result<Self, Error> {
+        // Refused before a tap is made for it.
         if let Some(m) = cfg.mac.filter(|m| m[0] & 1 != 0) {
             return Err(Error::MulticastMac(format_mac(&m)));
         }
