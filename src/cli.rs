@@ -136,7 +136,11 @@ pub struct BootArgs {
     pub timeout: Option<f64>,
     /// A virtio-blk disk from a raw image file: PATH[,ro][,id=NAME][,root]
     /// (repeatable; the guest sees them as /dev/vda, /dev/vdb, ... with the
-    /// root disk first)
+    /// root disk first). Rate limits: bw=RATE (bytes per second of reads and
+    /// writes, as a size: 10M is 10 MiB/s), iops=N (requests per second),
+    /// burst=SIZE and ops_burst=N (spent once, before the rate applies);
+    /// each bucket refills whole over one second, and a throttled queue
+    /// resumes on a timer
     #[arg(long = "disk", value_name = "PATH[,OPTS]")]
     pub disks: Vec<DiskSpec>,
     /// Boot with this raw filesystem image (ext4) as / (the same as
@@ -147,8 +151,11 @@ pub struct BootArgs {
     /// (configure the guest with the kernel's ip=ADDR::GW:MASK::eth0:off in
     /// --cmdline), or on uvm's bridge, bridge[,mac=MAC] (a tap, an address
     /// from the containers' allocator given to the guest as ip=, NAT for
-    /// egress); repeatable, the n-th is the guest's eth<n>
-    #[arg(long = "net", value_name = "tap=NAME|bridge")]
+    /// egress); repeatable, the n-th is the guest's eth<n>. Rate limits, each
+    /// way: bw=RATE (bytes per second, as a size: 10M is 10 MiB/s), ops=N
+    /// (frames per second), burst=SIZE, ops_burst=N; rx_ or tx_ in front
+    /// (rx_bw=, tx_ops=, ...) sets one direction over the common value
+    #[arg(long = "net", value_name = "tap=NAME|bridge[,OPTS]")]
     pub nets: Vec<NetSpec>,
     /// A virtio-vsock device: the guest's context id (3 or more) and a Unix
     /// socket for host programs, created by uvm and removed when it ends
@@ -232,6 +239,7 @@ impl BootArgs {
                 read_only: false,
                 id: None,
                 root: true,
+                rate_limit: Default::default(),
             });
         }
         Ok(LinuxVmConfig {
@@ -364,7 +372,32 @@ mod tests {
         assert!(cfg.disks[0].read_only && !cfg.disks[1].read_only);
         assert!(cfg.disks[2].root);
         assert_eq!(cfg.nets[0].tap, "t0");
+        assert!(cfg.disks[0].rate_limit.is_unlimited());
         assert!(parse(&["boot", "--disk", "/a,bogus"]).is_err());
+        let Command::Boot(b) = parse(&[
+            "boot",
+            "--kernel",
+            "/k",
+            "--disk",
+            "/a.img,bw=4M,iops=200",
+            "--net",
+            "tap=t0,rx_bw=1M",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        let cfg = b.to_config().unwrap();
+        let bw = cfg.disks[0].rate_limit.bandwidth.unwrap();
+        assert_eq!((bw.size, bw.one_time_burst), (4 << 20, 0));
+        assert_eq!(cfg.disks[0].rate_limit.ops.unwrap().size, 200);
+        assert!(cfg.nets[0].tx_rate_limit.is_unlimited());
+        assert_eq!(cfg.nets[0].rx_rate_limit.bandwidth.unwrap().size, 1 << 20);
+        for bad in ["/a,bw=0", "/a,burst=1M", "/a,iops=x"] {
+            let e = parse(&["boot", "--disk", bad]).unwrap_err().to_string();
+            assert!(e.contains("bw=") || e.contains("iops="), "{e}");
+        }
         assert!(parse(&["boot", "--net", "mac=52:54:00:00:00:01"]).is_err());
     }
 

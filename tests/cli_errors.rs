@@ -218,6 +218,44 @@ fn bad_network_devices() {
 }
 
 #[test]
+fn bad_rate_limits() {
+    for (disk, needle) in [
+        (
+            "/x.img,bw=0",
+            "bw=0: a rate must be more than 0 bytes per second",
+        ),
+        ("/x.img,bw=-1M", "bw=-1M: expected a size"),
+        ("/x.img,bw=lots", "bw=lots: expected a size"),
+        ("/x.img,iops=0", "iops=0: must be more than 0"),
+        ("/x.img,iops=2.5", "iops=2.5: expected a whole number"),
+        ("/x.img,burst=8M", "needs a byte rate (bw=)"),
+        (
+            "/x.img,iops=10,ops_burst=0",
+            "ops_burst=0: must be more than 0",
+        ),
+        ("/x.img,ops_burst=5", "needs an ops rate (iops=)"),
+    ] {
+        assert_one_line_error(&["boot", "--disk", disk], 2, needle);
+    }
+    for (net, needle) in [
+        ("tap=t0,bw=0", "bw=0: a rate must be more than 0"),
+        ("tap=t0,rx_bw=x", "rx_bw=x: expected a size"),
+        ("tap=t0,tx_ops=-3", "tx_ops=-3: expected a whole number"),
+        (
+            "tap=t0,rx_bw=1M,burst=1M",
+            "a byte burst for TX needs a byte rate",
+        ),
+        (
+            "tap=t0,tx_ops_burst=4",
+            "an ops burst for TX needs an ops rate",
+        ),
+        ("tap=t0,iops=5", "unknown net option"),
+    ] {
+        assert_one_line_error(&["boot", "--net", net], 2, needle);
+    }
+}
+
+#[test]
 fn bad_vsock_flags() {
     assert_one_line_error(
         &["boot", "--vsock", "cid=2,uds=/tmp/uvm-v.sock"],

@@ -60,6 +60,7 @@ fn block_device_through_transport_and_event_loop() {
             path: path.clone(),
             read_only: false,
             id: Some("e2e".into()),
+            rate_limit: Default::default(),
         })
         .unwrap(),
     ));
@@ -146,6 +147,7 @@ fn a_garbage_ring_does_not_stop_the_loop() {
             path: path.clone(),
             read_only: true,
             id: None,
+            rate_limit: Default::default(),
         })
         .unwrap(),
     ));

@@ -56,6 +56,8 @@ fn rig(tag: u8, features: u64) -> Option<Rig> {
     let net = match Net::new(NetConfig {
         tap: name.clone(),
         mac: Some(GUEST_MAC),
+        rx_rate_limit: Default::default(),
+        tx_rate_limit: Default::default(),
     }) {
         Ok(n) => n,
         Err(e @ (Error::TunOpen(_) | Error::Tap { .. })) => {
@@ -301,6 +303,7 @@ fn a_guest_without_rx_buffers_stalls_only_itself() {
             path: path.clone(),
             read_only: false,
             id: None,
+            rate_limit: Default::default(),
         })
         .unwrap(),
     ));

@@ -33,6 +33,7 @@ fn device(read_only: bool) -> &'static Mutex<Dev> {
             path: path.clone(),
             read_only,
             id: Some("fuzz".into()),
+            rate_limit: Default::default(),
         })
         .unwrap();
         // The open fd keeps the image; the name can go now.

@@ -246,6 +246,7 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
                 read_only: false,
                 id: None,
                 root: true,
+                rate_limit: Default::default(),
             };
             (disk, process)
         }
@@ -268,6 +269,7 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
                 read_only: true,
                 id: Some("rootfs".into()),
                 root: false,
+                rate_limit: Default::default(),
             };
             (disk, ProcessSpec::new(argv))
         }
@@ -289,6 +291,8 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
                 tap: l.tap().to_string(),
                 mac: None,
                 bridge: true,
+                rx_rate_limit: Default::default(),
+                tx_rate_limit: Default::default(),
             })
             .collect(),
         vsock: None,

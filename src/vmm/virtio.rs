@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::IoEventAddress;
+use uvm_devices::rate_limiter::{BucketConfig, RateLimiterConfig};
 use uvm_devices::virtio::block::{self, Block, BlockConfig};
 use uvm_devices::virtio::fs::{self, Fs, FsConfig};
 use uvm_devices::virtio::net::{format_mac, tap, Net, NetConfig};
@@ -21,7 +22,7 @@ use crate::error::Error;
 /// How many virtio devices fit: one IOAPIC pin each, from the first free one.
 pub const MAX_DEVICES: u32 = IOAPIC_PINS - VIRTIO_IRQ_BASE;
 
-/// `--disk PATH[,ro][,id=NAME][,root]`.
+/// `--disk PATH[,ro][,id=NAME][,root][,bw=RATE][,iops=N][,burst=SIZE][,ops_burst=N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub path: PathBuf,
@@ -29,6 +30,99 @@ pub struct DiskSpec {
     pub id: Option<String>,
     /// The guest mounts this disk as `/` instead of staying on the initramfs.
     pub root: bool,
+    /// Bytes per second of reads and writes, requests per second.
+    pub rate_limit: RateLimiterConfig,
+}
+
+/// A rate limit's options as given, before they are checked together.
+#[derive(Debug, Default, Clone, Copy)]
+struct LimitOpts {
+    bw: Option<u64>,
+    burst: Option<u64>,
+    ops: Option<u64>,
+    ops_burst: Option<u64>,
+}
+
+impl LimitOpts {
+    /// Takes `key=value` if `key` (after `prefix`) is a limit option:
+    /// `bw`, `burst`, `ops_burst` and `ops` (or `ops_key`, for a disk's
+    /// `iops`). `Ok(false)` when it is none of them.
+    fn parse(&mut self, prefix: &str, ops_key: &str, key: &str, v: &str) -> Result<bool, String> {
+        let Some(name) = key.strip_prefix(prefix) else {
+            return Ok(false);
+        };
+        match name {
+            "bw" => self.bw = Some(parse_rate(key, v)?),
+            "burst" => self.burst = Some(parse_amount(key, v, "bytes", true)?),
+            "ops_burst" => self.ops_burst = Some(parse_amount(key, v, "operations", false)?),
+            n if n == ops_key => {
+                self.ops = Some(parse_amount(key, v, "operations per second", false)?)
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Direction-specific options over the general ones.
+    fn or(self, general: LimitOpts) -> LimitOpts {
+        LimitOpts {
+            bw: self.bw.or(general.bw),
+            burst: self.burst.or(general.burst),
+            ops: self.ops.or(general.ops),
+            ops_burst: self.ops_burst.or(general.ops_burst),
+        }
+    }
+
+    /// The limiter's configuration; a burst needs the rate it is a burst
+    /// of (`what` names the limit and its rate options in the message).
+    fn build(self, what: &str, bw_keys: &str, ops_keys: &str) -> Result<RateLimiterConfig, String> {
+        if self.burst.is_some() && self.bw.is_none() {
+            return Err(format!(
+                "a byte burst for {what} needs a byte rate ({bw_keys}): the burst is spent on top of it"
+            ));
+        }
+        if self.ops_burst.is_some() && self.ops.is_none() {
+            return Err(format!(
+                "an ops burst for {what} needs an ops rate ({ops_keys}): the burst is spent on top of it"
+            ));
+        }
+        Ok(RateLimiterConfig {
+            bandwidth: self
+                .bw
+                .map(|r| BucketConfig::per_second(r, self.burst.unwrap_or(0))),
+            ops: self
+                .ops
+                .map(|r| BucketConfig::per_second(r, self.ops_burst.unwrap_or(0))),
+        })
+    }
+}
+
+/// A rate in bytes per second, written as a size: `10M` is 10 MiB/s.
+fn parse_rate(key: &str, v: &str) -> Result<u64, String> {
+    match uvm_runtime::limits::parse_size(v) {
+        Ok(0) => Err(format!(
+            "{key}={v}: a rate must be more than 0 bytes per second"
+        )),
+        Ok(n) => Ok(n),
+        Err(why) => Err(format!(
+            "{key}={v}: {why}; a rate is bytes per second, e.g. 10M for 10 MiB/s"
+        )),
+    }
+}
+
+/// A positive number of bytes (a size, as `4M`) or of operations (a
+/// whole number).
+fn parse_amount(key: &str, v: &str, unit: &str, size: bool) -> Result<u64, String> {
+    let n = if size {
+        uvm_runtime::limits::parse_size(v).map_err(|why| format!("{key}={v}: {why}"))?
+    } else {
+        v.parse::<u64>()
+            .map_err(|_| format!("{key}={v}: expected a whole number of {unit}"))?
+    };
+    if n == 0 {
+        return Err(format!("{key}={v}: must be more than 0 {unit}"));
+    }
+    Ok(n)
 }
 
 impl FromStr for DiskSpec {
@@ -38,15 +132,24 @@ impl FromStr for DiskSpec {
         let mut parts = s.split(',');
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
-            return Err("a disk needs a path: --disk PATH[,ro][,id=NAME][,root]".into());
+            return Err(
+                "a disk needs a path: --disk PATH[,ro][,id=NAME][,root][,bw=RATE,iops=N]".into(),
+            );
         }
         let mut spec = DiskSpec {
             path: PathBuf::from(path),
             read_only: false,
             id: None,
             root: false,
+            rate_limit: RateLimiterConfig::default(),
         };
+        let mut limits = LimitOpts::default();
         for opt in parts {
+            if let Some((key, v)) = opt.split_once('=') {
+                if limits.parse("", "iops", key, v)? {
+                    continue;
+                }
+            }
             match opt.split_once('=') {
                 None if opt == "ro" => spec.read_only = true,
                 None if opt == "rw" => spec.read_only = false,
@@ -60,11 +163,13 @@ impl FromStr for DiskSpec {
                 Some(("id", id)) => spec.id = Some(id.to_string()),
                 _ => {
                     return Err(format!(
-                        "unknown disk option {opt:?} (use ro, id=NAME or root)"
+                        "unknown disk option {opt:?} (use ro, id=NAME, root, bw=RATE, iops=N, \
+                         burst=SIZE or ops_burst=N)"
                     ))
                 }
             }
         }
+        spec.rate_limit = limits.build("the disk", "bw=", "iops=")?;
         Ok(spec)
     }
 }
@@ -200,7 +305,10 @@ impl FsSpec {
     }
 }
 
-/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX]` or `--net bridge[,mac=..]`.
+/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,LIMITS]` or
+/// `--net bridge[,mac=..][,LIMITS]`, LIMITS being `bw=RATE`, `ops=N`,
+/// `burst=SIZE` and `ops_burst=N` for both directions, each also with an
+/// `rx_` or `tx_` prefix for one direction (which wins over the other).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetSpec {
     /// For `bridge`, empty until uvm's lease names the tap it makes.
@@ -208,6 +316,9 @@ pub struct NetSpec {
     pub mac: Option<[u8; 6]>,
     /// On uvm's bridge, with an address from its allocator.
     pub bridge: bool,
+    /// Frames to the guest, frames from it.
+    pub rx_rate_limit: RateLimiterConfig,
+    pub tx_rate_limit: RateLimiterConfig,
 }
 
 impl FromStr for NetSpec {
@@ -217,18 +328,39 @@ impl FromStr for NetSpec {
         let mut tap = None;
         let mut mac = None;
         let mut bridge = false;
+        let (mut both, mut rx, mut tx) = (
+            LimitOpts::default(),
+            LimitOpts::default(),
+            LimitOpts::default(),
+        );
         for opt in s.split(',') {
+            if let Some((key, v)) = opt.split_once('=') {
+                if rx.parse("rx_", "ops", key, v)?
+                    || tx.parse("tx_", "ops", key, v)?
+                    || both.parse("", "ops", key, v)?
+                {
+                    continue;
+                }
+            }
             match opt.split_once('=') {
                 Some(("tap", name)) => tap = Some(name.to_string()),
                 Some(("mac", m)) => mac = Some(parse_mac(m)?),
                 None if opt == "bridge" => bridge = true,
                 _ => {
                     return Err(format!(
-                        "unknown net option {opt:?}: use tap=NAME[,mac=XX:XX:XX:XX:XX:XX] or bridge[,mac=..]"
+                        "unknown net option {opt:?}: use tap=NAME[,mac=XX:XX:XX:XX:XX:XX] or bridge[,mac=..], \
+                         and for rate limits [rx_|tx_]bw=RATE, [rx_|tx_]ops=N, [rx_|tx_]burst=SIZE, \
+                         [rx_|tx_]ops_burst=N"
                     ))
                 }
             }
         }
+        let rx_rate_limit = rx
+            .or(both)
+            .build("RX", "bw= or rx_bw=", "ops= or rx_ops=")?;
+        let tx_rate_limit = tx
+            .or(both)
+            .build("TX", "bw= or tx_bw=", "ops= or tx_ops=")?;
         if let Some(m) = mac {
             if m[0] & 1 != 0 {
                 return Err(format!("mac={}: a multicast address", format_mac(&m)));
@@ -244,6 +376,8 @@ impl FromStr for NetSpec {
                 tap: String::new(),
                 mac,
                 bridge,
+                rx_rate_limit,
+                tx_rate_limit,
             });
         }
         let tap = tap.ok_or(
@@ -258,6 +392,8 @@ impl FromStr for NetSpec {
             tap,
             mac,
             bridge: false,
+            rx_rate_limit,
+            tx_rate_limit,
         })
     }
 }
@@ -361,6 +497,7 @@ pub fn attach(
             path: d.path.clone(),
             read_only: d.read_only,
             id: d.id.clone(),
+            rate_limit: d.rate_limit,
         })?;
         add_device(
             vm,
@@ -379,6 +516,8 @@ pub fn attach(
         let dev = Net::new(NetConfig {
             tap: n.tap.clone(),
             mac: n.mac,
+            rx_rate_limit: n.rx_rate_limit,
+            tx_rate_limit: n.tx_rate_limit,
         })?;
         let what = format!("virtio-net {} {}", n.tap, format_mac(&dev.mac()));
         add_device(vm, &mut out, dev, what)?;
@@ -502,7 +641,8 @@ mod tests {
                 path: "/img/a.raw".into(),
                 read_only: false,
                 id: None,
-                root: false
+                root: false,
+                rate_limit: RateLimiterConfig::default(),
             }
         );
         let d: DiskSpec = "a.raw,ro,id=data,root".parse().unwrap();
@@ -517,6 +657,131 @@ mod tests {
             "a,size=3",
         ] {
             assert!(bad.parse::<DiskSpec>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    fn per_second(rate: u64, burst: u64) -> Option<BucketConfig> {
+        Some(BucketConfig::per_second(rate, burst))
+    }
+
+    #[test]
+    fn disk_rate_limits() {
+        let d: DiskSpec = "a.raw,bw=10M,iops=100,burst=20M,ops_burst=50,ro"
+            .parse()
+            .unwrap();
+        assert!(d.read_only);
+        assert_eq!(
+            d.rate_limit,
+            RateLimiterConfig {
+                bandwidth: per_second(10 << 20, 20 << 20),
+                ops: per_second(100, 50),
+            }
+        );
+        // The whole bucket refills in a second: the rate is its size.
+        assert_eq!(
+            d.rate_limit.bandwidth.unwrap().refill_time,
+            std::time::Duration::from_secs(1)
+        );
+        let d: DiskSpec = "a.raw,bw=4M".parse().unwrap();
+        assert_eq!(d.rate_limit.bandwidth, per_second(4 << 20, 0));
+        assert_eq!(d.rate_limit.ops, None);
+        let d: DiskSpec = "a.raw,iops=7".parse().unwrap();
+        assert_eq!(d.rate_limit.ops, per_second(7, 0));
+        assert!("a.raw"
+            .parse::<DiskSpec>()
+            .unwrap()
+            .rate_limit
+            .is_unlimited());
+        for (bad, why) in [
+            ("a,bw=0", "bw=0: a rate must be more than 0"),
+            ("a,bw=-5M", "bw=-5M: expected a size"),
+            ("a,bw=fast", "bw=fast: expected a size"),
+            ("a,bw=", "bw=: expected a size"),
+            ("a,bw=10X", "unknown unit"),
+            ("a,bw=10M/s", "unknown unit"),
+            ("a,iops=0", "iops=0: must be more than 0"),
+            ("a,iops=-1", "iops=-1: expected a whole number"),
+            ("a,iops=1.5", "iops=1.5: expected a whole number"),
+            (
+                "a,burst=1M",
+                "a byte burst for the disk needs a byte rate (bw=)",
+            ),
+            ("a,iops=5,burst=1M", "needs a byte rate"),
+            (
+                "a,ops_burst=5",
+                "an ops burst for the disk needs an ops rate (iops=)",
+            ),
+            ("a,bw=1M,burst=0", "burst=0: must be more than 0"),
+            (
+                "a,bw=1M,ops_burst=x",
+                "ops_burst=x: expected a whole number",
+            ),
+            ("a,ops=5", "unknown disk option"),
+            ("a,rx_bw=1M", "unknown disk option"),
+        ] {
+            let e = bad.parse::<DiskSpec>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains('\n'), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn net_rate_limits() {
+        let n: NetSpec = "tap=t,bw=10M".parse().unwrap();
+        assert_eq!(n.rx_rate_limit, n.tx_rate_limit);
+        assert_eq!(n.rx_rate_limit.bandwidth, per_second(10 << 20, 0));
+        // Per direction, over both.
+        let n: NetSpec = "tap=t,bw=10M,rx_bw=1M,tx_ops=100,burst=2M,ops=50,rx_ops_burst=9"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            n.rx_rate_limit,
+            RateLimiterConfig {
+                bandwidth: per_second(1 << 20, 2 << 20),
+                ops: per_second(50, 9),
+            }
+        );
+        assert_eq!(
+            n.tx_rate_limit,
+            RateLimiterConfig {
+                bandwidth: per_second(10 << 20, 2 << 20),
+                ops: per_second(100, 0),
+            }
+        );
+        // One direction alone.
+        let n: NetSpec = "tap=t,tx_bw=512k,tx_burst=1M".parse().unwrap();
+        assert!(n.rx_rate_limit.is_unlimited());
+        assert_eq!(n.tx_rate_limit.bandwidth, per_second(512 << 10, 1 << 20));
+        let n: NetSpec = "bridge,bw=1M".parse().unwrap();
+        assert!(n.bridge && !n.tx_rate_limit.is_unlimited());
+        assert!("tap=t"
+            .parse::<NetSpec>()
+            .unwrap()
+            .rx_rate_limit
+            .is_unlimited());
+        for (bad, why) in [
+            ("tap=t,bw=0", "bw=0: a rate must be more than 0"),
+            ("tap=t,rx_bw=junk", "rx_bw=junk: expected a size"),
+            ("tap=t,tx_ops=0", "tx_ops=0: must be more than 0"),
+            ("tap=t,ops=many", "ops=many: expected a whole number"),
+            (
+                "tap=t,burst=1M",
+                "a byte burst for RX needs a byte rate (bw= or rx_bw=)",
+            ),
+            (
+                "tap=t,rx_bw=1M,burst=1M",
+                "a byte burst for TX needs a byte rate (bw= or tx_bw=)",
+            ),
+            (
+                "tap=t,rx_ops_burst=3",
+                "an ops burst for RX needs an ops rate (ops= or rx_ops=)",
+            ),
+            ("tap=t,iops=5", "unknown net option"),
+            ("tap=t,up_bw=1M", "unknown net option"),
+        ] {
+            let e = bad.parse::<NetSpec>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains('\n'), "{bad}: {e}");
         }
     }
 
@@ -573,6 +838,7 @@ mod tests {
             read_only: false,
             id: None,
             root,
+            rate_limit: RateLimiterConfig::default(),
         };
         assert!(validate(&[spec(&ok, true)], &[], None, &[]).is_ok());
         for bad in [
@@ -588,6 +854,8 @@ mod tests {
             tap: t.into(),
             mac: None,
             bridge: false,
+            rx_rate_limit: RateLimiterConfig::default(),
+            tx_rate_limit: RateLimiterConfig::default(),
         };
         assert!(validate(&[], &[tap("a"), tap("a")], None, &[]).is_err());
         let many: Vec<_> = (0..MAX_DEVICES + 1)

@@ -4,6 +4,13 @@
 //! bounce buffer: guest memory is only ever reached through virtio-queue's
 //! `Reader`/`Writer`, and a guest asking for gigabytes in one request costs
 //! the VMM no more memory than one asking for a sector.
+//!
+//! With a rate limiter, every request costs one op and a read or write also
+//! its data length in bytes (flush, discard, write-zeroes and get-id cost
+//! the op alone). A request the limiter cannot pass yet goes back to the
+//! avail ring untouched and the queue waits for the limiter's timer, which
+//! is on the event loop with the queue's eventfd: the request is served
+//! first, in order, when it fires.
 
 use std::cmp::min;
 use std::fs::{File, OpenOptions};
@@ -22,8 +29,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::write_zeroes::{PunchHole, WriteZeroesAt};
 
 use super::{
-    chain_descriptors, features, read_config_bytes, Error, IrqTrigger, Memory, VirtioDevice,
+    chain_descriptors, features, read_config_bytes, Error, IrqTrigger, Memory, Served, VirtioDevice,
 };
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterCounters};
 
 /// Descriptors per queue; also bounds a request's segments.
 pub const QUEUE_SIZE: u16 = 256;
@@ -54,7 +62,7 @@ const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 #[allow(clippy::cast_possible_truncation)]
 const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
-/// What `--disk PATH[,ro][,id=NAME]` asks for.
+/// What `--disk PATH[,ro][,id=NAME][,bw=..,iops=..]` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockConfig {
     pub path: PathBuf,
@@ -62,6 +70,9 @@ pub struct BlockConfig {
     /// What the guest reads as the disk's serial (at most 20 bytes);
     /// without one, it is made from the image's device and inode numbers.
     pub id: Option<String>,
+    /// Bytes (of reads and writes) and requests the queue may serve; the
+    /// default limits nothing.
+    pub rate_limit: RateLimiterConfig,
 }
 
 /// How requests ended, for diagnostics and tests.
@@ -128,6 +139,7 @@ pub struct Block {
     evts: [EventFd; 1],
     active: Option<Active>,
     counters: BlockCounters,
+    limiter: Option<RateLimiter>,
 }
 
 impl Block {
@@ -146,6 +158,7 @@ impl Block {
             source,
         };
         let meta = check_image(&path)?;
+        let limiter = RateLimiter::for_config(cfg.rate_limit)?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(!cfg.read_only)
@@ -192,6 +205,7 @@ impl Block {
             evts: [EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?],
             active: None,
             counters: BlockCounters::default(),
+            limiter,
         })
     }
 
@@ -204,6 +218,11 @@ impl Block {
         self.counters
     }
 
+    /// What the rate limiter let through and held back, if there is one.
+    pub fn rate_limit_counters(&self) -> Option<RateLimiterCounters> {
+        self.limiter.as_ref().map(RateLimiter::counters)
+    }
+
     /// Serves the request queue: what the event loop does when it is
     /// notified. Public so tests and fuzz targets can drive the device
     /// without an event loop; does nothing before activation.
@@ -211,13 +230,19 @@ impl Block {
         let Some(Active { mem, queue, irq }) = self.active.as_mut() else {
             return;
         };
-        if !queue.ready() {
+        if !queue.ready() || self.limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
+            // Throttled: the limiter's timer brings the loop back.
             return;
         }
-        let (disk, counters) = (&mut self.disk, &mut self.counters);
+        let (disk, counters, limiter) = (&mut self.disk, &mut self.counters, &mut self.limiter);
         let mem = &*mem;
         let errors = super::serve_queue(queue, mem, irq, &self.evts[0], |chain| {
-            disk.handle(mem, chain, counters)
+            if let Some(l) = limiter.as_mut() {
+                if !l.consume(request_bytes(mem, &chain), 1) {
+                    return Served::Throttled;
+                }
+            }
+            Served::Used(disk.handle(mem, chain, counters))
         });
         self.counters.queue_errors += errors;
     }
@@ -249,6 +274,29 @@ fn status_address(mem: &Memory, descs: &[Descriptor]) -> Option<GuestAddress> {
     }
     let addr = last.addr().checked_add(u64::from(last.len()) - 1)?;
     GuestMemory::check_range(mem, addr, 1, Permissions::Write).then_some(addr)
+}
+
+/// What a request costs the bandwidth bucket: the data a read or write
+/// moves, as its descriptors say; nothing for other requests, or for a
+/// chain too broken to tell (it costs its op, and fails on its own).
+fn request_bytes(mem: &Memory, chain: &DescriptorChain<&Memory>) -> u64 {
+    let Ok(mut reader) = Reader::new(mem, chain.clone()) else {
+        return 0;
+    };
+    let mut req_type = [0u8; 4];
+    if reader.read_exact(&mut req_type).is_err() {
+        return 0;
+    }
+    let data = match u32::from_le_bytes(req_type) {
+        // Device-writable bytes but the status byte.
+        VIRTIO_BLK_T_IN => {
+            Writer::new(mem, chain.clone()).map_or(0, |w| w.available_bytes().saturating_sub(1))
+        }
+        // Device-readable bytes after the 16-byte header.
+        VIRTIO_BLK_T_OUT => reader.available_bytes().saturating_sub(HEADER_LEN - 4),
+        _ => 0,
+    };
+    data as u64
 }
 
 fn used_len(n: usize) -> u32 {
@@ -504,11 +552,17 @@ impl VirtioDevice for Block {
                 a.irq.status()
             ));
         }
+        if let Some(l) = &self.limiter {
+            s.push_str(&format!("; rate limit: {}", l.summary()));
+        }
         s
     }
 
     fn reset(&mut self) {
         self.active = None;
+        if let Some(l) = &mut self.limiter {
+            l.unblock();
+        }
     }
 }
 
@@ -517,6 +571,11 @@ impl MutEventSubscriber for Block {
         if ops.add(Events::new(&self.evts[0], EventSet::IN)).is_err() {
             self.counters.event_errors += 1;
         }
+        if let Some(l) = &self.limiter {
+            if ops.add(Events::new(l, EventSet::IN)).is_err() {
+                self.counters.event_errors += 1;
+            }
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
@@ -524,6 +583,14 @@ impl MutEventSubscriber for Block {
             // Non-blocking: EAGAIN only means someone else drained it.
             let _ = self.evts[0].read();
             self.process_queue();
+        } else if let Some(l) = self
+            .limiter
+            .as_mut()
+            .filter(|l| events.fd() == l.as_raw_fd())
+        {
+            if l.on_timer() {
+                self.process_queue();
+            }
         }
     }
 }
@@ -552,6 +619,7 @@ mod tests {
             path: file.0.clone(),
             read_only,
             id: id.map(str::to_string),
+            rate_limit: Default::default(),
         })
         .unwrap();
         let mem = memory(MEM_SIZE);
@@ -1057,6 +1125,7 @@ mod tests {
             path: file.0.clone(),
             read_only: false,
             id: None,
+            rate_limit: Default::default(),
         })
         .unwrap();
         let mem = memory(MEM_SIZE);
@@ -1095,6 +1164,7 @@ mod tests {
             path: "/nonexistent/disk.img".into(),
             read_only: false,
             id: None,
+            rate_limit: Default::default(),
         });
         let msg = missing.err().unwrap().to_string();
         assert!(
@@ -1106,6 +1176,7 @@ mod tests {
             path: std::env::temp_dir(),
             read_only: true,
             id: None,
+            rate_limit: Default::default(),
         });
         assert!(matches!(dir, Err(Error::DiskType { .. })));
 
@@ -1113,6 +1184,7 @@ mod tests {
             path: "/dev/null".into(),
             read_only: true,
             id: None,
+            rate_limit: Default::default(),
         });
         assert!(matches!(chr, Err(Error::DiskType { .. })));
 
@@ -1121,6 +1193,7 @@ mod tests {
             path: empty.0.clone(),
             read_only: true,
             id: None,
+            rate_limit: Default::default(),
         });
         assert!(matches!(e, Err(Error::DiskEmpty { .. })));
 
@@ -1129,6 +1202,7 @@ mod tests {
             path: file.0.clone(),
             read_only: true,
             id: Some("x".repeat(21)),
+            rate_limit: Default::default(),
         });
         assert!(matches!(long, Err(Error::DiskId { len: 21, .. })));
     }

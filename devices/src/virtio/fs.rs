@@ -33,7 +33,9 @@ use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{features, read_config_bytes, serve_queue, Error, IrqTrigger, Memory, VirtioDevice};
+use super::{
+    features, read_config_bytes, serve_queue, Error, IrqTrigger, Memory, Served, VirtioDevice,
+};
 
 /// The longest tag the config space holds (virtio 1.2, 5.11.4).
 pub const TAG_BYTES: usize = 36;
@@ -281,15 +283,15 @@ impl Fs {
         let mut failed = 0;
         let errors = serve_queue(q, mem, &a.irq, &self.kicks[i], |chain| {
             if i == HIPRIO {
-                return 0;
+                return Served::Used(0);
             }
-            match eio_reply(mem, chain) {
+            Served::Used(match eio_reply(mem, chain) {
                 0 => 0,
                 n => {
                     failed += 1;
                     n
                 }
-            }
+            })
         });
         self.counters.failed += failed;
         self.counters.queue_errors += errors;

@@ -145,6 +145,8 @@ pub enum Error {
     FsBackend(String),
     #[error("cannot create a timerfd: {0}")]
     Timer(#[source] io::Error),
+    #[error("invalid rate limit: {0}")]
+    RateLimit(&'static str),
 }
 
 /// A device model as the transport sees it.
@@ -276,13 +278,25 @@ impl IrqTrigger {
     }
 }
 
+/// What a queue's handler did with a chain.
+pub(crate) enum Served {
+    /// Done: give the chain back with this used length.
+    Used(u32),
+    /// Not now (a rate limiter is out of tokens and has armed its timer):
+    /// the chain goes back to the avail ring, untouched, to be served first
+    /// when the queue is served again.
+    Throttled,
+}
+
 /// Serves `queue` as every device here does: pops chains in batches of at
 /// most a queue's worth, puts each in the used ring with the length `handle`
 /// gives it, re-enables notifications and looks again (the driver may have
 /// queued more meanwhile), and interrupts the driver once at the end if it
 /// asked to be. When a batch's budget runs out, `kick` (the queue's own
 /// eventfd) is written so the event loop serves the other devices first and
-/// comes back. Returns the number of ring errors met; an avail index that
+/// comes back. A throttled chain ends the batch where it is, notifications
+/// left off: the driver need not announce more while the device waits for
+/// its timer. Returns the number of ring errors met; an avail index that
 /// keeps promising chains which cannot be popped means a corrupt ring, and
 /// the driver is told it needs a reset instead of the loop spinning on it.
 pub(crate) fn serve_queue<'m>(
@@ -290,9 +304,9 @@ pub(crate) fn serve_queue<'m>(
     mem: &'m Memory,
     irq: &IrqTrigger,
     kick: &EventFd,
-    mut handle: impl FnMut(DescriptorChain<&'m Memory>) -> u32,
+    mut handle: impl FnMut(DescriptorChain<&'m Memory>) -> Served,
 ) -> u64 {
-    use virtio_queue::QueueT;
+    use virtio_queue::{QueueOwnedT, QueueT};
     let mut errors = 0;
     let mut used = false;
     let mut budget = queue.size();
@@ -306,7 +320,13 @@ pub(crate) fn serve_queue<'m>(
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             popped = true;
             let head = chain.head_index();
-            let len = handle(chain);
+            let len = match handle(chain) {
+                Served::Used(len) => len,
+                Served::Throttled => {
+                    queue.go_to_previous_position();
+                    break 'batch;
+                }
+            };
             match queue.add_used(mem, head, len) {
                 Ok(()) => used = true,
                 Err(_) => errors += 1,

@@ -16,6 +16,13 @@
 //!
 //! Transmit: each chain is copied into one buffer and written to the tap in
 //! one write, which is what a tap needs (one write, one frame).
+//!
+//! Rate limits: each direction has a limiter of its own, charged one op and
+//! the Ethernet frame's bytes per frame. Out of tokens, TX stops popping
+//! (the frame stays in the avail ring) and RX stops reading the tap (later
+//! frames wait in the tap's kernel queue, which drops past its length as a
+//! slow link would; a frame already read stays pending in the device).
+//! Either resumes when its limiter's timer fires on the event loop.
 
 pub mod tap;
 
@@ -31,8 +38,9 @@ use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
-    chain_descriptors, features, read_config_bytes, Error, IrqTrigger, Memory, VirtioDevice,
+    chain_descriptors, features, read_config_bytes, Error, IrqTrigger, Memory, Served, VirtioDevice,
 };
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterCounters};
 pub use tap::{Tap, VNET_HDR_LEN};
 
 pub const RX_QUEUE: usize = 0;
@@ -63,12 +71,17 @@ mod wire {
 }
 use wire::*;
 
-/// What `--net tap=NAME[,mac=..]` asks for.
+/// What `--net tap=NAME[,mac=..][,bw=..,ops=..]` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
     pub tap: String,
     /// Without one, a random locally administered address.
     pub mac: Option<[u8; 6]>,
+    /// Frames and their bytes from the tap to the guest; the default
+    /// limits nothing.
+    pub rx_rate_limit: RateLimiterConfig,
+    /// Frames and their bytes from the guest to the tap.
+    pub tx_rate_limit: RateLimiterConfig,
 }
 
 /// What happened to frames, for diagnostics and tests.
@@ -385,8 +398,12 @@ pub struct Net {
     rx_pending: usize,
     /// The guest has no RX buffers: leave the tap alone until it posts some.
     rx_waiting: bool,
+    /// The pending frame has been charged to the RX limiter.
+    rx_admitted: bool,
     tx_buf: Vec<u8>,
     counters: NetCounters,
+    rx_limiter: Option<RateLimiter>,
+    tx_limiter: Option<RateLimiter>,
 }
 
 pub fn format_mac(m: &[u8; 6]) -> String {
@@ -411,12 +428,23 @@ fn generate_mac() -> [u8; 6] {
 
 impl Net {
     pub fn new(cfg: NetConfig) -> Result<Self, Error> {
+        // Refused before a tap is made for it.
+        if let Some(m) = cfg.mac.filter(|m| m[0] & 1 != 0) {
+            return Err(Error::MulticastMac(format_mac(&m)));
+        }
+        let tap = Tap::open(&cfg.tap)?;
+        Self::with_tap(cfg, tap)
+    }
+
+    /// The device on an open tap (or, in tests, what stands in for one).
+    fn with_tap(cfg: NetConfig, tap: Tap) -> Result<Self, Error> {
         let mac = match cfg.mac {
             Some(m) if m[0] & 1 != 0 => return Err(Error::MulticastMac(format_mac(&m))),
             Some(m) => m,
             None => generate_mac(),
         };
-        let tap = Tap::open(&cfg.tap)?;
+        let rx_limiter = RateLimiter::for_config(cfg.rx_rate_limit)?;
+        let tx_limiter = RateLimiter::for_config(cfg.tx_rate_limit)?;
         // Offer the guest receive offloads only if this kernel's tap can
         // produce them; then start with none until the guest accepts some.
         let all = tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6 | tap::TUN_F_TSO_ECN;
@@ -454,8 +482,11 @@ impl Net {
             rx_buf: vec![0; FRAME_BUF_LEN],
             rx_pending: 0,
             rx_waiting: false,
+            rx_admitted: false,
             tx_buf: vec![0; FRAME_BUF_LEN],
             counters: NetCounters::default(),
+            rx_limiter,
+            tx_limiter,
         })
     }
 
@@ -471,6 +502,17 @@ impl Net {
         self.counters
     }
 
+    /// What the RX and TX limiters let through and held back, for those
+    /// there are.
+    pub fn rate_limit_counters(
+        &self,
+    ) -> (Option<RateLimiterCounters>, Option<RateLimiterCounters>) {
+        (
+            self.rx_limiter.as_ref().map(RateLimiter::counters),
+            self.tx_limiter.as_ref().map(RateLimiter::counters),
+        )
+    }
+
     /// Moves frames from the tap to the guest: what the event loop does when
     /// the tap is readable or the RX queue is notified. Public so tests can
     /// drive the device without an event loop.
@@ -483,15 +525,36 @@ impl Net {
         let mut budget = QUEUE_SIZE;
         loop {
             if self.rx_pending == 0 {
+                if self
+                    .rx_limiter
+                    .as_ref()
+                    .is_some_and(RateLimiter::is_blocked)
+                {
+                    // Frames wait in the tap until the limiter's timer.
+                    break;
+                }
                 match self.tap.read_frame(&mut self.rx_buf) {
                     Ok(0) => break,
-                    Ok(n) => self.rx_pending = n,
+                    Ok(n) => {
+                        self.rx_pending = n;
+                        self.rx_admitted = false;
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(_) => {
                         self.counters.tap_read_errors += 1;
                         break;
                     }
                 }
+            }
+            if !self.rx_admitted {
+                if let Some(l) = self.rx_limiter.as_mut() {
+                    let bytes = self.rx_pending.saturating_sub(VNET_HDR_LEN) as u64;
+                    if !l.consume(bytes, 1) {
+                        // The frame stays pending; the timer brings it.
+                        break;
+                    }
+                }
+                self.rx_admitted = true;
             }
             let frame = &mut self.rx_buf[..self.rx_pending];
             match active.rx.deliver(frame, &mut self.counters) {
@@ -536,12 +599,28 @@ impl Net {
         else {
             return;
         };
-        if !tx.ready() {
+        if !tx.ready()
+            || self
+                .tx_limiter
+                .as_ref()
+                .is_some_and(RateLimiter::is_blocked)
+        {
+            // Throttled: the limiter's timer brings the loop back.
             return;
         }
         let mem = &**mem;
         let (tap, buf, counters) = (&self.tap, &mut self.tx_buf, &mut self.counters);
+        let limiter = &mut self.tx_limiter;
         let errors = super::serve_queue(tx, mem, irq, &self.evts[TX_QUEUE], |chain| {
+            if let Some(l) = limiter.as_mut() {
+                // What the chain holds, header aside; a broken chain costs
+                // its op and is dropped below.
+                let bytes = Reader::new(mem, chain.clone())
+                    .map_or(0, |r| r.available_bytes().saturating_sub(VNET_HDR_LEN));
+                if !l.consume(bytes as u64, 1) {
+                    return Served::Throttled;
+                }
+            }
             match read_tx_frame(mem, chain, *features, buf) {
                 Ok(n) => match tap.write_frame(&buf[..n]) {
                     Ok(w) if w == n => {
@@ -552,7 +631,7 @@ impl Net {
                 },
                 Err(_) => counters.tx_dropped += 1,
             }
-            0
+            Served::Used(0)
         });
         self.counters.queue_errors += errors;
     }
@@ -620,6 +699,7 @@ impl VirtioDevice for Net {
         });
         self.rx_pending = 0;
         self.rx_waiting = false;
+        self.rx_admitted = false;
         for evt in &self.evts {
             let _ = evt.write(1);
         }
@@ -658,6 +738,11 @@ impl VirtioDevice for Net {
                 a.irq.status()
             ));
         }
+        for (dir, l) in [("rx", &self.rx_limiter), ("tx", &self.tx_limiter)] {
+            if let Some(l) = l {
+                s.push_str(&format!("; {dir} rate limit: {}", l.summary()));
+            }
+        }
         s
     }
 
@@ -665,6 +750,13 @@ impl VirtioDevice for Net {
         self.active = None;
         self.rx_pending = 0;
         self.rx_waiting = false;
+        self.rx_admitted = false;
+        for l in [&mut self.rx_limiter, &mut self.tx_limiter]
+            .into_iter()
+            .flatten()
+        {
+            l.unblock();
+        }
         let _ = self.tap.set_offload(0);
     }
 }
@@ -674,7 +766,11 @@ impl MutEventSubscriber for Net {
         let rx = Events::new(&self.evts[RX_QUEUE], EventSet::IN);
         let tx = Events::new(&self.evts[TX_QUEUE], EventSet::IN);
         let tap = Events::new(&self.tap, EventSet::IN | EventSet::EDGE_TRIGGERED);
-        for ev in [rx, tx, tap] {
+        let timers = [&self.rx_limiter, &self.tx_limiter]
+            .into_iter()
+            .flatten()
+            .map(|l| Events::new(l, EventSet::IN));
+        for ev in [rx, tx, tap].into_iter().chain(timers) {
             if ops.add(ev).is_err() {
                 self.counters.event_errors += 1;
             }
@@ -692,6 +788,16 @@ impl MutEventSubscriber for Net {
             self.process_tx();
         } else if fd == self.tap.as_raw_fd() && !self.rx_waiting {
             self.process_rx();
+        } else if let Some(l) = self.rx_limiter.as_mut().filter(|l| fd == l.as_raw_fd()) {
+            // With no RX buffers the pending frame waits for the driver's
+            // notification as it would unthrottled.
+            if l.on_timer() && !self.rx_waiting {
+                self.process_rx();
+            }
+        } else if let Some(l) = self.tx_limiter.as_mut().filter(|l| fd == l.as_raw_fd()) {
+            if l.on_timer() {
+                self.process_tx();
+            }
         }
     }
 }

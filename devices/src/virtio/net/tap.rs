@@ -143,6 +143,18 @@ impl Tap {
     }
 }
 
+#[cfg(test)]
+impl Tap {
+    /// A stand-in for a tap: any fd that keeps frame boundaries (one end of
+    /// a SOCK_SEQPACKET pair), non-blocking.
+    pub(crate) fn from_file(file: File, name: &str) -> Self {
+        Self {
+            file,
+            name: name.to_string(),
+        }
+    }
+}
+
 impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()

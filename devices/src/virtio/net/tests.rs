@@ -410,6 +410,8 @@ fn net_or_skip(tag: &str, mac: Option<[u8; 6]>) -> Option<Net> {
     match Net::new(NetConfig {
         tap: tap_name(tag),
         mac,
+        rx_rate_limit: Default::default(),
+        tx_rate_limit: Default::default(),
     }) {
         Ok(n) => Some(n),
         Err(e @ (Error::TunOpen(_) | Error::Tap { .. })) => {
@@ -437,6 +439,8 @@ fn net_opens_a_tap_and_describes_itself() {
     let busy = Net::new(NetConfig {
         tap: name.clone(),
         mac: None,
+        rx_rate_limit: Default::default(),
+        tx_rate_limit: Default::default(),
     });
     let msg = busy.err().unwrap().to_string();
     assert!(
@@ -456,6 +460,8 @@ fn generated_macs_are_local_unicast() {
     let e = Net::new(NetConfig {
         tap: "x".into(),
         mac: Some([1, 0, 0, 0, 0, 1]),
+        rx_rate_limit: Default::default(),
+        tx_rate_limit: Default::default(),
     });
     assert!(matches!(e, Err(Error::MulticastMac(_))));
 }
@@ -501,4 +507,262 @@ fn net_activation_sets_tap_offloads_and_reset_clears_them() {
             got: 1
         })
     ));
+}
+
+// --- Rate limits, on a real event loop, with a socket pair for the tap. ---
+
+mod rate_limit {
+    use super::*;
+    use crate::rate_limiter::BucketConfig;
+    use event_manager::{EventManager, SubscriberOps};
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::os::fd::OwnedFd;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    type Loop = EventManager<Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>>>;
+
+    const RX_BUFS: u64 = 0x10_000;
+    const TX_BUFS: u64 = 0x40_000;
+    const SLOT: u64 = 2048;
+    /// Ethernet bytes per frame (the header's 12 come on top).
+    const ETH: usize = 1000;
+
+    struct Rig {
+        net: Arc<Mutex<Net>>,
+        em: Loop,
+        mem: Memory,
+        rxq: MockQueue,
+        txq: MockQueue,
+        /// The host's end of the "tap".
+        host: std::fs::File,
+    }
+
+    fn bw(rate: u64) -> RateLimiterConfig {
+        RateLimiterConfig {
+            bandwidth: Some(BucketConfig::per_second(rate, 0)),
+            ops: None,
+        }
+    }
+
+    fn rig(rx: RateLimiterConfig, tx: RateLimiterConfig) -> Rig {
+        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+        let (dev, host): (OwnedFd, OwnedFd) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags).unwrap();
+        let net = Net::with_tap(
+            NetConfig {
+                tap: "pair".into(),
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                rx_rate_limit: rx,
+                tx_rate_limit: tx,
+            },
+            Tap::from_file(dev.into(), "pair"),
+        )
+        .unwrap();
+        let mem = memory(MEM_SIZE);
+        let rxq = MockQueue::new(&mem, 0, 128);
+        let txq = MockQueue::new(&mem, 0x8000, 128);
+        let net = Arc::new(Mutex::new(net));
+        net.lock()
+            .unwrap()
+            .activate(
+                mem.clone(),
+                feats(&[]),
+                vec![rxq.queue(), txq.queue()],
+                IrqTrigger::new().unwrap(),
+            )
+            .unwrap();
+        let mut em: Loop = EventManager::new().unwrap();
+        em.add_subscriber(net.clone());
+        // The activation's kicks: nothing queued yet.
+        em.run_with_timeout(0).unwrap();
+        Rig {
+            net,
+            em,
+            mem,
+            rxq,
+            txq,
+            host: host.into(),
+        }
+    }
+
+    /// Frame `i`: a header and `ETH` bytes that say `i`.
+    fn numbered(i: u16) -> Vec<u8> {
+        let mut f = frame(0, 0, ETH);
+        f[VNET_HDR_LEN + 20..VNET_HDR_LEN + 22].copy_from_slice(&i.to_le_bytes());
+        f
+    }
+
+    fn number(f: &[u8]) -> u16 {
+        u16::from_le_bytes([f[VNET_HDR_LEN + 20], f[VNET_HDR_LEN + 21]])
+    }
+
+    impl Rig {
+        fn kick(&self, queue: usize) {
+            self.net.lock().unwrap().evts[queue].write(1).unwrap();
+        }
+
+        /// Frames the host end can read now.
+        fn host_frames(&mut self) -> Vec<Vec<u8>> {
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; FRAME_BUF_LEN];
+            while let Ok(n) = self.host.read(&mut buf) {
+                out.push(buf[..n].to_vec());
+            }
+            out
+        }
+
+        /// Runs the loop (counting wake-ups that had events) until `done`.
+        fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Self) -> bool) -> u32 {
+            let deadline = Instant::now() + limit;
+            let mut wakeups = 0;
+            while !done(self) {
+                assert!(Instant::now() < deadline, "timed out");
+                if self.em.run_with_timeout(50).unwrap() > 0 {
+                    wakeups += 1;
+                }
+            }
+            wakeups
+        }
+
+        /// Frames in the RX queue's used ring from `from` on.
+        fn received(&self, from: u16) -> Vec<Vec<u8>> {
+            (from..self.rxq.used_idx())
+                .map(|n| {
+                    let (head, len) = self.rxq.used_elem(n);
+                    let mut f = vec![0u8; len as usize];
+                    let at = RX_BUFS + u64::from(head) * SLOT;
+                    self.mem.read_slice(&mut f, GuestAddress(at)).unwrap();
+                    f
+                })
+                .collect()
+        }
+
+        fn post_rx(&self, n: u16) {
+            for i in 0..n {
+                self.rxq
+                    .chain(i, &[(RX_BUFS + u64::from(i) * SLOT, SLOT as u32, F_WRITE)]);
+                self.rxq.push_avail(i);
+            }
+        }
+    }
+
+    #[test]
+    fn tx_keeps_its_rate_and_order_and_rx_is_not_held_up() {
+        // 60 frames of 1000 bytes at 20 KiB/s: 20 from the full bucket,
+        // the other 40 (39520 bytes past what is left) over 1.93 s.
+        let mut r = rig(RateLimiterConfig::default(), bw(20 << 10));
+        for i in 0..60u16 {
+            let at = TX_BUFS + u64::from(i) * SLOT;
+            r.mem.write_slice(&numbered(i), GuestAddress(at)).unwrap();
+            r.txq.chain(i, &[(at, (VNET_HDR_LEN + ETH) as u32, 0)]);
+            r.txq.push_avail(i);
+        }
+        r.post_rx(8);
+        let t0 = Instant::now();
+        r.kick(TX_QUEUE);
+        let mut sent = Vec::new();
+        let mut rx_wait = None;
+        let wakeups = r.run_until(Duration::from_secs(5), |r| {
+            sent.extend(r.host_frames());
+            if sent.len() >= 20 && rx_wait.is_none() {
+                // TX is throttled: frames to the guest still go at once.
+                let asked = Instant::now();
+                for i in 0..4 {
+                    r.host.write_all(&numbered(1000 + i)).unwrap();
+                }
+                while r.rxq.used_idx() < 4 && asked.elapsed() < Duration::from_secs(2) {
+                    r.em.run_with_timeout(50).unwrap();
+                }
+                rx_wait = Some((asked.elapsed(), r.txq.used_idx()));
+            }
+            sent.len() == 60
+        });
+        let elapsed = t0.elapsed();
+        assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+        let order: Vec<u16> = sent.iter().map(|f| number(f)).collect();
+        assert_eq!(order, (0..60).collect::<Vec<_>>());
+        assert!(sent.iter().all(|f| f.len() == VNET_HDR_LEN + ETH));
+        let (rx_wait, tx_used) = rx_wait.unwrap();
+        assert!(rx_wait < Duration::from_millis(500), "{rx_wait:?}");
+        assert!(tx_used < 60, "TX had finished already");
+        let got: Vec<u16> = r.received(0).iter().map(|f| number(f)).collect();
+        assert_eq!(got, [1000, 1001, 1002, 1003]);
+        // One wake-up per wait, not a spin.
+        assert!(wakeups <= 60, "{wakeups} wake-ups");
+        let net = r.net.lock().unwrap();
+        let (rx, tx) = net.rate_limit_counters();
+        assert!(rx.is_none());
+        let tx = tx.unwrap();
+        assert_eq!((tx.bytes, tx.ops), (60 * ETH as u64, 60));
+        assert!((20..=40).contains(&tx.throttled), "{tx:?}");
+        assert!(net.summary().contains("; tx rate limit: throttled"));
+    }
+
+    /// Bytes waiting to be read on the device's end of the "tap".
+    fn queued_in_kernel(net: &Net) -> i32 {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer, which points
+        // at `n`; the fd is the device's, open while `net` is.
+        let ret = unsafe { libc::ioctl(net.tap.as_raw_fd(), libc::FIONREAD, &mut n) };
+        assert_eq!(ret, 0);
+        n
+    }
+
+    #[test]
+    fn rx_keeps_its_rate_and_order_leaving_frames_in_the_tap() {
+        let mut r = rig(bw(20 << 10), RateLimiterConfig::default());
+        r.post_rx(64);
+        r.kick(RX_QUEUE);
+        r.em.run_with_timeout(0).unwrap();
+        for i in 0..60u16 {
+            r.host.write_all(&numbered(i)).unwrap();
+        }
+        let t0 = Instant::now();
+        let mut checked_kernel_queue = false;
+        let wakeups = r.run_until(Duration::from_secs(5), |r| {
+            let used = r.rxq.used_idx();
+            if (20..50).contains(&used) && !checked_kernel_queue {
+                // Throttled: the rest waits in the kernel, one frame at
+                // most in the device.
+                let net = r.net.lock().unwrap();
+                assert!(queued_in_kernel(&net) > 0);
+                assert!(net.rx_pending <= VNET_HDR_LEN + ETH);
+                checked_kernel_queue = true;
+            }
+            used == 60
+        });
+        let elapsed = t0.elapsed();
+        assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+        assert!(checked_kernel_queue);
+        let got: Vec<u16> = r.received(0).iter().map(|f| number(f)).collect();
+        assert_eq!(got, (0..60).collect::<Vec<_>>(), "lost or reordered");
+        assert!(wakeups <= 60, "{wakeups} wake-ups");
+        let (rx, _) = r.net.lock().unwrap().rate_limit_counters();
+        let rx = rx.unwrap();
+        assert_eq!((rx.bytes, rx.ops), (60 * ETH as u64, 60));
+        assert_eq!(r.net.lock().unwrap().counters().rx_dropped, 0);
+    }
+
+    #[test]
+    fn a_reset_forgets_the_wait_but_not_the_tokens_spent() {
+        let mut r = rig(RateLimiterConfig::default(), bw(10 << 10));
+        for i in 0..12u16 {
+            let at = TX_BUFS + u64::from(i) * SLOT;
+            r.mem.write_slice(&numbered(i), GuestAddress(at)).unwrap();
+            r.txq.chain(i, &[(at, (VNET_HDR_LEN + ETH) as u32, 0)]);
+            r.txq.push_avail(i);
+        }
+        r.kick(TX_QUEUE);
+        r.em.run_with_timeout(0).unwrap();
+        assert_eq!(r.host_frames().len(), 10);
+        let mut net = r.net.lock().unwrap();
+        assert!(net.tx_limiter.as_ref().unwrap().is_blocked());
+        net.reset();
+        assert!(!net.tx_limiter.as_ref().unwrap().is_blocked());
+        // The tokens are not handed back: the next frame still waits.
+        assert!(!net.tx_limiter.as_mut().unwrap().consume(ETH as u64, 1));
+    }
 }
