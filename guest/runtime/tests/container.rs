@@ -1422,11 +1422,29 @@ fn oci_bundle_resources() {
         return;
     }
     let env = Env::new("bres");
-    let disk = host_block_device().expect("a host block device");
+    // A whole disk of the host (I/O limits take no partition): the root
+    // filesystem's, or the disk holding it.
     let numbers = {
         use std::os::unix::fs::MetadataExt;
+        let disk = host_block_device().expect("a host block device");
         let rdev = std::fs::metadata(&disk).unwrap().rdev();
-        (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev))
+        let sys = format!(
+            "/sys/dev/block/{}:{}",
+            nix::sys::stat::major(rdev),
+            nix::sys::stat::minor(rdev)
+        );
+        let dev = if Path::new(&sys).join("partition").exists() {
+            std::fs::canonicalize(&sys)
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("dev")
+        } else {
+            Path::new(&sys).join("dev")
+        };
+        let mm = std::fs::read_to_string(dev).unwrap();
+        let (major, minor) = mm.trim().split_once(':').unwrap();
+        (major.parse::<u64>().unwrap(), minor.parse::<u64>().unwrap())
     };
     let write = |cpus: &str| -> PathBuf {
         let bundle = env.root.join(format!("bundle-{cpus}"));
