@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
+use super::cgroups::IoLimit;
 use super::error::{Error, Result, EXIT_RUNTIME_ERROR};
 use super::limits;
 use super::network::BridgeConfig;
@@ -53,7 +54,13 @@ pub enum ContainerCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Send a signal to a container's PID 1 (default SIGKILL).
+    /// Freeze every process of a container (cgroup freezer); `ps` shows it paused.
+    Pause { name: String },
+    /// Thaw a paused container.
+    Resume { name: String },
+    /// Send a signal to a container's PID 1 (default SIGKILL; a paused
+    /// container is thawed after a SIGKILL so that it dies, other signals
+    /// wait for resume).
     Kill {
         name: String,
         /// Signal name or number (KILL, TERM, SIGINT, 9...).
@@ -133,9 +140,8 @@ pub struct RunArgs {
     pub bundle: Option<PathBuf>,
     #[command(flatten)]
     pub workload: WorkloadFlags,
-    /// Relative CPU weight (cgroup v1 shares, 1024 = default).
-    #[arg(long, value_name = "N")]
-    pub cpu_shares: Option<String>,
+    #[command(flatten)]
+    pub resources: ResourceFlags,
     /// Mount the root filesystem read-only.
     #[arg(long)]
     pub read_only: bool,
@@ -182,6 +188,104 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// Resource controls of `uvm container run` beyond the shared
+/// `--memory`, `--cpus` and `--pids-limit` (not in [`WorkloadFlags`]:
+/// `uvm run` does not take them at its other levels).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ResourceFlags {
+    /// Relative CPU weight as cgroup v1 shares, 2-262144 (1024 = default); on
+    /// cgroup v2 written as cpu.weight = 1 + ((N - 2) * 9999) / 262142
+    #[arg(long, value_name = "N")]
+    pub cpu_shares: Option<String>,
+    /// Relative CPU weight as cgroup v2 cpu.weight, 1-10000 (100 = default); on
+    /// cgroup v1 written as cpu.shares = 2 + ((N - 1) * 262142) / 9999, rounded up
+    #[arg(long, value_name = "N")]
+    pub cpu_weight: Option<String>,
+    /// CPUs the container may run on, e.g. 0-2,4 (online ones)
+    #[arg(long, value_name = "LIST")]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes the container may allocate from, e.g. 0
+    #[arg(long, value_name = "LIST")]
+    pub cpuset_mems: Option<String>,
+    /// Relative block I/O weight, 10-1000 (v1 blkio.bfq.weight or blkio.weight;
+    /// v2 io.bfq.weight, else io.weight = 1 + (N - 10) * 9999 / 990)
+    #[arg(long, value_name = "N")]
+    pub blkio_weight: Option<String>,
+    /// Limit reads from block device DEV to RATE bytes a second, e.g. /dev/sda:1m (repeatable)
+    #[arg(long, value_name = "DEV:RATE")]
+    pub device_read_bps: Vec<String>,
+    /// Limit writes to block device DEV to RATE bytes a second (repeatable)
+    #[arg(long, value_name = "DEV:RATE")]
+    pub device_write_bps: Vec<String>,
+    /// Limit reads from block device DEV to N operations a second (repeatable)
+    #[arg(long, value_name = "DEV:N")]
+    pub device_read_iops: Vec<String>,
+    /// Limit writes to block device DEV to N operations a second (repeatable)
+    #[arg(long, value_name = "DEV:N")]
+    pub device_write_iops: Vec<String>,
+    /// Memory plus swap, as Docker's (e.g. 1g with --memory 512m: 512m of swap);
+    /// -1: unlimited swap [default: no swap beyond --memory]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// Soft memory limit, at most --memory (v1 memory.soft_limit_in_bytes, v2 memory.low)
+    #[arg(long, value_name = "SIZE")]
+    pub memory_reservation: Option<String>,
+}
+
+impl ResourceFlags {
+    /// Into `o` (whose `memory` is already set), each checked.
+    fn apply(&self, o: &mut RunOptions) -> Result<()> {
+        o.cpu_shares = match (&self.cpu_shares, &self.cpu_weight) {
+            (Some(_), Some(w)) => {
+                return Err(Error::invalid(
+                    "--cpu-weight",
+                    w,
+                    "give --cpu-shares or --cpu-weight, not both",
+                ))
+            }
+            (Some(s), None) => Some(limits::parse_cpu_shares(s)?),
+            (None, Some(w)) => Some(limits::parse_cpu_weight(w)?),
+            (None, None) => None,
+        };
+        o.cpuset_cpus = self
+            .cpuset_cpus
+            .as_deref()
+            .map(|c| limits::parse_cpuset("--cpuset-cpus", c))
+            .transpose()?;
+        o.cpuset_mems = self
+            .cpuset_mems
+            .as_deref()
+            .map(|m| limits::parse_cpuset("--cpuset-mems", m))
+            .transpose()?;
+        o.blkio_weight = self
+            .blkio_weight
+            .as_deref()
+            .map(limits::parse_blkio_weight)
+            .transpose()?;
+        for (limit, values) in [
+            (IoLimit::ReadBps, &self.device_read_bps),
+            (IoLimit::WriteBps, &self.device_write_bps),
+            (IoLimit::ReadIops, &self.device_read_iops),
+            (IoLimit::WriteIops, &self.device_write_iops),
+        ] {
+            for v in values {
+                o.io_limits.push(limits::parse_io_limit(limit, v)?);
+            }
+        }
+        o.memory_swap = self
+            .memory_swap
+            .as_deref()
+            .map(|s| limits::parse_memory_swap(s, o.memory))
+            .transpose()?;
+        o.memory_reservation = self
+            .memory_reservation
+            .as_deref()
+            .map(|r| limits::parse_memory_reservation(r, o.memory))
+            .transpose()?;
+        Ok(())
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
     pub name: String,
@@ -222,11 +326,7 @@ fn run_options(a: RunArgs) -> Result<RunOptions> {
         .as_deref()
         .map(|c| limits::parse_cpus(c, limits::host_cpus()))
         .transpose()?;
-    o.cpu_shares = a
-        .cpu_shares
-        .as_deref()
-        .map(limits::parse_cpu_shares)
-        .transpose()?;
+    a.resources.apply(&mut o)?;
     o.pids_limit = w
         .pids_limit
         .as_deref()
@@ -487,6 +587,14 @@ fn dispatch(args: ContainerArgs) -> Result<i32> {
             r
         }
         ContainerCommand::Ps { json } => cmd_ps(&rt, json),
+        ContainerCommand::Pause { name } => {
+            rt.pause(&name)?;
+            Ok(0)
+        }
+        ContainerCommand::Resume { name } => {
+            rt.resume(&name)?;
+            Ok(0)
+        }
         ContainerCommand::Kill { name, signal } => {
             rt.kill(&name, parse_signal(&signal)?)?;
             Ok(0)
@@ -573,6 +681,67 @@ mod tests {
         let o = run_options(*r).unwrap();
         assert_eq!(o.memory, Some(64 << 20));
         assert_eq!(o.ports.len(), 1);
+    }
+
+    fn parse_run(args: &[&str]) -> Result<RunOptions> {
+        #[derive(clap::Parser)]
+        struct Top {
+            #[command(flatten)]
+            a: ContainerArgs,
+        }
+        let mut argv = vec!["uvm-container", "run", "--rootfs", "/r"];
+        argv.extend_from_slice(args);
+        argv.extend(["--", "true"]);
+        let t = <Top as clap::Parser>::try_parse_from(argv).unwrap();
+        let ContainerCommand::Run(r) = t.a.command else {
+            panic!("not run")
+        };
+        run_options(*r)
+    }
+
+    #[test]
+    fn resource_flags() {
+        let o = parse_run(&[
+            "--memory",
+            "64m",
+            "--memory-swap",
+            "-1",
+            "--memory-reservation",
+            "32m",
+            "--cpu-weight",
+            "100",
+            "--cpuset-cpus",
+            "0",
+            "--cpuset-mems",
+            "0",
+            "--blkio-weight",
+            "300",
+        ])
+        .unwrap();
+        assert_eq!(o.memory_swap, Some(-1));
+        assert_eq!(o.memory_reservation, Some(32 << 20));
+        assert_eq!(o.cpu_shares, Some(2598));
+        assert_eq!(o.cpuset_cpus.as_deref(), Some("0"));
+        assert_eq!(o.cpuset_mems.as_deref(), Some("0"));
+        assert_eq!(o.blkio_weight, Some(300));
+        assert_eq!(
+            parse_run(&["--cpu-shares", "80"]).unwrap().cpu_shares,
+            Some(80)
+        );
+        for (args, want) in [
+            (&["--cpu-shares", "80", "--cpu-weight", "5"][..], "not both"),
+            (&["--cpuset-cpus", "9999"][..], "CPU 9999 is not online"),
+            (
+                &["--device-write-bps", "/dev/nonexistent-uvm:1m"][..],
+                "no such device /dev/nonexistent-uvm",
+            ),
+            (&["--memory-swap", "1g"][..], "needs --memory"),
+            (&["--blkio-weight", "5"][..], "invalid --blkio-weight"),
+        ] {
+            let e = parse_run(args).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+            assert_eq!(e.lines().count(), 1);
+        }
     }
 
     #[test]

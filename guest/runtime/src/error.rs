@@ -30,6 +30,12 @@ pub enum Error {
     NoSuchContainer(String),
     #[error("container {0:?} is not running")]
     NotRunning(String),
+    #[error("container {0:?} is paused: resume it first with `uvm container resume {0}`")]
+    Paused(String),
+    #[error("container {0:?} is already paused")]
+    AlreadyPaused(String),
+    #[error("container {0:?} is not paused")]
+    NotPaused(String),
     #[error("{0}: command not found in the container")]
     CommandNotFound(String),
     #[error("{cmd}: cannot execute: {reason}")]

@@ -672,14 +672,21 @@ pub fn resolve_command(cmd: &str, env: &[String]) -> Result<PathBuf> {
     Err(denied.unwrap_or_else(|| Error::CommandNotFound(cmd.to_string())))
 }
 
-fn reset_signals() {
+/// Default dispositions and, unless `keep_blocked`, an empty mask. The
+/// `--init` keeps what it inherited blocked (the runtime's forwarded
+/// signals): a signal sent while the container was being set up stays
+/// pending for its sigwait, where unblocking here would have let the
+/// kernel drop it (a namespace's PID 1 without a handler ignores it).
+fn reset_signals(keep_blocked: bool) {
     for sig in Signal::iterator() {
         if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
             // SAFETY: restoring the default disposition installs no handler.
             let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
         }
     }
-    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if !keep_blocked {
+        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    }
 }
 
 /// Marks every descriptor above stderr close-on-exec.
@@ -767,7 +774,7 @@ pub fn exec_process(
     let c_args = cstrings(&args, "an argument")?;
     let c_env = cstrings(&env, "the environment")?;
 
-    reset_signals();
+    reset_signals(init);
     cloexec_from(3);
     let umask = process.user().umask().unwrap_or(0o022);
     nix::sys::stat::umask(Mode::from_bits_truncate(umask));

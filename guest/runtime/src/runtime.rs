@@ -85,6 +85,15 @@ fn remove_tree(path: &Path) {
     let _ = fs::remove_dir_all(path);
 }
 
+/// Thaws `cg` if it is paused (after a SIGKILL: a frozen v1 task does not
+/// die until thawed).
+fn thaw_if_paused(cg: Option<&Cgroup>) -> Result<()> {
+    match cg {
+        Some(cg) if cg.paused() => cg.thaw(),
+        _ => Ok(()),
+    }
+}
+
 /// Removes everything recorded in `st` (ports, veth, cgroup, overlay, state
 /// directory). Best effort: used on success, on failure, and by gc.
 fn cleanup(paths: &Paths, st: &State) {
@@ -175,6 +184,15 @@ impl Runtime {
                 None => Vec::new(),
             };
         let resources = spec::resources(spec);
+        // Before anything is made: a CPU that is not online, a device that
+        // is not there.
+        resources.validate().map_err(|msg| match &opts.source {
+            spec::Source::Bundle(path) => Error::Bundle {
+                path: path.clone(),
+                msg: format!("linux.resources.{msg}"),
+            },
+            spec::Source::Rootfs(_) => Error::Cgroup(msg),
+        })?;
         // Rootless without limits: no cgroup, so the host's layout (perhaps
         // not even visible) does not matter.
         let hierarchy = match rootless && !resources.limits() {
@@ -341,7 +359,7 @@ impl Runtime {
     /// (the `cgroup_parent`, made writable for it by an administrator or
     /// systemd): the refusal when there is none.
     fn check_delegated(&self, hierarchy: &Hierarchy) -> Result<()> {
-        const FLAGS: &str = "--memory, --cpus, --cpu-shares and --pids-limit";
+        const FLAGS: &str = "--memory, --cpus, --pids-limit and the other resource flags";
         match hierarchy {
             Hierarchy::V1 { .. } => Err(Error::Rootless(format!(
                 "{FLAGS} need root on this cgroup v1 host; run without limits"
@@ -388,11 +406,45 @@ impl Runtime {
         Ok(st)
     }
 
-    /// Sends `sig` to the container's PID 1.
+    /// Sends `sig` to the container's PID 1. A paused container is thawed
+    /// after a SIGKILL, so that it dies (a frozen v1 task would not); other
+    /// signals wait for `resume`, as with runc.
     pub fn kill(&self, name: &str, sig: Signal) -> Result<()> {
         let st = self.running_state(name)?;
         let pid = st.pid.ok_or_else(|| Error::NotRunning(name.to_string()))?;
-        signal::kill(Pid::from_raw(pid), sig).map_err(|e| Error::sys(format!("kill {name}"), e))
+        signal::kill(Pid::from_raw(pid), sig).map_err(|e| Error::sys(format!("kill {name}"), e))?;
+        if sig == Signal::SIGKILL {
+            thaw_if_paused(st.cgroup.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// The cgroup of a running container, for pause and resume.
+    fn freezable(&self, name: &str) -> Result<Cgroup> {
+        self.running_state(name)?.cgroup.ok_or_else(|| {
+            Error::Cgroup(format!(
+                "container {name} has no cgroup to freeze (a rootless container without limits)"
+            ))
+        })
+    }
+
+    /// Freezes every process of the container (`uvm container pause`);
+    /// returns once they all are. `ps` shows it paused until [`Runtime::resume`].
+    pub fn pause(&self, name: &str) -> Result<()> {
+        let cg = self.freezable(name)?;
+        if cg.paused() {
+            return Err(Error::AlreadyPaused(name.to_string()));
+        }
+        cg.freeze()
+    }
+
+    /// Thaws a paused container (`uvm container resume`).
+    pub fn resume(&self, name: &str) -> Result<()> {
+        let cg = self.freezable(name)?;
+        if !cg.paused() {
+            return Err(Error::NotPaused(name.to_string()));
+        }
+        cg.thaw()
     }
 
     /// Resource usage of a running container.
@@ -408,6 +460,7 @@ impl Runtime {
         if st.running() {
             if let Some(pid) = st.pid {
                 let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = thaw_if_paused(st.cgroup.as_ref());
             }
         }
         cleanup(&self.paths, st);
@@ -652,6 +705,10 @@ impl Runtime {
     /// orphan's child) and reaps it.
     pub fn exec_start(&self, name: &str, opts: &ExecOptions) -> Result<Pid> {
         let st = self.running_state(name)?;
+        // Its process would join the frozen cgroup and wait there.
+        if st.paused() {
+            return Err(Error::Paused(name.to_string()));
+        }
         let pid = st.pid.ok_or_else(|| Error::NotRunning(name.to_string()))?;
         let config = st.dir(&self.paths).join("config.json");
         let spec = Spec::load(&config).map_err(|e| Error::State {
@@ -774,10 +831,15 @@ impl Container {
         self.finish(kind)
     }
 
-    /// Sends a signal to the container's PID 1.
+    /// Sends a signal to the container's PID 1 (thawing it after a
+    /// SIGKILL if it was paused, as [`Runtime::kill`]).
     pub fn kill(&self, sig: Signal) -> Result<()> {
         signal::kill(Pid::from_raw(self.pid()), sig)
-            .map_err(|e| Error::sys(format!("kill {}", self.state.name), e))
+            .map_err(|e| Error::sys(format!("kill {}", self.state.name), e))?;
+        if sig == Signal::SIGKILL {
+            thaw_if_paused(self.state.cgroup.as_ref())?;
+        }
+        Ok(())
     }
 
     fn finish(&mut self, kind: ExitKind) -> Exit {

@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use oci_spec::runtime::{
-    Capability, LinuxCapabilities, LinuxDeviceCgroup, LinuxDeviceType, LinuxNamespaceType,
-    LinuxResources, Mount, Spec, User,
+    Capability, LinuxBlockIo, LinuxCapabilities, LinuxDeviceCgroup, LinuxDeviceType,
+    LinuxNamespaceType, LinuxResources, LinuxThrottleDevice, LinuxThrottleDeviceBuilder, Mount,
+    Spec, User,
 };
 use serde::{Deserialize, Serialize};
 
-use super::cgroups::Resources;
+use super::cgroups::{IoLimit, Resources, Throttle};
 use super::error::{Error, Result};
 use super::userns::{self, IdMap};
 
@@ -157,8 +158,18 @@ pub struct RunOptions {
     pub cwd: Option<String>,
     pub user: Option<String>,
     pub memory: Option<u64>,
+    /// Memory plus swap (Docker's `--memory-swap`); -1: unlimited swap.
+    pub memory_swap: Option<i64>,
+    pub memory_reservation: Option<u64>,
     pub cpu_quota: Option<u64>,
+    /// v1 shares (`--cpu-weight` arrives converted, see [`crate::cgroups::cpu`]).
     pub cpu_shares: Option<u64>,
+    /// CPU and memory node lists (`0-2,4`).
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    pub blkio_weight: Option<u16>,
+    /// Block device rate limits (`--device-read-bps`...).
+    pub io_limits: Vec<Throttle>,
     pub pids_limit: Option<i64>,
     /// Network mode; `None`: bridge for --rootfs, as config.json says for a
     /// bundle (a network namespace without a path is `none`).
@@ -200,8 +211,14 @@ impl RunOptions {
             cwd: None,
             user: None,
             memory: None,
+            memory_swap: None,
+            memory_reservation: None,
             cpu_quota: None,
             cpu_shares: None,
+            cpuset_cpus: None,
+            cpuset_mems: None,
+            blkio_weight: None,
+            io_limits: Vec::new(),
             pids_limit: None,
             net: None,
             ports: Vec::new(),
@@ -601,38 +618,7 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
         }
         linux.set_namespaces(Some(ns));
     }
-    if opts.memory.is_some()
-        || opts.cpu_quota.is_some()
-        || opts.cpu_shares.is_some()
-        || opts.pids_limit.is_some()
-    {
-        let mut res = linux.resources().clone().unwrap_or_default();
-        if let Some(m) = opts.memory {
-            let mut mem = res.memory().unwrap_or_default();
-            let m = i64::try_from(m)
-                .map_err(|_| Error::invalid("--memory", &m.to_string(), "too large"))?;
-            mem.set_limit(Some(m));
-            mem.set_swap(Some(m));
-            res.set_memory(Some(mem));
-        }
-        if opts.cpu_quota.is_some() || opts.cpu_shares.is_some() {
-            let mut cpu = res.cpu().clone().unwrap_or_default();
-            if let Some(q) = opts.cpu_quota {
-                cpu.set_quota(i64::try_from(q).ok());
-                cpu.set_period(Some(super::limits::CPU_PERIOD_US));
-            }
-            if let Some(s) = opts.cpu_shares {
-                cpu.set_shares(Some(s));
-            }
-            res.set_cpu(Some(cpu));
-        }
-        if let Some(p) = opts.pids_limit {
-            let mut pids = oci_spec::runtime::LinuxPids::default();
-            pids.set_limit(p);
-            res.set_pids(Some(pids));
-        }
-        linux.set_resources(Some(res));
-    }
+    set_resources(linux, opts)?;
     if !opts.sysctl.is_empty() {
         let mut map = linux.sysctl().clone().unwrap_or_default();
         for (k, v) in &opts.sysctl {
@@ -658,6 +644,113 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
         overlay,
         net: net_mode,
     })
+}
+
+/// The limits given as flags, into the spec's `linux.resources` (over a
+/// bundle's own).
+fn set_resources(linux: &mut oci_spec::runtime::Linux, opts: &RunOptions) -> Result<()> {
+    let any = opts.memory.is_some()
+        || opts.memory_swap.is_some()
+        || opts.memory_reservation.is_some()
+        || opts.cpu_quota.is_some()
+        || opts.cpu_shares.is_some()
+        || opts.cpuset_cpus.is_some()
+        || opts.cpuset_mems.is_some()
+        || opts.blkio_weight.is_some()
+        || !opts.io_limits.is_empty()
+        || opts.pids_limit.is_some();
+    if !any {
+        return Ok(());
+    }
+    let too_large = |flag: &'static str, v: u64| Error::invalid(flag, &v.to_string(), "too large");
+    let mut res = linux.resources().clone().unwrap_or_default();
+    if opts.memory.is_some() || opts.memory_swap.is_some() || opts.memory_reservation.is_some() {
+        let mut mem = res.memory().unwrap_or_default();
+        if let Some(m) = opts.memory {
+            let m = i64::try_from(m).map_err(|_| too_large("--memory", m))?;
+            mem.set_limit(Some(m));
+            // No swap beyond the limit unless --memory-swap says.
+            mem.set_swap(Some(opts.memory_swap.unwrap_or(m)));
+        } else if let Some(s) = opts.memory_swap {
+            mem.set_swap(Some(s));
+        }
+        if let Some(r) = opts.memory_reservation {
+            let r = i64::try_from(r).map_err(|_| too_large("--memory-reservation", r))?;
+            mem.set_reservation(Some(r));
+        }
+        res.set_memory(Some(mem));
+    }
+    if opts.cpu_quota.is_some()
+        || opts.cpu_shares.is_some()
+        || opts.cpuset_cpus.is_some()
+        || opts.cpuset_mems.is_some()
+    {
+        let mut cpu = res.cpu().clone().unwrap_or_default();
+        if let Some(q) = opts.cpu_quota {
+            cpu.set_quota(i64::try_from(q).ok());
+            cpu.set_period(Some(super::limits::CPU_PERIOD_US));
+        }
+        if let Some(s) = opts.cpu_shares {
+            cpu.set_shares(Some(s));
+        }
+        if let Some(c) = &opts.cpuset_cpus {
+            cpu.set_cpus(Some(c.clone()));
+        }
+        if let Some(m) = &opts.cpuset_mems {
+            cpu.set_mems(Some(m.clone()));
+        }
+        res.set_cpu(Some(cpu));
+    }
+    if opts.blkio_weight.is_some() || !opts.io_limits.is_empty() {
+        let mut io = res.block_io().clone().unwrap_or_default();
+        if let Some(w) = opts.blkio_weight {
+            io.set_weight(Some(w));
+        }
+        for limit in IoLimit::ALL {
+            let mine: Vec<LinuxThrottleDevice> = opts
+                .io_limits
+                .iter()
+                .filter(|t| t.limit == limit)
+                .map(|t| {
+                    LinuxThrottleDeviceBuilder::default()
+                        .major(i64::try_from(t.major).unwrap_or(i64::MAX))
+                        .minor(i64::try_from(t.minor).unwrap_or(i64::MAX))
+                        .rate(t.rate)
+                        .build()
+                        .map_err(|e| Error::Setup(format!("{}: {e}", limit.flag())))
+                })
+                .collect::<Result<_>>()?;
+            if mine.is_empty() {
+                continue;
+            }
+            let mut all = throttle_list(&io, limit).clone().unwrap_or_default();
+            all.extend(mine);
+            match limit {
+                IoLimit::ReadBps => io.set_throttle_read_bps_device(Some(all)),
+                IoLimit::WriteBps => io.set_throttle_write_bps_device(Some(all)),
+                IoLimit::ReadIops => io.set_throttle_read_iops_device(Some(all)),
+                IoLimit::WriteIops => io.set_throttle_write_iops_device(Some(all)),
+            };
+        }
+        res.set_block_io(Some(io));
+    }
+    if let Some(p) = opts.pids_limit {
+        let mut pids = oci_spec::runtime::LinuxPids::default();
+        pids.set_limit(p);
+        res.set_pids(Some(pids));
+    }
+    linux.set_resources(Some(res));
+    Ok(())
+}
+
+/// A spec's list of device rate limits of one kind.
+fn throttle_list(io: &LinuxBlockIo, limit: IoLimit) -> &Option<Vec<LinuxThrottleDevice>> {
+    match limit {
+        IoLimit::ReadBps => io.throttle_read_bps_device(),
+        IoLimit::WriteBps => io.throttle_write_bps_device(),
+        IoLimit::ReadIops => io.throttle_read_iops_device(),
+        IoLimit::WriteIops => io.throttle_write_iops_device(),
+    }
 }
 
 /// Adds the user namespace (rootless, `--userns`, `--uidmap`, or the
@@ -756,7 +849,16 @@ pub fn resources(spec: &Spec) -> Resources {
         return r;
     };
     if let Some(m) = res.memory() {
-        r.memory = m.limit().and_then(|l| u64::try_from(l).ok());
+        r.memory = m
+            .limit()
+            .and_then(|l| u64::try_from(l).ok())
+            .filter(|l| *l > 0);
+        // 0 is "not set" (runc's reading); -1 unlimited.
+        r.memory_swap = m.swap().filter(|s| *s != 0);
+        r.memory_reservation = m
+            .reservation()
+            .and_then(|l| u64::try_from(l).ok())
+            .filter(|l| *l > 0);
     }
     if let Some(c) = res.cpu() {
         r.cpu_quota = c
@@ -764,7 +866,24 @@ pub fn resources(spec: &Spec) -> Resources {
             .and_then(|q| u64::try_from(q).ok())
             .filter(|q| *q > 0);
         r.cpu_period = c.period();
-        r.cpu_shares = c.shares();
+        r.cpu_shares = c.shares().filter(|s| *s > 0);
+        r.cpuset_cpus = c.cpus().clone().filter(|l| !l.trim().is_empty());
+        r.cpuset_mems = c.mems().clone().filter(|l| !l.trim().is_empty());
+    }
+    if let Some(io) = res.block_io() {
+        r.blkio_weight = io.weight().filter(|w| *w > 0);
+        for limit in IoLimit::ALL {
+            for d in throttle_list(io, limit).iter().flatten() {
+                // Negative numbers name no device: left for validate() to report.
+                let num = |n: i64| u64::try_from(n).unwrap_or(u64::MAX >> 1);
+                r.io_limits.push(Throttle {
+                    limit,
+                    major: num(d.major()),
+                    minor: num(d.minor()),
+                    rate: d.rate(),
+                });
+            }
+        }
     }
     if let Some(p) = res.pids() {
         r.pids = Some(p.limit()).filter(|l| *l > 0);

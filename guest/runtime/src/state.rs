@@ -272,12 +272,22 @@ impl State {
         }
     }
 
-    /// "running", "creating" or "stale" (its runtime died: `gc` removes it).
+    /// Whether the container's cgroup is frozen (`uvm container pause`).
+    pub fn paused(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(Cgroup::paused)
+    }
+
+    /// "running", "paused", "creating" or "stale" (its runtime died: `gc`
+    /// removes it).
     pub fn status(&self) -> &'static str {
         if !self.runtime_alive() {
             "stale"
         } else if self.running() {
-            "running"
+            if self.paused() {
+                "paused"
+            } else {
+                "running"
+            }
         } else {
             "creating"
         }

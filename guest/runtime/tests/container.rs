@@ -190,14 +190,16 @@ impl Env {
     }
 
     fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        ["memory", "cpu", "cpuacct", "pids", "devices", "unified"]
-            .iter()
-            .map(|c| {
-                Path::new("/sys/fs/cgroup")
-                    .join(c)
-                    .join(&self.cgroup_parent)
-            })
-            .collect()
+        [
+            "memory", "cpu", "cpuacct", "cpuset", "blkio", "pids", "devices", "freezer", "unified",
+        ]
+        .iter()
+        .map(|c| {
+            Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join(&self.cgroup_parent)
+        })
+        .collect()
     }
 
     /// No state, no container cgroup, no overlay left.
@@ -233,8 +235,17 @@ impl Drop for Env {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        // A child's removal completes asynchronously (v1 cpuset takes a
+        // while): its parent says EBUSY meanwhile.
         for d in self.cgroup_dirs() {
-            let _ = std::fs::remove_dir(&d);
+            for _ in 0..40 {
+                match std::fs::remove_dir(&d) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(Duration::from_millis(25))
+                    }
+                    _ => break,
+                }
+            }
         }
         let _ = std::fs::remove_dir_all(&self.root);
         if let Some(dir) = &self.rootless {
@@ -253,6 +264,20 @@ impl Running {
     }
     fn output(mut self) -> Output {
         self.0.take().unwrap().wait_with_output().unwrap()
+    }
+    /// As `output`, failing the test if the runtime has not exited within
+    /// `limit` (it is then killed).
+    fn output_within(mut self, limit: Duration) -> Output {
+        let deadline = Instant::now() + limit;
+        let c = self.0.as_mut().unwrap();
+        while c.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the runtime did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.output()
     }
     /// SIGKILL the runtime.
     fn kill_runtime(mut self) {
@@ -669,8 +694,30 @@ fn cgroup_v2_path_on_the_unified_hierarchy() {
         .unwrap()
         .lines()
         .any(|l| l == pid));
+    // The v2 freezer (cgroup.freeze, in every non-root cgroup): pause
+    // waits for cgroup.events to say frozen; kill of a paused container
+    // still ends it.
+    let events = procs.with_file_name("cgroup.events");
+    let frozen = || {
+        std::fs::read_to_string(&events)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("frozen ").map(str::to_string))
+            .unwrap()
+    };
+    ok(&v2.ctl(&["pause", "c"]));
+    assert_eq!(frozen(), "1");
+    assert_eq!(v2.ps()[0]["status"], "paused");
+    assert_fails(&v2.ctl(&["exec", "c", "--", "true"]), 125, "is paused");
+    ok(&v2.ctl(&["resume", "c"]));
+    assert_eq!(frozen(), "0");
+    assert_eq!(v2.ps()[0]["status"], "running");
+    ok(&v2.ctl(&["pause", "c"]));
     ok(&v2.ctl(&["kill", "c"]));
-    assert_eq!(child.output().status.code(), Some(137));
+    assert_eq!(
+        child.output_within(Duration::from_secs(10)).status.code(),
+        Some(137)
+    );
     v2.assert_clean();
     let _ = std::fs::remove_dir(unified.join(&v2.cgroup_parent));
     let _ = std::fs::remove_dir(unified.join(&env.cgroup_parent));
@@ -911,6 +958,631 @@ fn half_a_cpu_keeps_a_busy_loop_near_half_a_core() {
     ok(&env.ctl(&["kill", "busy"]));
     assert_eq!(child.output().status.code(), Some(137));
     env.assert_clean();
+}
+
+/// The online CPUs, as the kernel lists them.
+fn online_cpus() -> Vec<u32> {
+    uvm_runtime::cgroups::cpuset::online_cpus()
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// A container's directory in the v1 hierarchy of `controller`.
+fn v1_cgroup(env: &Env, controller: &str, c: &serde_json::Value) -> PathBuf {
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(&env.cgroup_parent)
+        .join(c["id"].as_str().unwrap())
+}
+
+fn read_u64(p: &Path) -> u64 {
+    let t = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    t.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}: {t:?}", p.display()))
+}
+
+/// The seeds' CPU experiment: two busy loops pinned to the same CPU with
+/// shares 20 and 80 split it 20/80 (cpuacct.usage of their cgroups over
+/// 3 s), and each sees only that CPU.
+#[test]
+fn cpu_shares_split_a_shared_cpu_20_80() {
+    require_root!();
+    if !Path::new("/sys/fs/cgroup/cpuacct").exists() {
+        eprintln!("skipped: needs cgroup v1 cpuacct (this is the v1 experiment)");
+        return;
+    }
+    let env = Env::new("shares");
+    let cpu = online_cpus().last().unwrap().to_string();
+    let busy = |name: &str, shares: &str| {
+        env.spawn_run(&[
+            "--net",
+            "none",
+            "--name",
+            name,
+            "--cpuset-cpus",
+            &cpu,
+            "--cpu-shares",
+            shares,
+            "--",
+            "sh",
+            "-c",
+            "grep Cpus_allowed_list /proc/self/status; while :; do :; done",
+        ])
+    };
+    let low = busy("low", "20");
+    let high = busy("high", "80");
+    let (cl, ch) = (env.wait_running("low"), env.wait_running("high"));
+    for (c, shares) in [(&cl, 20), (&ch, 80)] {
+        assert_eq!(
+            read_u64(&v1_cgroup(&env, "cpu", c).join("cpu.shares")),
+            shares
+        );
+        assert_eq!(
+            std::fs::read_to_string(v1_cgroup(&env, "cpuset", c).join("cpuset.cpus"))
+                .unwrap()
+                .trim(),
+            cpu
+        );
+    }
+    let usage =
+        |c: &serde_json::Value| read_u64(&v1_cgroup(&env, "cpuacct", c).join("cpuacct.usage"));
+    std::thread::sleep(Duration::from_millis(300));
+    let (l0, h0) = (usage(&cl), usage(&ch));
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let (l1, h1) = (usage(&cl), usage(&ch));
+    let wall = t0.elapsed().as_secs_f64();
+    let (l, h) = ((l1 - l0) as f64 / 1e9, (h1 - h0) as f64 / 1e9);
+    let share = l / (l + h);
+    eprintln!(
+        "cpu {cpu}: shares 20 used {l:.3} s, shares 80 used {h:.3} s in {wall:.2} s: \
+         {:.1}% / {:.1}%",
+        share * 100.0,
+        (1.0 - share) * 100.0
+    );
+    assert!(
+        (share - 0.2).abs() <= 0.08,
+        "shares 20/80 split the CPU {:.1}/{:.1}",
+        share * 100.0,
+        (1.0 - share) * 100.0
+    );
+    // Pinned: together they never had more than the one CPU.
+    assert!(
+        l + h <= wall * 1.05,
+        "{l} + {h} CPU seconds in {wall} s on one CPU"
+    );
+    ok(&env.ctl(&["kill", "low"]));
+    ok(&env.ctl(&["kill", "high"]));
+    for child in [low, high] {
+        let out = child.output();
+        assert_eq!(out.status.code(), Some(137));
+        assert_eq!(text(&out.stdout), format!("Cpus_allowed_list:\t{cpu}\n"));
+    }
+    env.assert_clean();
+}
+
+/// What the memory, cpu and cpuset flags ask lands in the container's
+/// own cgroup files (read from inside, where /sys/fs/cgroup is its own).
+#[test]
+fn memory_cpu_and_cpuset_values_land_in_the_cgroup_files() {
+    require_root!();
+    if !Path::new("/sys/fs/cgroup/cpuset").exists() {
+        eprintln!("skipped: needs the v1 controllers of a hybrid host");
+        return;
+    }
+    let env = Env::new("values");
+    let cpus = online_cpus();
+    let first = cpus[0].to_string();
+    let memsw = Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists();
+    let args = [
+        "--net",
+        "none",
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "96m",
+        "--memory-reservation",
+        "32m",
+        "--cpu-weight",
+        "100",
+        "--cpuset-cpus",
+        &first,
+        "--cpuset-mems",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "cd /sys/fs/cgroup && cat memory/memory.limit_in_bytes memory/memory.memsw.limit_in_bytes \
+         memory/memory.soft_limit_in_bytes cpu/cpu.shares cpuset/cpuset.cpus cpuset/cpuset.mems; \
+         grep Cpus_allowed_list /proc/self/status",
+    ];
+    let out = env.run(&args);
+    if !memsw {
+        // Swap accounting off: a bounded swap cannot be had.
+        assert_fails(&out, 125, "does not account swap");
+        env.assert_clean();
+        return;
+    }
+    let s = ok(&out);
+    let l: Vec<&str> = s.lines().collect();
+    assert_eq!(
+        l,
+        [
+            "67108864",
+            "100663296",
+            "33554432",
+            // weight 100 as v1 shares: 2 + ceil(99 * 262142 / 9999).
+            "2598",
+            &first,
+            "0",
+            &format!("Cpus_allowed_list:\t{first}"),
+        ],
+        "{s}"
+    );
+    // -1: unlimited swap (v1's "unlimited" is a huge page-aligned number).
+    let out = env.run(&[
+        "--net",
+        "none",
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "-1",
+        "--",
+        "cat",
+        "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes",
+    ]);
+    assert!(ok(&out).trim().parse::<u64>().unwrap() > 1 << 62);
+    // --memory alone: no swap beyond it, as before.
+    let out = env.run(&[
+        "--net",
+        "none",
+        "--memory",
+        "64m",
+        "--",
+        "cat",
+        "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes",
+    ]);
+    assert_eq!(ok(&out), "67108864\n");
+    env.assert_clean();
+}
+
+/// A file in /dev/shm as a loop device with an ext4 on it, mounted;
+/// all of it undone on drop.
+struct LoopDisk {
+    dev: String,
+    mnt: PathBuf,
+    img: PathBuf,
+}
+
+impl LoopDisk {
+    fn new(tag: &str) -> LoopDisk {
+        let img = PathBuf::from(format!(
+            "/dev/shm/uvm-test-{tag}-{}.img",
+            std::process::id()
+        ));
+        let mnt = tmp().join(format!("loopmnt-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&mnt).unwrap();
+        sh(&format!("truncate -s 64M {}", img.display()));
+        let dev = sh(&format!("losetup -f --show {}", img.display()))
+            .trim()
+            .to_string();
+        let disk = LoopDisk { dev, mnt, img };
+        sh(&format!(
+            "mkfs.ext4 -q {d} && mount {d} {m}",
+            d = disk.dev,
+            m = disk.mnt.display()
+        ));
+        disk
+    }
+
+    /// major:minor.
+    fn numbers(&self) -> String {
+        let name = Path::new(&self.dev)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        std::fs::read_to_string(format!("/sys/block/{name}/dev"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        let _ = std::fs::remove_file(&self.img);
+        let _ = std::fs::remove_dir(&self.mnt);
+    }
+}
+
+/// Block I/O limits on a loop device of the test's own: a write bps limit
+/// shows as the rate of a `dd oflag=direct` inside (within 25%), and so
+/// does a write iops limit; read limits land in their files; a weight
+/// lands where the kernel has a weight file, else is one line saying it
+/// has none.
+#[test]
+fn block_io_limits_on_a_loop_device() {
+    require_root!();
+    if !Path::new("/sys/fs/cgroup/blkio").exists() {
+        eprintln!("skipped: needs the v1 blkio controller");
+        return;
+    }
+    let env = Env::new("blkio");
+    let disk = LoopDisk::new("blkio");
+    let vol = format!("{}:/disk", disk.mnt.display());
+    // Seconds a dd inside takes (from /proc/uptime, 10 ms steps), and
+    // what it printed before.
+    let timed = |limit: &[&str], dd: &str, show: &str| -> (f64, String) {
+        let script = format!(
+            "{show} a=$(cut -d' ' -f1 /proc/uptime); {dd} 2>/dev/null || echo dd-failed; \
+             b=$(cut -d' ' -f1 /proc/uptime); echo \"$a $b\""
+        );
+        let mut args = vec!["--net", "none", "-v", &vol];
+        args.extend_from_slice(limit);
+        args.extend(["--", "sh", "-c", &script]);
+        let s = ok(&env.run(&args));
+        let last = s.lines().last().unwrap();
+        let (a, b) = last.split_once(' ').unwrap();
+        let secs = b.parse::<f64>().unwrap() - a.parse::<f64>().unwrap();
+        (secs, s)
+    };
+    let bps = format!("{}:1m", disk.dev);
+    let write_2m = "dd if=/dev/zero of=/disk/f bs=64k count=32 oflag=direct";
+    let (free, _) = timed(&[], write_2m, "");
+    let (limited, s) = timed(
+        &["--device-write-bps", &bps],
+        write_2m,
+        "cat /sys/fs/cgroup/blkio/blkio.throttle.write_bps_device;",
+    );
+    assert_eq!(
+        s.lines().next().unwrap(),
+        format!("{} 1048576", disk.numbers()),
+        "{s}"
+    );
+    let rate = 2.0 / limited;
+    eprintln!(
+        "{}: 2 MiB written with O_DIRECT in {free:.2} s unlimited, {limited:.2} s at 1 MiB/s \
+         ({rate:.2} MiB/s)",
+        disk.dev
+    );
+    assert!(
+        (0.75..=1.25).contains(&rate),
+        "{rate:.2} MiB/s under a 1 MiB/s limit"
+    );
+    assert!(
+        free * 4.0 < limited,
+        "unlimited: {free:.2} s, limited: {limited:.2} s"
+    );
+    // 40 writes of 4 KiB at 20 a second.
+    let iops = format!("{}:20", disk.dev);
+    let (secs, _) = timed(
+        &["--device-write-iops", &iops],
+        "dd if=/dev/zero of=/disk/g bs=4k count=40 oflag=direct",
+        "",
+    );
+    let rate = 40.0 / secs;
+    eprintln!(
+        "{}: 40 O_DIRECT writes in {secs:.2} s at 20 iops ({rate:.1} a second)",
+        disk.dev
+    );
+    assert!(
+        (15.0..=25.0).contains(&rate),
+        "{rate:.1} writes/s under a 20 iops limit"
+    );
+    // Read limits land in their files.
+    let out = env.run(&[
+        "--net",
+        "none",
+        "--device-read-bps",
+        &format!("{}:2m", disk.dev),
+        "--device-read-iops",
+        &format!("{}:300", disk.dev),
+        "--",
+        "cat",
+        "/sys/fs/cgroup/blkio/blkio.throttle.read_bps_device",
+        "/sys/fs/cgroup/blkio/blkio.throttle.read_iops_device",
+    ]);
+    let n = disk.numbers();
+    assert_eq!(ok(&out), format!("{n} 2097152\n{n} 300\n"));
+    // A weight: where the kernel has a weight file it lands there, else
+    // one line says why not.
+    let weight_file = ["blkio.bfq.weight", "blkio.weight"]
+        .into_iter()
+        .find(|f| Path::new("/sys/fs/cgroup/blkio").join(f).exists());
+    match weight_file {
+        Some(f) => {
+            let out = env.run(&[
+                "--net",
+                "none",
+                "--blkio-weight",
+                "300",
+                "--",
+                "cat",
+                &format!("/sys/fs/cgroup/blkio/{f}"),
+            ]);
+            assert!(ok(&out).contains("300"), "{f}");
+        }
+        None => assert_fails(
+            &env.run(&["--net", "none", "--blkio-weight", "300", "--", "true"]),
+            125,
+            "this kernel cannot weigh block I/O (no blkio.bfq.weight or blkio.weight",
+        ),
+    }
+    env.assert_clean();
+}
+
+/// `pause` freezes every process (a counter stops), `ps` says paused,
+/// exec is refused, `resume` lets it go on; `kill` of a paused container
+/// kills it (thawed after the SIGKILL) and everything is removed.
+#[test]
+fn pause_and_resume() {
+    require_root!();
+    let env = Env::new("pause");
+    let out_dir = env.root.join("counter");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let vol = format!("{}:/out", out_dir.display());
+    let child = env.spawn_run(&[
+        "--net",
+        "none",
+        "--name",
+        "ticker",
+        "-v",
+        &vol,
+        "--",
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i > /out/n.tmp; mv /out/n.tmp /out/n; sleep 0.02; done",
+    ]);
+    env.wait_running("ticker");
+    let count = || -> u64 {
+        std::fs::read_to_string(out_dir.join("n"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let advances_past = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while count() <= n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    };
+    assert!(advances_past(3), "the counter does not run");
+    let status = || {
+        env.ps()
+            .into_iter()
+            .find(|c| c["name"] == "ticker")
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    ok(&env.ctl(&["pause", "ticker"]));
+    assert_eq!(status(), "paused");
+    let table = ok(&env.ctl(&["ps"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("ticker ") && l.contains(" paused ")),
+        "{table}"
+    );
+    let n0 = count();
+    std::thread::sleep(Duration::from_secs(1));
+    let n1 = count();
+    assert_eq!(n0, n1, "the counter went on while paused");
+    assert_fails(
+        &env.ctl(&["exec", "ticker", "--", "true"]),
+        125,
+        "container \"ticker\" is paused: resume it first",
+    );
+    assert_fails(&env.ctl(&["pause", "ticker"]), 125, "already paused");
+    ok(&env.ctl(&["resume", "ticker"]));
+    assert_eq!(status(), "running");
+    assert!(advances_past(n1), "the counter did not go on after resume");
+    assert_fails(&env.ctl(&["resume", "ticker"]), 125, "is not paused");
+    // Paused again, then killed: it dies, promptly.
+    ok(&env.ctl(&["pause", "ticker"]));
+    let t0 = Instant::now();
+    ok(&env.ctl(&["kill", "ticker"]));
+    let out = child.output_within(Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    eprintln!(
+        "kill of a paused container: gone in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    for cmd in ["pause", "resume"] {
+        assert_fails(
+            &env.ctl(&[cmd, "nosuch"]),
+            125,
+            "no such container \"nosuch\"",
+        );
+    }
+    env.assert_clean();
+}
+
+/// An OCI bundle's linux.resources: cpu shares, CPUs, memory nodes,
+/// memory+swap, reservation and a throttled device land in the files; a
+/// CPU that is not online is refused before anything is made.
+#[test]
+fn oci_bundle_resources() {
+    use oci_spec::runtime::{
+        LinuxBlockIoBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxThrottleDeviceBuilder, Spec,
+    };
+    require_root!();
+    if !Path::new("/sys/fs/cgroup/cpuset").exists() {
+        eprintln!("skipped: needs the v1 controllers of a hybrid host");
+        return;
+    }
+    let env = Env::new("bres");
+    // A whole disk of the host (I/O limits take no partition): the root
+    // filesystem's, or the disk holding it.
+    let numbers = {
+        use std::os::unix::fs::MetadataExt;
+        let disk = host_block_device().expect("a host block device");
+        let rdev = std::fs::metadata(&disk).unwrap().rdev();
+        let sys = format!(
+            "/sys/dev/block/{}:{}",
+            nix::sys::stat::major(rdev),
+            nix::sys::stat::minor(rdev)
+        );
+        let dev = if Path::new(&sys).join("partition").exists() {
+            std::fs::canonicalize(&sys)
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("dev")
+        } else {
+            Path::new(&sys).join("dev")
+        };
+        let mm = std::fs::read_to_string(dev).unwrap();
+        let (major, minor) = mm.trim().split_once(':').unwrap();
+        (major.parse::<u64>().unwrap(), minor.parse::<u64>().unwrap())
+    };
+    let write = |cpus: &str| -> PathBuf {
+        let bundle = env.root.join(format!("bundle-{cpus}"));
+        std::fs::create_dir_all(&bundle).unwrap();
+        let mut spec = Spec::default();
+        spec.root_mut()
+            .as_mut()
+            .unwrap()
+            .set_path(rootfs().to_path_buf());
+        spec.process_mut().as_mut().unwrap().set_args(Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "cd /sys/fs/cgroup && cat cpu/cpu.shares cpuset/cpuset.cpus cpuset/cpuset.mems \
+             memory/memory.limit_in_bytes memory/memory.memsw.limit_in_bytes \
+             memory/memory.soft_limit_in_bytes blkio/blkio.throttle.read_bps_device"
+                .into(),
+        ]));
+        let linux = spec.linux_mut().as_mut().unwrap();
+        let mut res = linux.resources().clone().unwrap_or_default();
+        res.set_cpu(Some(
+            LinuxCpuBuilder::default()
+                .shares(512u64)
+                .cpus(cpus)
+                .mems("0")
+                .build()
+                .unwrap(),
+        ));
+        res.set_memory(Some(
+            LinuxMemoryBuilder::default()
+                .limit(64i64 << 20)
+                .swap(128i64 << 20)
+                .reservation(16i64 << 20)
+                .build()
+                .unwrap(),
+        ));
+        res.set_block_io(Some(
+            LinuxBlockIoBuilder::default()
+                .throttle_read_bps_device(vec![LinuxThrottleDeviceBuilder::default()
+                    .major(i64::try_from(numbers.0).unwrap())
+                    .minor(i64::try_from(numbers.1).unwrap())
+                    .rate(1u64 << 20)
+                    .build()
+                    .unwrap()])
+                .build()
+                .unwrap(),
+        ));
+        linux.set_resources(Some(res));
+        spec.save(bundle.join("config.json")).unwrap();
+        bundle
+    };
+    let cpu = online_cpus()[0].to_string();
+    let bundle = write(&cpu);
+    let run = |b: &Path| {
+        env.cmd()
+            .args(["run", "--bundle"])
+            .arg(b)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&bundle);
+    if !Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+        assert_fails(&out, 125, "does not account swap");
+    } else {
+        let want = format!(
+            "512\n{cpu}\n0\n67108864\n134217728\n16777216\n{}:{} 1048576\n",
+            numbers.0, numbers.1
+        );
+        assert_eq!(ok(&out), want);
+    }
+    let bad = write("4000");
+    assert_fails(
+        &run(&bad),
+        125,
+        "linux.resources.cpu.cpus \"4000\": CPU 4000 is not online",
+    );
+    env.assert_clean();
+}
+
+/// Bad resource flags: one line each, exit 125, nothing made.
+#[test]
+fn bad_resource_flags_one_line_errors_nothing_left_behind() {
+    require_root!();
+    let env = Env::new("badres");
+    let disk = host_block_device().expect("a host block device");
+    let disk = disk.display().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--cpuset-cpus".into(), "4000".into()],
+            "invalid --cpuset-cpus value \"4000\": CPU 4000 is not online (online: ",
+        ),
+        (vec!["--cpuset-cpus".into(), "1-0".into()], "range 1-0 goes backwards"),
+        (vec!["--cpuset-cpus".into(), "one".into()], "expected a list such as 0-3,5"),
+        (vec!["--cpuset-mems".into(), "7".into()], "memory node 7 is not online"),
+        (
+            vec!["--device-write-bps".into(), "/dev/nonexistent-uvm:1m".into()],
+            "invalid --device-write-bps value \"/dev/nonexistent-uvm:1m\": no such device /dev/nonexistent-uvm",
+        ),
+        (
+            vec!["--device-read-bps".into(), "/dev/null:1m".into()],
+            "/dev/null is not a block device",
+        ),
+        (
+            vec!["--device-write-bps".into(), format!("{disk}:fast")],
+            "invalid --device-write-bps",
+        ),
+        (
+            vec!["--device-read-iops".into(), format!("{disk}:0")],
+            "the rate must be above 0",
+        ),
+        (vec!["--device-write-iops".into(), disk.clone()], "expected DEVICE:IOPS"),
+        (vec!["--cpu-shares".into(), "1".into()], "invalid --cpu-shares value \"1\""),
+        (vec!["--cpu-shares".into(), "lots".into()], "invalid --cpu-shares"),
+        (vec!["--cpu-weight".into(), "0".into()], "invalid --cpu-weight value \"0\""),
+        (vec!["--cpu-weight".into(), "10001".into()], "from 1 to 10000"),
+        (
+            vec!["--cpu-shares".into(), "80".into(), "--cpu-weight".into(), "5".into()],
+            "give --cpu-shares or --cpu-weight, not both",
+        ),
+        (vec!["--blkio-weight".into(), "5".into()], "invalid --blkio-weight value \"5\""),
+        (
+            vec!["--memory".into(), "64m".into(), "--memory-swap".into(), "32m".into()],
+            "below --memory 64 MiB",
+        ),
+        (vec!["--memory-swap".into(), "1g".into()], "needs --memory"),
+        (vec!["--memory-swap".into(), "12XB".into()], "invalid --memory-swap"),
+        (
+            vec!["--memory".into(), "64m".into(), "--memory-reservation".into(), "128m".into()],
+            "above --memory 64 MiB",
+        ),
+    ];
+    for (args, needle) in &cases {
+        let mut a: Vec<&str> = vec!["--net", "none"];
+        a.extend(args.iter().map(String::as_str));
+        a.extend(["--", "true"]);
+        assert_fails(&env.run(&a), 125, needle);
+        env.assert_clean();
+    }
 }
 
 // ---------------------------------------------------------------- privileges

@@ -2,16 +2,29 @@
 //! (the unified hierarchy, as in the uvm guest) and cgroup v1 (one hierarchy
 //! per controller, as on hosts in "hybrid" mode).
 //!
-//! The limit files to write are computed by pure functions
-//! ([`v1_limit_files`], [`v2_limit_files`]) so both versions are testable on
-//! any host; [`Cgroup`] applies them.
+//! One module per controller says what its limits are on each version:
+//! [`cpu`], [`cpuset`], [`memory`], [`blkio`] (v2's io), [`pids`] and
+//! [`devices`] turn [`Resources`] into [`Write`]s with pure functions, so
+//! both versions are testable on any host, and [`Cgroup`] applies them;
+//! [`freezer`] pauses and resumes a cgroup.
+
+pub mod blkio;
+pub mod cpu;
+pub mod cpuset;
+pub mod devices;
+pub mod freezer;
+pub mod memory;
+pub mod pids;
 
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+pub use blkio::{IoLimit, Throttle};
+pub use cpu::{shares_to_weight, weight_to_shares};
 
 use super::device_filter;
 use super::error::{Error, Result};
@@ -22,14 +35,26 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Limits to apply, as plain numbers (from flags or the bundle's config.json).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
-    /// Memory limit in bytes (no swap beyond it).
+    /// Memory limit in bytes (no swap beyond it unless `memory_swap` says).
     pub memory: Option<u64>,
+    /// Memory plus swap in bytes (Docker's `--memory-swap`, the OCI
+    /// spec's `memory.swap`); -1: unlimited swap.
+    pub memory_swap: Option<i64>,
+    /// Soft limit in bytes (v1 memory.soft_limit_in_bytes, v2 memory.low).
+    pub memory_reservation: Option<u64>,
     /// CFS quota in microseconds per `cpu_period`.
     pub cpu_quota: Option<u64>,
     /// CFS period in microseconds (default 100000).
     pub cpu_period: Option<u64>,
     /// v1 cpu.shares (v2: converted to cpu.weight).
     pub cpu_shares: Option<u64>,
+    /// CPUs and memory nodes, kernel lists such as `0-3,5`.
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    /// Relative block I/O weight, 10..1000.
+    pub blkio_weight: Option<u16>,
+    /// Per-device block I/O rate limits.
+    pub io_limits: Vec<Throttle>,
     /// Maximum number of tasks.
     pub pids: Option<i64>,
     /// Device access rules, (allow, "c 1:3 rwm"): the v1 devices controller's
@@ -41,9 +66,72 @@ impl Resources {
     /// Whether any limit is set (device rules alone are not one).
     pub fn limits(&self) -> bool {
         self.memory.is_some()
+            || self.memory_swap.is_some()
+            || self.memory_reservation.is_some()
             || self.cpu_quota.is_some()
             || self.cpu_shares.is_some()
+            || self.cpuset_cpus.is_some()
+            || self.cpuset_mems.is_some()
+            || self.blkio_weight.is_some()
+            || !self.io_limits.is_empty()
             || self.pids.is_some()
+    }
+
+    /// Checks, before anything is created, what the kernel would refuse
+    /// only once the cgroup exists (or take without a word): CPUs and
+    /// memory nodes that are not online, block devices that do not exist
+    /// or are partitions, a weight out of range, memory limits that
+    /// contradict each other. The reason names the OCI spec's field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(c) = &self.cpuset_cpus {
+            cpuset::check(c, &cpuset::online_cpus()?, "CPU")
+                .map_err(|e| format!("cpu.cpus {c:?}: {e}"))?;
+        }
+        if let Some(m) = &self.cpuset_mems {
+            cpuset::check(m, &cpuset::online_mems(), "memory node")
+                .map_err(|e| format!("cpu.mems {m:?}: {e}"))?;
+        }
+        if let Some(w) = self.blkio_weight {
+            blkio::check_weight(w).map_err(|e| format!("blockIO.weight {w}: {e}"))?;
+        }
+        for t in &self.io_limits {
+            blkio::check_disk(t.major, t.minor)
+                .map_err(|e| format!("blockIO throttle ({}): {e}", t.limit.flag()))?;
+            if t.rate == 0 {
+                return Err(format!(
+                    "blockIO throttle ({}) on {}:{}: the rate must be above 0",
+                    t.limit.flag(),
+                    t.major,
+                    t.minor
+                ));
+            }
+        }
+        let memory = self.memory.and_then(|m| i64::try_from(m).ok());
+        match (self.memory_swap, memory) {
+            (None | Some(-1), _) => {}
+            (Some(s), _) if s < -1 || s == 0 => {
+                return Err(format!(
+                    "memory.swap {s}: expected -1 (unlimited) or a number of bytes"
+                ))
+            }
+            (Some(_), None) => {
+                return Err("memory.swap needs a memory limit (it is memory plus swap)".to_string())
+            }
+            (Some(s), Some(m)) if s < m => {
+                return Err(format!(
+                    "memory.swap {s} is below the memory limit {m} (it is memory plus swap)"
+                ))
+            }
+            _ => {}
+        }
+        if let (Some(r), Some(m)) = (self.memory_reservation, self.memory) {
+            if r > m {
+                return Err(format!(
+                    "memory.reservation {r} is above the memory limit {m}"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -57,7 +145,9 @@ pub enum Hierarchy {
 }
 
 /// The controllers the runtime uses on v1.
-const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"];
+const V1_CONTROLLERS: [&str; 8] = [
+    "memory", "cpu", "cpuacct", "cpuset", "blkio", "pids", "devices", "freezer",
+];
 
 /// cgroup2 filesystem magic (statfs f_type).
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -124,66 +214,81 @@ pub fn parse_v1_mounts(mountinfo: &str) -> Vec<(Vec<String>, PathBuf)> {
     out
 }
 
-/// (controller, file, value) to write on v1, in order.
-pub fn v1_limit_files(r: &Resources) -> Vec<(&'static str, &'static str, String)> {
-    let mut out = Vec::new();
-    if let Some(m) = r.memory {
-        out.push(("memory", "memory.limit_in_bytes", m.to_string()));
-        // No swap beyond the limit (written only where swap accounting exists).
-        out.push(("memory", "memory.memsw.limit_in_bytes", m.to_string()));
-    }
-    if let Some(q) = r.cpu_quota {
-        let period = r.cpu_period.unwrap_or(super::limits::CPU_PERIOD_US);
-        out.push(("cpu", "cpu.cfs_period_us", period.to_string()));
-        out.push(("cpu", "cpu.cfs_quota_us", q.to_string()));
-    }
-    if let Some(s) = r.cpu_shares {
-        out.push(("cpu", "cpu.shares", s.to_string()));
-    }
-    if let Some(p) = r.pids {
-        out.push(("pids", "pids.max", p.to_string()));
-    }
-    for (allow, rule) in &r.devices {
-        let file = if *allow {
-            "devices.allow"
-        } else {
-            "devices.deny"
-        };
-        out.push(("devices", file, rule.clone()));
-    }
-    out
+/// What to do when none of a [`Write`]'s files exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMissing {
+    /// The error opening the (first) file: it exists wherever its
+    /// controller does.
+    Fail,
+    /// Nothing: a default the kernel may not support (swap accounting).
+    Skip,
+    /// This one-line error: a feature the kernel lacks.
+    Explain(String),
 }
 
-/// cpu.shares (2..262144) to cpu.weight (1..10000), the conversion runc and
-/// the kernel documentation use.
-pub fn shares_to_weight(shares: u64) -> u64 {
-    let s = shares.clamp(2, 262_144);
-    1 + ((s - 2) * 9999) / 262_142
+/// One value for a controller's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub controller: &'static str,
+    /// (file, value) by preference: the first file that exists is written.
+    pub choices: Vec<(&'static str, String)>,
+    pub if_missing: IfMissing,
 }
 
-/// (file, value) to write on v2, in order, and the controllers they need.
-pub fn v2_limit_files(r: &Resources) -> Vec<(&'static str, &'static str, String)> {
-    let mut out = Vec::new();
-    if let Some(m) = r.memory {
-        out.push(("memory", "memory.max", m.to_string()));
-        out.push(("memory", "memory.swap.max", "0".to_string()));
+impl Write {
+    pub fn new(controller: &'static str, file: &'static str, value: impl ToString) -> Write {
+        Write {
+            controller,
+            choices: vec![(file, value.to_string())],
+            if_missing: IfMissing::Fail,
+        }
     }
-    if let Some(q) = r.cpu_quota {
-        let period = r.cpu_period.unwrap_or(super::limits::CPU_PERIOD_US);
-        out.push(("cpu", "cpu.max", format!("{q} {period}")));
+    /// Another file (and its value) to write where the previous ones are missing.
+    pub fn or(mut self, file: &'static str, value: impl ToString) -> Write {
+        self.choices.push((file, value.to_string()));
+        self
     }
-    if let Some(s) = r.cpu_shares {
-        out.push(("cpu", "cpu.weight", shares_to_weight(s).to_string()));
+    pub fn skip_if_missing(mut self) -> Write {
+        self.if_missing = IfMissing::Skip;
+        self
     }
-    if let Some(p) = r.pids {
-        out.push(("pids", "pids.max", p.to_string()));
+    pub fn explain_if_missing(mut self, why: impl Into<String>) -> Write {
+        self.if_missing = IfMissing::Explain(why.into());
+        self
     }
-    out
+    /// The preferred file.
+    pub fn file(&self) -> &'static str {
+        self.choices.first().map_or("", |c| c.0)
+    }
+    /// The preferred file's value.
+    pub fn value(&self) -> &str {
+        self.choices.first().map_or("", |c| c.1.as_str())
+    }
 }
 
-/// Files that may legitimately be missing (kernel without swap accounting).
-fn optional_file(file: &str) -> bool {
-    matches!(file, "memory.memsw.limit_in_bytes" | "memory.swap.max")
+/// What to write on v1, in order, controller by controller.
+pub fn v1_limit_files(r: &Resources) -> Vec<Write> {
+    [
+        memory::v1(r),
+        cpu::v1(r),
+        cpuset::v1(r),
+        blkio::v1(r),
+        pids::v1(r),
+        devices::v1(r),
+    ]
+    .concat()
+}
+
+/// What to write on v2, in order (device rules are an eBPF program there).
+pub fn v2_limit_files(r: &Resources) -> Vec<Write> {
+    [
+        memory::v2(r),
+        cpu::v2(r),
+        cpuset::v2(r),
+        blkio::v2(r),
+        pids::v2(r),
+    ]
+    .concat()
 }
 
 /// Usage read back from a container's cgroup.
@@ -231,7 +336,7 @@ pub struct Cgroup {
     pub dirs: Vec<(Vec<String>, PathBuf)>,
 }
 
-fn write_file(path: &Path, value: &str) -> Result<()> {
+pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .open(path)
@@ -255,11 +360,12 @@ impl Cgroup {
     pub fn create(h: &Hierarchy, rel: &Path, res: &Resources) -> Result<Cgroup> {
         let cg = match h {
             Hierarchy::V2 { root } => {
-                let needed: Vec<&str> = {
-                    let mut n: Vec<&str> = v2_limit_files(res).iter().map(|x| x.0).collect();
-                    n.dedup();
-                    n
-                };
+                let mut needed: Vec<&str> = Vec::new();
+                for w in v2_limit_files(res) {
+                    if !needed.contains(&w.controller) {
+                        needed.push(w.controller);
+                    }
+                }
                 enable_v2_controllers(root, rel, &needed)?;
                 let dir = root.join(rel);
                 mkdir(&dir)?;
@@ -270,25 +376,27 @@ impl Cgroup {
                 }
             }
             Hierarchy::V1 { mounts } => {
-                let mut dirs = Vec::new();
+                let mut cg = Cgroup {
+                    version: 1,
+                    rel: rel.to_path_buf(),
+                    dirs: Vec::new(),
+                };
                 for (ctrls, mp) in mounts {
                     let dir = mp.join(rel);
-                    if let Err(e) = mkdir(&dir) {
-                        let cg = Cgroup {
-                            version: 1,
-                            rel: rel.to_path_buf(),
-                            dirs,
-                        };
+                    let made = mkdir(&dir).and_then(|()| {
+                        if ctrls.iter().any(|c| c == "cpuset") {
+                            cpuset::v1_inherit(mp, rel)?;
+                        }
+                        Ok(())
+                    });
+                    // Recorded first, so that destroy() takes it too.
+                    cg.dirs.push((ctrls.clone(), dir));
+                    if let Err(e) = made {
                         cg.destroy();
                         return Err(e);
                     }
-                    dirs.push((ctrls.clone(), dir));
                 }
-                Cgroup {
-                    version: 1,
-                    rel: rel.to_path_buf(),
-                    dirs,
-                }
+                cg
             }
         };
         if let Err(e) = cg.apply(h, res) {
@@ -311,21 +419,26 @@ impl Cgroup {
     fn apply(&self, h: &Hierarchy, res: &Resources) -> Result<()> {
         // Checked on both versions, so a bad rule fails the same way everywhere.
         let device_rules = device_filter::parse_rules(&res.devices)?;
-        let files = match h {
+        let writes = match h {
             Hierarchy::V2 { .. } => v2_limit_files(res),
             Hierarchy::V1 { .. } => v1_limit_files(res),
         };
-        for (ctrl, file, value) in files {
-            let Some(dir) = self.dir_for(ctrl) else {
+        for w in writes {
+            let Some(dir) = self.dir_for(w.controller) else {
                 return Err(Error::Cgroup(format!(
-                    "the {ctrl} controller is not available on this host (needed for {file})"
+                    "the {} controller is not available on this host (needed for {})",
+                    w.controller,
+                    w.file()
                 )));
             };
-            let path = dir.join(file);
-            if optional_file(file) && !path.exists() {
-                continue;
+            match w.choices.iter().find(|(f, _)| dir.join(f).exists()) {
+                Some((file, value)) => write_file(&dir.join(file), value)?,
+                None => match w.if_missing {
+                    IfMissing::Skip => {}
+                    IfMissing::Explain(why) => return Err(Error::Cgroup(why)),
+                    IfMissing::Fail => write_file(&dir.join(w.file()), w.value())?,
+                },
             }
-            write_file(&path, &value)?;
         }
         if self.version == 2 && !device_rules.is_empty() {
             if let Some((_, dir)) = self.dirs.first() {
@@ -420,6 +533,10 @@ impl Cgroup {
     /// Kills what is left in the cgroup and removes its directories (retrying
     /// while exiting tasks drain). Best effort; returns whether all went.
     pub fn destroy(&self) -> bool {
+        // A frozen v1 task does not die of SIGKILL until thawed.
+        if self.paused() {
+            let _ = self.thaw();
+        }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut all = true;
         for (_, dir) in &self.dirs {
@@ -537,6 +654,10 @@ mod tests {
                     PathBuf::from("/sys/fs/cgroup/memory")
                 ),
                 (vec!["pids".into()], PathBuf::from("/sys/fs/cgroup/pids")),
+                (
+                    vec!["freezer".into()],
+                    PathBuf::from("/sys/fs/cgroup/freezer")
+                ),
             ]
         );
     }
@@ -545,48 +666,261 @@ mod tests {
         Resources {
             memory: Some(32 << 20),
             cpu_quota: Some(50_000),
-            cpu_period: None,
             cpu_shares: Some(512),
+            cpuset_cpus: Some("0-1".into()),
+            cpuset_mems: Some("0".into()),
             pids: Some(20),
             devices: vec![(false, "a".into()), (true, "c 1:3 rwm".into())],
+            ..Resources::default()
         }
+    }
+
+    fn get(f: &[Write], file: &str) -> Option<String> {
+        f.iter()
+            .find(|w| w.file() == file)
+            .map(|w| w.value().to_string())
     }
 
     #[test]
     fn v1_files() {
         let f = v1_limit_files(&res());
-        let get = |name: &str| f.iter().find(|x| x.1 == name).map(|x| x.2.clone());
+        let get = |name: &str| get(&f, name);
         assert_eq!(get("memory.limit_in_bytes").unwrap(), "33554432");
         assert_eq!(get("memory.memsw.limit_in_bytes").unwrap(), "33554432");
         assert_eq!(get("cpu.cfs_quota_us").unwrap(), "50000");
         assert_eq!(get("cpu.cfs_period_us").unwrap(), "100000");
         assert_eq!(get("cpu.shares").unwrap(), "512");
+        assert_eq!(get("cpuset.cpus").unwrap(), "0-1");
+        assert_eq!(get("cpuset.mems").unwrap(), "0");
         assert_eq!(get("pids.max").unwrap(), "20");
-        // The period goes before the quota; deny-all before allows.
-        let pos = |name: &str| f.iter().position(|x| x.1 == name).unwrap();
+        // The period goes before the quota, the limit before memory+swap;
+        // deny-all before allows.
+        let pos = |name: &str| f.iter().position(|x| x.file() == name).unwrap();
         assert!(pos("cpu.cfs_period_us") < pos("cpu.cfs_quota_us"));
+        assert!(pos("memory.limit_in_bytes") < pos("memory.memsw.limit_in_bytes"));
         assert!(pos("devices.deny") < pos("devices.allow"));
         assert!(v1_limit_files(&Resources::default()).is_empty());
+        // Each write names its own controller's file.
+        for w in &f {
+            assert!(w.file().starts_with(w.controller), "{w:?}");
+        }
     }
 
     #[test]
     fn v2_files() {
         let f = v2_limit_files(&res());
-        let get = |name: &str| f.iter().find(|x| x.1 == name).map(|x| x.2.clone());
+        let get = |name: &str| get(&f, name);
         assert_eq!(get("memory.max").unwrap(), "33554432");
         assert_eq!(get("memory.swap.max").unwrap(), "0");
         assert_eq!(get("cpu.max").unwrap(), "50000 100000");
         assert_eq!(get("cpu.weight").unwrap(), "20");
+        assert_eq!(get("cpuset.cpus").unwrap(), "0-1");
+        assert_eq!(get("cpuset.mems").unwrap(), "0");
         assert_eq!(get("pids.max").unwrap(), "20");
         // Devices are not a v2 file interface (that is eBPF).
-        assert!(f.iter().all(|x| !x.1.starts_with("devices")));
+        assert!(f.iter().all(|x| !x.file().starts_with("devices")));
+        assert!(v2_limit_files(&Resources::default()).is_empty());
     }
 
     #[test]
-    fn weights() {
-        assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(262_144), 10000);
-        assert_eq!(shares_to_weight(1024), 39);
+    fn validation() {
+        let ok = Resources {
+            memory: Some(64 << 20),
+            memory_swap: Some(128 << 20),
+            memory_reservation: Some(32 << 20),
+            cpuset_cpus: Some("0".into()),
+            cpuset_mems: Some("0".into()),
+            blkio_weight: Some(500),
+            ..Resources::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = |r: Resources, want: &str| {
+            let e = r.validate().unwrap_err();
+            assert!(e.contains(want), "{want:?} not in {e:?}");
+        };
+        bad(
+            Resources {
+                cpuset_cpus: Some("4096".into()),
+                ..Resources::default()
+            },
+            "cpu.cpus \"4096\": CPU 4096 is not online",
+        );
+        bad(
+            Resources {
+                cpuset_mems: Some("0-x".into()),
+                ..Resources::default()
+            },
+            "cpu.mems",
+        );
+        bad(
+            Resources {
+                blkio_weight: Some(5),
+                ..Resources::default()
+            },
+            "blockIO.weight 5",
+        );
+        bad(
+            Resources {
+                io_limits: vec![Throttle {
+                    limit: IoLimit::WriteBps,
+                    major: 4095,
+                    minor: 77,
+                    rate: 1,
+                }],
+                ..Resources::default()
+            },
+            "no block device 4095:77",
+        );
+        bad(
+            Resources {
+                memory_swap: Some(1 << 30),
+                ..Resources::default()
+            },
+            "needs a memory limit",
+        );
+        bad(
+            Resources {
+                memory: Some(64 << 20),
+                memory_swap: Some(32 << 20),
+                ..ok.clone()
+            },
+            "below the memory limit",
+        );
+        bad(
+            Resources {
+                memory_swap: Some(-2),
+                ..ok.clone()
+            },
+            "expected -1",
+        );
+        bad(
+            Resources {
+                memory_reservation: Some(65 << 20),
+                ..ok.clone()
+            },
+            "above the memory limit",
+        );
+        // Unlimited swap needs nothing else.
+        assert_eq!(
+            Resources {
+                memory_swap: Some(-1),
+                ..Resources::default()
+            }
+            .validate(),
+            Ok(())
+        );
+    }
+
+    /// The v2 code path end to end on a plain directory standing in for a
+    /// cgroup2 mount (the files the kernel would show made empty
+    /// beforehand): the controllers are enabled in every parent's
+    /// subtree_control, and each limit lands in its file, the preferred
+    /// one where there is a choice.
+    #[test]
+    fn v2_writes_on_a_stand_in_hierarchy() {
+        let root = std::env::temp_dir().join(format!("uvm-v2-standin-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let rel = Path::new("uvm/c1");
+        let files = [
+            "cgroup.subtree_control",
+            "cgroup.procs",
+            "memory.max",
+            "memory.swap.max",
+            "memory.low",
+            "cpu.max",
+            "cpu.weight",
+            "cpuset.cpus",
+            "cpuset.mems",
+            "io.weight",
+            "io.max",
+            "pids.max",
+        ];
+        for d in [root.clone(), root.join("uvm"), root.join(rel)] {
+            fs::create_dir_all(&d).unwrap();
+            for f in files {
+                fs::write(d.join(f), "").unwrap();
+            }
+        }
+        fs::write(
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let h = Hierarchy::V2 { root: root.clone() };
+        let r = Resources {
+            memory: Some(64 << 20),
+            memory_swap: Some(96 << 20),
+            memory_reservation: Some(16 << 20),
+            cpu_shares: Some(weight_to_shares(250)),
+            cpuset_cpus: Some("0".into()),
+            cpuset_mems: Some("0".into()),
+            blkio_weight: Some(1000),
+            io_limits: vec![
+                Throttle {
+                    limit: IoLimit::WriteBps,
+                    major: 7,
+                    minor: 3,
+                    rate: 1 << 20,
+                },
+                Throttle {
+                    limit: IoLimit::WriteIops,
+                    major: 7,
+                    minor: 3,
+                    rate: 50,
+                },
+            ],
+            pids: Some(9),
+            ..Resources::default()
+        };
+        let cg = Cgroup::create(&h, rel, &r).unwrap();
+        assert_eq!(cg.dirs, [(Vec::new(), root.join(rel))]);
+        let read = |p: &str| fs::read_to_string(root.join(p)).unwrap();
+        // Every controller the limits need, from the root down.
+        for parent in ["", "uvm/"] {
+            let enabled = read(&format!("{parent}cgroup.subtree_control"));
+            let mut got: Vec<&str> = enabled.split_whitespace().collect();
+            got.sort_unstable();
+            assert_eq!(
+                got,
+                ["+cpu", "+cpuset", "+io", "+memory", "+pids"],
+                "{parent}"
+            );
+        }
+        for (file, want) in [
+            ("memory.max", "67108864"),
+            ("memory.swap.max", "33554432"),
+            ("memory.low", "16777216"),
+            ("cpu.weight", "250"),
+            ("cpuset.cpus", "0"),
+            ("cpuset.mems", "0"),
+            // No io.bfq.weight here: io.weight, converted.
+            ("io.weight", "10000"),
+            ("io.max", "7:3 wbps=1048576 wiops=50"),
+            ("pids.max", "9"),
+        ] {
+            assert_eq!(read(&format!("uvm/c1/{file}")), want, "{file}");
+        }
+        // With io.bfq.weight present, that one takes the weight as given.
+        fs::write(root.join(rel).join("io.bfq.weight"), "").unwrap();
+        fs::write(root.join(rel).join("io.weight"), "").unwrap();
+        let r = Resources {
+            blkio_weight: Some(300),
+            ..Resources::default()
+        };
+        Cgroup::create(&h, rel, &r).unwrap();
+        assert_eq!(read("uvm/c1/io.bfq.weight"), "300");
+        assert_eq!(read("uvm/c1/io.weight"), "");
+        // With neither, one line that says so.
+        fs::remove_file(root.join(rel).join("io.bfq.weight")).unwrap();
+        fs::remove_file(root.join(rel).join("io.weight")).unwrap();
+        let e = Cgroup::create(&h, rel, &r).unwrap_err().to_string();
+        assert!(e.contains("cannot weigh block I/O"), "{e}");
+        assert_eq!(e.lines().count(), 1);
+        // A controller the hierarchy lacks is named.
+        fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let e = Cgroup::create(&h, rel, &r).unwrap_err().to_string();
+        assert!(e.contains("the io controller is not available"), "{e}");
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
