@@ -242,6 +242,55 @@ rm -f $B.h2g $B.g2h
 "#,
     },
     Scripted {
+        name: "ratelimit",
+        // Two disks, the first held to 4 MiB/s (--disk PATH,bw=4M): the
+        // guest times the same 24 MiB O_DIRECT write on each, between two
+        // readings of /proc/uptime (10 ms steps). The limited disk's bucket
+        // holds one second's worth (4 MiB) and starts full, so its first
+        // 4 MiB pass at once: the rate is counted past them, 20 MiB over
+        // the whole write's time (which the bucket makes at least 5 s).
+        script: r#"
+dd if=/dev/zero of=$B.lim bs=1M count=32 status=none
+dd if=/dev/zero of=$B.free bs=1M count=32 status=none
+run_uvm --verbose --mem 256M --disk $B.lim,bw=4M --disk $B.free -- sh -c '
+  for d in vda vdb; do
+    read a _ < /proc/uptime
+    dd if=/dev/zero of=/dev/$d bs=1M count=24 oflag=direct 2>/dev/null || echo "dd $d failed"
+    read b _ < /proc/uptime
+    echo "time $d $a $b"
+  done'
+rm -f $B.lim $B.free
+"#,
+    },
+    Scripted {
+        name: "ratelimit_net",
+        // A NIC whose receive side is held to 2 MiB/s (rx_bw=2M): the
+        // runner host sends 12 MiB over TCP and times, with bash's
+        // $EPOCHREALTIME, from the first byte to the guest's "done" (sent
+        // once it has read all 12 MiB). The bucket (2 MiB) starts full, so
+        // the rate is counted past it: 10 MiB over that time. Host to guest
+        // is the direction the nested runner moves fast (tens of MB/s);
+        // guest to host manages under 1 MB/s there, below any useful limit.
+        script: r#"
+tap=uvmrl$$
+tap_up $tap 10.0.4.1/24
+(
+  retry "exec 3<>/dev/tcp/10.0.4.2/5002 && s=\$EPOCHREALTIME && head -c 12582912 /dev/zero >&3 && read -r reply <&3 && echo \"h2g \$s \$EPOCHREALTIME \$reply\" > $B.h2g"
+  # Only now may the guest power off: its answer has arrived.
+  retry "echo bye > /dev/tcp/10.0.4.2/5004"
+) &
+helper=$!
+run_uvm --verbose --mem 256M --net tap=$tap,rx_bw=2M --cmdline "ip=10.0.4.2::10.0.4.1:255.255.255.0::eth0:off" -- sh -c '
+  nc -l -p 5002 -e sh -c "head -c 12582912 >/dev/null; echo done"
+  nc -l -p 5004 >/dev/null
+  echo received'
+kill $helper 2>/dev/null; wait $helper
+cat $B.h2g > $B.host 2>/dev/null
+ip link del $tap
+rm -f $B.h2g
+"#,
+    },
+    Scripted {
         name: "bridge",
         // The runtime's bridge mode inside a guest, with the guest's own
         // virtio-net behind it: two containers talk over the guest's bridge,
@@ -629,8 +678,10 @@ sample() {
   # (ttrpc's, then the stream copies), named after the "workload" thread.
   for i in $(seq 1500); do
     [ -d /proc/$pid ] || break
+    # A file, not <(...): the runner's L1 has no /dev/fd.
+    threads $pid > $B.threads
     n=0
-    while read -r name rest; do [ "$name" = workload ] && n=$((n+1)); done < <(threads $pid)
+    while read -r name rest; do [ "$name" = workload ] && n=$((n+1)); done < $B.threads
     [ $n -ge 2 ] && sleep 1 && break
     sleep 0.1
   done
@@ -723,7 +774,8 @@ fn session() -> &'static Session {
              VSOCK_HOST={vsock_host}\n\
              DEBIAN_IMAGE={debian}\n\
              RUN_WORKLOAD='hostname; cat /proc/self/cgroup; echo \"env=$FOO cwd=$(pwd) id=$(id -u):$(id -g)\"; exit 3'\n\
-             uvm_run() {{ {uvm} run \"$@\" </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }}\n\
+             # A default bound, as run_uvm has, unless the case gives its own.\n\
+             uvm_run() {{ case \" $* \" in *\" --timeout \"*) ;; *) set -- --timeout 300 \"$@\";; esac; {uvm} run \"$@\" </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }}\n\
              uvm_probe() {{ {uvm} probe \"$@\" </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }}\n\
              tap_up() {{ ip tuntap add $1 mode tap && ip addr add $2 dev $1 && ip link set $1 up; }}\n\
              # A refused connection (the guest not listening yet) fails at once.\n\
@@ -1665,7 +1717,14 @@ fn every_vmm_thread_runs_under_one_seccomp_filter_unless_turned_off() {
             // are the kernel's threads, not uvm's.
             .filter(|(name, _)| !name.starts_with("kvm-"))
             .collect();
-        for name in ["uvm", "vcpu0", "event-loop", "signals", "deadline", "workload"] {
+        for name in [
+            "uvm",
+            "vcpu0",
+            "event-loop",
+            "signals",
+            "deadline",
+            "workload",
+        ] {
             assert!(
                 threads.iter().any(|(n, _)| *n == name),
                 "{tag}: no {name} thread: {h}"
@@ -1679,4 +1738,76 @@ fn every_vmm_thread_runs_under_one_seccomp_filter_unless_turned_off() {
             assert_eq!(*state, want, "{tag}: thread {name}: {h}");
         }
     }
+}
+
+/// The seconds between the two /proc/uptime readings on the guest's
+/// `time DEV A B` line.
+fn uptime_span(out: &str, key: &str) -> f64 {
+    let v: Vec<f64> = field(out, key)
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or_else(|_| panic!("{key}: {out}")))
+        .collect();
+    v[1] - v[0]
+}
+
+#[test]
+fn a_rate_limited_disk_writes_at_its_rate_and_a_free_one_faster() {
+    let o = case("ratelimit");
+    assert_eq!(o.rc, 0);
+    let out = &o.stdout;
+    assert!(!out.contains("failed"), "{out}");
+    let limited = uptime_span(out, "time vda");
+    let free = uptime_span(out, "time vdb");
+    // The full bucket's 4 MiB go at once; the rate governs the other 20.
+    let rate = 20.0 / limited;
+    assert!(
+        (3.6..=4.4).contains(&rate),
+        "bw=4M disk: {rate:.2} MiB/s past its bucket ({limited:.2} s for 24 MiB)"
+    );
+    let free_rate = 24.0 / free;
+    assert!(
+        free_rate > 4.4,
+        "the free disk: {free_rate:.2} MiB/s ({free:.2} s for 24 MiB), no faster than the limit"
+    );
+    // The devices' own account (--verbose).
+    let err = &o.stderr;
+    assert!(
+        device_count(err, "ratelimit.lim", "rate limit: throttled ", " times") > 0,
+        "{err}"
+    );
+    assert!(
+        device_count(err, "ratelimit.lim", "times, ", " bytes and") >= 24 << 20,
+        "{err}"
+    );
+    let free_line = err
+        .lines()
+        .find(|l| l.starts_with("uvm: virtio-blk") && l.contains("ratelimit.free"))
+        .unwrap_or_else(|| panic!("no --verbose line for the free disk: {err}"));
+    assert!(!free_line.contains("rate limit"), "{free_line}");
+}
+
+#[test]
+fn a_rate_limited_nic_receives_at_its_rate() {
+    let o = case("ratelimit_net");
+    assert_eq!(o.rc, 0);
+    assert_eq!(command_lines(o), ["received"]);
+    let h2g: Vec<&str> = field(&o.host, "h2g").split_whitespace().collect();
+    assert_eq!(h2g.get(2), Some(&"done"), "{}", o.host);
+    let secs = h2g[1].parse::<f64>().unwrap() - h2g[0].parse::<f64>().unwrap();
+    // The full bucket's 2 MiB go at once; the rate governs the other 10.
+    let rate = 10.0 / secs;
+    assert!(
+        (1.8..=2.2).contains(&rate),
+        "rx_bw=2M NIC: {rate:.2} MiB/s past its bucket ({secs:.2} s for 12 MiB)"
+    );
+    let err = &o.stderr;
+    assert!(
+        device_count(err, "uvmrl", "rx rate limit: throttled ", " times") > 0,
+        "{err}"
+    );
+    assert!(
+        device_count(err, "uvmrl", "rx rate limit: throttled ", " bytes and") >= 12 << 20,
+        "{err}"
+    );
+    assert!(!err.contains("tx rate limit"), "only RX is limited: {err}");
 }
