@@ -18,8 +18,9 @@ OUT=$ROOT/build/guest
 MODULES=(virtio_mmio virtio_blk virtio_net pvpanic_mmio overlay vmw_vsock_virtio_transport virtiofs)
 # Modules shipped but loaded only when the kernel asks for them (busybox
 # modprobe, through modules.alias): the container runtime's bridge mode,
-# i.e. bridge and veth links and the nftables expressions of its NAT table.
-ON_DEMAND=(bridge veth nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_ipv4)
+# i.e. bridge, veth and macvlan links and the nftables expressions of its NAT
+# table and of a container's own firewall (--allow-in).
+ON_DEMAND=(bridge veth macvlan nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_ipv4)
 # Dynamically linked programs shipped with their libraries: nft, for the
 # runtime's NAT rules.
 PROGRAMS=(/usr/sbin/nft)

@@ -118,7 +118,8 @@ pub struct WorkloadFlags {
     /// Maximum number of processes
     #[arg(long, value_name = "N")]
     pub pids_limit: Option<String>,
-    /// Network: none, bridge, or host (containers) [default: uvm run: none, a process the
+    /// Network: none, bridge, or host; containers also container:NAME,
+    /// veth:NAME, macvlan:PARENT, ns:PATH [default: uvm run: none, a process the
     /// host's; uvm container run: bridge, a bundle as its config.json says]
     #[arg(long, value_name = "MODE")]
     pub net: Option<String>,
@@ -157,6 +158,15 @@ pub struct RunArgs {
     /// Seccomp: default, or unconfined to run without a filter.
     #[arg(long, default_value = "default", value_name = "PROFILE")]
     pub seccomp: String,
+    /// Address of eth0 with --net veth:NAME (default: a /30 from
+    /// 10.90.0.0/16) or macvlan:PARENT (required), e.g. 10.90.7.2/30.
+    #[arg(long, value_name = "ADDR/PREFIX")]
+    pub ip: Option<String>,
+    /// Firewall the container's own network namespace: accept inbound
+    /// traffic only to these ports (PORT[/tcp|udp], repeatable), to
+    /// loopback and in reply to its own connections [default: no firewall]
+    #[arg(long, value_name = "PORT[/PROTO]")]
+    pub allow_in: Vec<String>,
     /// Add a capability (e.g. CAP_NET_ADMIN; repeatable).
     #[arg(long, value_name = "CAP")]
     pub cap_add: Vec<String>,
@@ -333,6 +343,12 @@ fn run_options(a: RunArgs) -> Result<RunOptions> {
         .map(limits::parse_pids)
         .transpose()?;
     o.net = w.net.as_deref().map(NetMode::from_str).transpose()?;
+    o.ip = a.ip.as_deref().map(super::netns::parse_cidr).transpose()?;
+    o.allow_in = a
+        .allow_in
+        .iter()
+        .map(|p| p.parse())
+        .collect::<Result<_>>()?;
     o.ports = w
         .publish
         .iter()
@@ -477,7 +493,12 @@ fn cmd_ps(rt: &Runtime, json: bool) -> Result<i32> {
         "NAME", "ID", "PID", "STATUS", "IP", "PORTS"
     );
     for s in list {
-        let ip = s.net.as_ref().map_or("-".to_string(), |n| n.ip.to_string());
+        let ip = match (&s.net, &s.netns.link) {
+            (Some(n), _) => n.ip.to_string(),
+            (None, Some(super::netns::Link::Veth { ip, .. }))
+            | (None, Some(super::netns::Link::Macvlan { ip, .. })) => ip.to_string(),
+            (None, None) => "-".to_string(),
+        };
         let ports = s
             .net
             .as_ref()

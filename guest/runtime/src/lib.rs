@@ -11,6 +11,9 @@
 //! - [`userns`]: user namespaces, ID mappings, rootless use;
 //! - [`netlink`]: links, addresses, routes and namespaces over rtnetlink;
 //! - [`network`]: bridge, veth, addresses, nftables NAT and port publishing;
+//! - [`netns`]: the other network patterns (a container's namespace
+//!   registered in /run/netns, joined by another, linked by a direct veth
+//!   or a macvlan) and [`firewall`], a container's own inbound rules;
 //! - [`state`] and [`runtime`]: names, state on disk, run/exec/kill/ps/stats/gc;
 //! - [`image`]: building a minimal rootfs;
 //! - [`cli`]: `uvm container ...`.
@@ -18,9 +21,11 @@ pub mod cgroups;
 pub mod cli;
 pub mod device_filter;
 pub mod error;
+pub mod firewall;
 pub mod image;
 pub mod limits;
 pub mod netlink;
+pub mod netns;
 pub mod network;
 pub mod process;
 pub mod rootfs;

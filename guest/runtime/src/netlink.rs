@@ -1,5 +1,6 @@
-//! Small synchronous rtnetlink helpers: links (up/down, bridge, veth, move to
-//! another network namespace, rename, delete), IPv4 addresses and routes.
+//! Small synchronous rtnetlink helpers: links (up/down, bridge, veth,
+//! macvlan, move to another network namespace, rename, delete), IPv4
+//! addresses and routes, in this network namespace or another one.
 //!
 //! Used by the guest init (configuring `eth0` from the kernel's `ip=`
 //! parameter) and by the container runtime's bridge networking.
@@ -10,7 +11,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
@@ -18,7 +19,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    MacVlanMode,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -65,7 +67,8 @@ pub struct Netlink {
     seq: u32,
 }
 
-fn check_name(name: &str) -> Result<()> {
+/// Checks that `name` is one the kernel accepts for an interface.
+pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > IFNAME_MAX
         || name
@@ -77,6 +80,13 @@ fn check_name(name: &str) -> Result<()> {
         return Err(Error::BadName(name.to_string()));
     }
     Ok(())
+}
+
+fn netns_attr(netns: Netns) -> LinkAttribute {
+    match netns {
+        Netns::Pid(pid) => LinkAttribute::NetNsPid(pid),
+        Netns::Fd(fd) => LinkAttribute::NetNsFd(fd),
+    }
 }
 
 fn link_named(name: &str) -> LinkMessage {
@@ -100,6 +110,26 @@ impl Netlink {
             .connect(&SocketAddr::new(0, 0))
             .map_err(Error::Socket)?;
         Ok(Netlink { socket, seq: 0 })
+    }
+
+    /// Opens a socket in the network namespace `netns` refers to (an open
+    /// `/proc/PID/ns/net` or `/run/netns/NAME`): a socket stays in the
+    /// namespace it was made in, so a short-lived thread enters it to
+    /// make one and the rest of this process stays where it is.
+    pub fn open_in(netns: BorrowedFd) -> Result<Self> {
+        let fd = netns.as_raw_fd();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: the descriptor is borrowed for the whole scope;
+                // setns moves only this thread, which ends right after.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    return Err(Error::Socket(io::Error::last_os_error()));
+                }
+                Netlink::new()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(Error::Socket(io::Error::other("netlink thread panicked"))))
+        })
     }
 
     /// Sends one request and collects the replies: the inner messages of a
@@ -295,10 +325,7 @@ impl Netlink {
     pub fn link_set_netns(&mut self, name: &str, netns: Netns) -> Result<()> {
         let index = self.link_index(name)?;
         let mut msg = link_indexed(index);
-        msg.attributes.push(match netns {
-            Netns::Pid(pid) => LinkAttribute::NetNsPid(pid),
-            Netns::Fd(fd) => LinkAttribute::NetNsFd(fd),
-        });
+        msg.attributes.push(netns_attr(netns));
         self.set_link(msg, &|| {
             format!("moving interface {name} to another network namespace")
         })
@@ -338,20 +365,47 @@ impl Netlink {
     /// Creates a veth pair `name` <-> `peer`; the peer is created directly in
     /// `peer_netns` when given (so it can be named `eth0` there).
     pub fn veth_create(&mut self, name: &str, peer: &str, peer_netns: Option<Netns>) -> Result<()> {
+        self.veth_pair(name, None, peer, peer_netns)
+    }
+
+    /// Creates a veth pair `name` <-> `peer`, each end directly in the
+    /// namespace given for it (this one when `None`): a pair between two
+    /// other namespaces never appears in this one.
+    pub fn veth_pair(
+        &mut self,
+        name: &str,
+        netns: Option<Netns>,
+        peer: &str,
+        peer_netns: Option<Netns>,
+    ) -> Result<()> {
         check_name(name)?;
         check_name(peer)?;
         let mut peer_msg = link_named(peer);
-        match peer_netns {
-            Some(Netns::Pid(pid)) => peer_msg.attributes.push(LinkAttribute::NetNsPid(pid)),
-            Some(Netns::Fd(fd)) => peer_msg.attributes.push(LinkAttribute::NetNsFd(fd)),
-            None => {}
-        }
+        peer_msg.attributes.extend(peer_netns.map(netns_attr));
         let mut msg = link_named(name);
+        msg.attributes.extend(netns.map(netns_attr));
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
         ]));
         self.new_link(msg, &|| format!("creating veth pair {name} <-> {peer}"))
+    }
+
+    /// Creates macvlan `name` in bridge mode on interface `parent` of this
+    /// namespace, directly in namespace `netns`.
+    pub fn macvlan_create(&mut self, name: &str, parent: &str, netns: Netns) -> Result<()> {
+        check_name(name)?;
+        let parent_index = self.link_index(parent)?;
+        let mut msg = link_named(name);
+        msg.attributes.push(LinkAttribute::Link(parent_index));
+        msg.attributes.push(netns_attr(netns));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::MacVlan),
+            LinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
+                MacVlanMode::Bridge,
+            )])),
+        ]));
+        self.new_link(msg, &|| format!("creating macvlan {name} on {parent}"))
     }
 
     /// Adds `addr/prefix_len` to interface `ifname`.

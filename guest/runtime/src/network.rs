@@ -7,6 +7,8 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -110,19 +112,35 @@ fn nft_missing() -> Error {
 
 /// Runs `nft -f -` with `script` on stdin.
 pub fn nft(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+    nft_in(script, None)
+}
+
+/// As [`nft`], in the network namespace `netns` refers to when given.
+pub fn nft_in(script: &str, netns: Option<BorrowedFd>) -> Result<()> {
+    let mut cmd = Command::new("nft");
+    cmd.args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                nft_missing()
-            } else {
-                Error::Nft(format!("running nft: {e}"))
-            }
-        })?;
+        .stderr(Stdio::piped());
+    if let Some(ns) = netns {
+        let fd = ns.as_raw_fd();
+        // SAFETY: runs in the forked child before exec; setns is a plain
+        // system call (async-signal-safe) on a descriptor the child
+        // inherited, which stays open until the child has exec'd.
+        unsafe {
+            cmd.pre_exec(move || match libc::setns(fd, libc::CLONE_NEWNET) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            nft_missing()
+        } else {
+            Error::Nft(format!("running nft: {e}"))
+        }
+    })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())

@@ -97,6 +97,7 @@ fn thaw_if_paused(cg: Option<&Cgroup>) -> Result<()> {
 /// Removes everything recorded in `st` (ports, veth, cgroup, overlay, state
 /// directory). Best effort: used on success, on failure, and by gc.
 fn cleanup(paths: &Paths, st: &State) {
+    super::netns::teardown(paths, st);
     if let Some(net) = &st.net {
         if !net.ports.is_empty() {
             let _lock = paths.lock_net();
@@ -156,7 +157,8 @@ impl Runtime {
             }
             None => format!("uvm-{}", &id[..8]),
         };
-        let prepared = spec::prepare(opts, &name)?;
+        let mut prepared = spec::prepare(opts, &name)?;
+        super::netns::prepare(&self.paths, &name, &mut prepared, rootless)?;
         if rootless && !opts.ports.is_empty() {
             return Err(Error::Rootless(
                 "publishing ports (-p) needs root: they are NAT rules on the host".into(),
@@ -230,8 +232,9 @@ impl Runtime {
             pid: None,
             pid_start: None,
             cgroup: None,
-            net_mode: prepared.net,
+            net_mode: prepared.net.clone(),
             net: None,
+            netns: Default::default(),
             overlay: prepared.overlay.then(|| self.paths.overlay(&name, &id)),
             keep: opts.keep,
         };
@@ -346,6 +349,7 @@ impl Runtime {
             if let Some(net) = &st.net {
                 network::attach(&self.bridge, net, pid)?;
             }
+            super::netns::setup(&self.paths, st, opts, pid)?;
             st.save(&self.paths)
         })();
         if let Err(e) = pre {
@@ -509,6 +513,7 @@ impl Runtime {
             cgroup: None,
             net_mode: NetMode::Bridge,
             net: None,
+            netns: Default::default(),
             overlay: None,
             keep: false,
         };

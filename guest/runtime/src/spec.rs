@@ -20,7 +20,7 @@ use super::error::{Error, Result};
 use super::userns::{self, IdMap};
 
 /// Network mode of a container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetMode {
     /// Own network namespace with only loopback.
@@ -30,16 +30,79 @@ pub enum NetMode {
     /// Own namespace, a veth on the runtime's bridge, NAT to the outside.
     #[default]
     Bridge,
+    /// The network namespace of another running container (the pod
+    /// pattern): joined, never set up or torn down by this one.
+    Container(String),
+    /// Own namespace whose `eth0` is one end of a veth pair, the other end
+    /// in the named running container's namespace (no bridge).
+    Veth(String),
+    /// Own namespace whose `eth0` is a macvlan (bridge mode) on this host
+    /// interface.
+    Macvlan(String),
+    /// An existing network namespace, joined by path (`/run/netns/NAME`).
+    Ns(PathBuf),
+}
+
+impl NetMode {
+    /// Whether the container gets a network namespace the runtime makes
+    /// (and so may register, firewall and give links to).
+    pub fn owns_netns(&self) -> bool {
+        matches!(
+            self,
+            NetMode::None | NetMode::Bridge | NetMode::Veth(_) | NetMode::Macvlan(_)
+        )
+    }
 }
 
 impl FromStr for NetMode {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "none" => Ok(NetMode::None),
-            "host" => Ok(NetMode::Host),
-            "bridge" => Ok(NetMode::Bridge),
-            _ => Err(Error::invalid("--net", s, "expected none, host or bridge")),
+        const EXPECTED: &str = "expected none, host, bridge, container:NAME, veth:NAME, \
+                                macvlan:PARENT or ns:PATH";
+        let named = |n: &str| -> Result<String> {
+            validate_name(n)
+                .map_err(|_| Error::invalid("--net", s, "not a valid container name"))?;
+            Ok(n.to_string())
+        };
+        match s.split_once(':') {
+            None => match s {
+                "none" => Ok(NetMode::None),
+                "host" => Ok(NetMode::Host),
+                "bridge" => Ok(NetMode::Bridge),
+                _ => Err(Error::invalid("--net", s, EXPECTED)),
+            },
+            Some(("container", n)) => named(n).map(NetMode::Container),
+            Some(("veth", n)) => named(n).map(NetMode::Veth),
+            Some(("macvlan", p)) => {
+                crate::netlink::check_name(p)
+                    .map_err(|e| Error::invalid("--net", s, e.to_string()))?;
+                Ok(NetMode::Macvlan(p.to_string()))
+            }
+            // A bare name is one `ip netns add` made.
+            Some(("ns", p)) if !p.is_empty() && !p.contains('/') => {
+                Ok(NetMode::Ns(Path::new(crate::netns::NETNS_DIR).join(p)))
+            }
+            Some(("ns", p)) if p.starts_with('/') => Ok(NetMode::Ns(PathBuf::from(p))),
+            Some(("ns", _)) => Err(Error::invalid(
+                "--net",
+                s,
+                "expected ns:/PATH (absolute) or ns:NAME (in /run/netns)",
+            )),
+            Some(_) => Err(Error::invalid("--net", s, EXPECTED)),
+        }
+    }
+}
+
+impl std::fmt::Display for NetMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetMode::None => f.write_str("none"),
+            NetMode::Host => f.write_str("host"),
+            NetMode::Bridge => f.write_str("bridge"),
+            NetMode::Container(n) => write!(f, "container:{n}"),
+            NetMode::Veth(n) => write!(f, "veth:{n}"),
+            NetMode::Macvlan(p) => write!(f, "macvlan:{p}"),
+            NetMode::Ns(p) => write!(f, "ns:{}", p.display()),
         }
     }
 }
@@ -50,6 +113,19 @@ impl FromStr for NetMode {
 pub enum Proto {
     Tcp,
     Udp,
+}
+
+impl Proto {
+    /// Splits `X[/tcp|/udp]` into X and its protocol (tcp when none is
+    /// given); `None` for another protocol.
+    pub fn split_suffix(s: &str) -> Option<(&str, Proto)> {
+        match s.rsplit_once('/') {
+            Some((x, "tcp")) => Some((x, Proto::Tcp)),
+            Some((x, "udp")) => Some((x, Proto::Udp)),
+            Some(_) => None,
+            None => Some((s, Proto::Tcp)),
+        }
+    }
 }
 
 impl std::fmt::Display for Proto {
@@ -73,12 +149,8 @@ impl FromStr for PortMap {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         let bad = |why: &str| Error::invalid("-p", s, why.to_string());
-        let (ports, proto) = match s.rsplit_once('/') {
-            Some((p, "tcp")) => (p, Proto::Tcp),
-            Some((p, "udp")) => (p, Proto::Udp),
-            Some(_) => return Err(bad("protocol must be tcp or udp")),
-            None => (s, Proto::Tcp),
-        };
+        let (ports, proto) =
+            Proto::split_suffix(s).ok_or_else(|| bad("protocol must be tcp or udp"))?;
         let (h, c) = ports
             .split_once(':')
             .ok_or_else(|| bad("expected HOST_PORT:CONTAINER_PORT, e.g. 8080:80"))?;
@@ -174,6 +246,12 @@ pub struct RunOptions {
     /// Network mode; `None`: bridge for --rootfs, as config.json says for a
     /// bundle (a network namespace without a path is `none`).
     pub net: Option<NetMode>,
+    /// `--ip ADDR/PREFIX`: `eth0`'s address with `--net veth:` (else
+    /// allocated) and `--net macvlan:` (required).
+    pub ip: Option<(Ipv4Addr, u8)>,
+    /// `--allow-in`: inbound traffic the container's own firewall lets in
+    /// (empty: no firewall, everything is accepted).
+    pub allow_in: Vec<crate::firewall::Allow>,
     pub ports: Vec<PortMap>,
     pub volumes: Vec<Volume>,
     /// Overlay over the rootfs (default: yes for --rootfs, no for a bundle).
@@ -221,6 +299,8 @@ impl RunOptions {
             io_limits: Vec::new(),
             pids_limit: None,
             net: None,
+            ip: None,
+            allow_in: Vec::new(),
             ports: Vec::new(),
             volumes: Vec::new(),
             overlay: None,
@@ -590,7 +670,7 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
         .linux_mut()
         .get_or_insert_with(oci_spec::runtime::Linux::default);
     let rootless = userns::rootless_ids();
-    let net_mode = match (opts.net, is_rootfs) {
+    let net_mode = match (opts.net.clone(), is_rootfs) {
         (Some(m), _) => m,
         // A bridge needs root: rootless containers default to loopback only.
         (None, true) if rootless.is_some() => NetMode::None,
@@ -611,13 +691,22 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
         // unless --net is given).
         let mut ns = linux.namespaces().clone().unwrap_or_default();
         ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
-        if net_mode != NetMode::Host {
-            let mut n = oci_spec::runtime::LinuxNamespace::default();
-            n.set_typ(LinuxNamespaceType::Network);
-            ns.push(n);
+        match &net_mode {
+            // The owner's namespace is found by the runtime, which knows
+            // the running containers (`network::join_container`).
+            NetMode::Host | NetMode::Container(_) => {}
+            mode => {
+                let mut n = oci_spec::runtime::LinuxNamespace::default();
+                n.set_typ(LinuxNamespaceType::Network);
+                if let NetMode::Ns(path) = mode {
+                    n.set_path(Some(path.clone()));
+                }
+                ns.push(n);
+            }
         }
         linux.set_namespaces(Some(ns));
     }
+    check_net_flags(opts, &net_mode)?;
     set_resources(linux, opts)?;
     if !opts.sysctl.is_empty() {
         let mut map = linux.sysctl().clone().unwrap_or_default();
@@ -644,6 +733,41 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
         overlay,
         net: net_mode,
     })
+}
+
+/// `--ip` and `--allow-in` against the network mode they need.
+fn check_net_flags(opts: &RunOptions, mode: &NetMode) -> Result<()> {
+    if let Some((ip, prefix)) = opts.ip {
+        if !matches!(mode, NetMode::Veth(_) | NetMode::Macvlan(_)) {
+            return Err(Error::invalid(
+                "--ip",
+                &format!("{ip}/{prefix}"),
+                format!("--ip is for --net veth:NAME or macvlan:PARENT, not {mode}"),
+            ));
+        }
+    }
+    if let NetMode::Macvlan(parent) = mode {
+        if opts.ip.is_none() {
+            return Err(Error::invalid(
+                "--net",
+                &format!("macvlan:{parent}"),
+                "a macvlan needs its address: add --ip ADDR/PREFIX",
+            ));
+        }
+    }
+    if let Some(a) = opts.allow_in.first() {
+        if !mode.owns_netns() {
+            return Err(Error::invalid(
+                "--allow-in",
+                &a.to_string(),
+                format!(
+                    "the firewall lives in the container's own network namespace, \
+                     and --net {mode} gives it none"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The limits given as flags, into the spec's `linux.resources` (over a

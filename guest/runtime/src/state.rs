@@ -135,6 +135,9 @@ pub struct State {
     pub cgroup: Option<Cgroup>,
     pub net_mode: NetMode,
     pub net: Option<NetConfig>,
+    /// Registration, veth or macvlan of its own network namespace.
+    #[serde(default)]
+    pub netns: crate::netns::NetnsSetup,
     /// Overlay upper/work directory (removed at exit unless `keep`).
     pub overlay: Option<PathBuf>,
     pub keep: bool,
@@ -332,6 +335,7 @@ mod tests {
             cgroup: None,
             net_mode: NetMode::None,
             net: None,
+            netns: Default::default(),
             overlay: None,
             keep: false,
         }

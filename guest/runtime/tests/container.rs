@@ -2323,3 +2323,381 @@ fn bad_id_mappings_one_line_errors() {
     }
     env.assert_clean();
 }
+
+// ---------------------------------------------------------------- network patterns
+
+/// A container name no other test run uses: registrations in /run/netns
+/// are host-wide.
+fn unique(tag: &str) -> String {
+    format!("{tag}{}", std::process::id())
+}
+
+fn netns_entry(name: &str) -> PathBuf {
+    Path::new("/run/netns").join(name)
+}
+
+/// Connects from namespace `ns` to `ip:port` and reads the answer; the
+/// error kind if it fails within 2 s.
+fn answer_from(ns: &Netns, ip: &str, port: u16) -> Result<String, std::io::ErrorKind> {
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    in_netns(&ns.path(), move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map(read_all)
+            .map_err(|e| e.kind())
+    })
+}
+
+/// Waits until `ip:port` answers from `ns` (its server starting).
+fn wait_answer(ns: &Netns, ip: &str, port: u16) {
+    for _ in 0..50 {
+        if answer_from(ns, ip, port).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs a container with the flags `net` that shows its `eth0` and pings
+/// `target`: it must have `addr` and be answered.
+fn assert_pings(env: &Env, net: &[&str], addr: &str, target: &str) {
+    let script = format!("ip -4 -o addr show eth0; ping -c 1 -W 3 {target} && echo pinged");
+    let mut args = net.to_vec();
+    args.extend(["--", "sh", "-c", &script]);
+    let s = ok(&env.run(&args));
+    assert!(s.contains(&format!("inet {addr}")), "{s}");
+    assert!(s.contains("pinged"), "{s}");
+}
+
+/// The interfaces of a container's registered namespace.
+fn links_of(name: &str) -> String {
+    sh(&format!(
+        "ip netns exec {name} ls /sys/class/net | tr '\\n' ' '"
+    ))
+}
+
+#[test]
+fn netns_registered_while_running_and_allow_in_firewall() {
+    require_root!();
+    let (env, host, _outside) = net_env("fw", 9);
+    let (fw, open) = (unique("fw"), unique("open"));
+    let servers = "nc -ll -p 80 -e echo eighty & nc -ll -p 81 -e echo eightyone & wait";
+    let fw_run = env.spawn_run(&[
+        "--name",
+        &fw,
+        "--allow-in",
+        "80",
+        "--allow-in",
+        "53/udp",
+        "--",
+        "sh",
+        "-c",
+        servers,
+    ]);
+    let open_run = env.spawn_run(&["--name", &open, "--", "sh", "-c", servers]);
+    let c = env.wait_running(&fw);
+    let fw_ip = c["net"]["ip"].as_str().unwrap().to_string();
+    let open_ip = env.wait_running(&open)["net"]["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(c["netns"]["registered"], format!("/run/netns/{fw}"));
+
+    // `ip netns exec NAME` enters the container's namespace.
+    let addr = sh(&format!("ip netns exec {fw} ip -4 -o addr show"));
+    assert!(
+        addr.contains("eth0") && addr.contains(&format!("inet {fw_ip}/24")),
+        "{addr}"
+    );
+    let rules = sh(&format!(
+        "ip netns exec {fw} nft list table inet uvm_firewall"
+    ));
+    assert!(rules.contains("policy drop"), "{rules}");
+    assert!(rules.contains("tcp dport 80 accept"), "{rules}");
+    assert!(rules.contains("udp dport 53 accept"), "{rules}");
+    // Not on the host: the table lives in the container's namespace only.
+    let host_tables = sh(&format!("ip netns exec {} nft list tables", host.0));
+    assert!(!host_tables.contains("uvm_firewall"), "{host_tables}");
+
+    // The allowed port answers; 81 is dropped (a timeout, not a refusal).
+    wait_answer(&host, &fw_ip, 80);
+    assert_eq!(answer_from(&host, &fw_ip, 80), Ok("eighty\n".into()));
+    assert_eq!(
+        answer_from(&host, &fw_ip, 81),
+        Err(std::io::ErrorKind::TimedOut)
+    );
+    // Without --allow-in everything is accepted.
+    wait_answer(&host, &open_ip, 81);
+    assert_eq!(answer_from(&host, &open_ip, 81), Ok("eightyone\n".into()));
+    assert!(
+        sh(&format!("ip netns exec {open} nft list ruleset")).is_empty(),
+        "no firewall without --allow-in"
+    );
+    // Replies to the container's own connections come back in.
+    let out = ok(&env.ctl(&[
+        "exec",
+        &fw,
+        "--",
+        "sh",
+        "-c",
+        &format!("nc -w 3 {open_ip} 81"),
+    ]));
+    assert_eq!(out, "eightyone\n");
+
+    ok(&env.ctl(&["kill", &fw]));
+    ok(&env.ctl(&["kill", &open]));
+    fw_run.output_within(Duration::from_secs(10));
+    open_run.output_within(Duration::from_secs(10));
+    assert!(!netns_entry(&fw).exists() && !netns_entry(&open).exists());
+    env.assert_clean();
+
+    // A /run/netns entry of the same name is refused, and left as it was.
+    let taken = Netns::new(unique("taken"));
+    sh(&format!(
+        "ip -n {} link add probe0 type veth peer name probe1",
+        taken.0
+    ));
+    let out = env.run(&["--name", &taken.0, "--", "true"]);
+    assert_fails(&out, 125, "already exists");
+    assert!(text(&out.stderr).contains(&format!("/run/netns/{}", taken.0)));
+    assert!(
+        links_of(&taken.0).contains("probe0"),
+        "the entry was touched"
+    );
+    env.assert_clean();
+}
+
+#[test]
+fn pod_containers_share_one_network_namespace() {
+    require_root!();
+    let (env, _host, _outside) = net_env("pod", 11);
+    let owner = unique("pod");
+    let run = env.spawn_run(&[
+        "--name",
+        &owner,
+        "--",
+        "nc",
+        "-ll",
+        "-p",
+        "8080",
+        "-e",
+        "echo",
+        "from-owner",
+    ]);
+    let c = env.wait_running(&owner);
+    let ip = c["net"]["ip"].as_str().unwrap().to_string();
+    let owner_ns = std::fs::read_link(format!("/proc/{}/ns/net", c["pid"])).unwrap();
+    // One namespace: the same interfaces and loopback, the owner's port
+    // reached on 127.0.0.1, and that port already taken.
+    let out = env.run(&[
+        "--net",
+        &format!("container:{owner}"),
+        "--",
+        "sh",
+        "-c",
+        "readlink /proc/self/ns/net; ls /sys/class/net | tr '\\n' ' '; echo; \
+         ip -4 -o addr show eth0; nc 127.0.0.1 8080; nc -l -p 8080",
+    ]);
+    let s = text(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{s}");
+    let mut lines = s.lines();
+    assert_eq!(lines.next().unwrap(), owner_ns.to_str().unwrap(), "{s}");
+    assert_eq!(lines.next().unwrap(), "eth0 lo ", "{s}");
+    assert!(
+        lines.next().unwrap().contains(&format!("inet {ip}/24")),
+        "{s}"
+    );
+    assert_eq!(lines.next(), Some("from-owner"), "{s}");
+    assert!(
+        text(&out.stderr).contains("Address already in use"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The joiner left the owner's network as it was: registered, with its
+    // address, still serving.
+    assert!(netns_entry(&owner).exists());
+    let addr = sh(&format!("ip netns exec {owner} ip -4 -o addr show eth0"));
+    assert!(addr.contains(&format!("inet {ip}/24")), "{addr}");
+    let again = ok(&env.ctl(&["exec", &owner, "--", "nc", "127.0.0.1", "8080"]));
+    assert_eq!(again, "from-owner\n");
+    // A firewall belongs to the owner's namespace: refused.
+    assert_fails(
+        &env.run(&[
+            "--net",
+            &format!("container:{owner}"),
+            "--allow-in",
+            "80",
+            "--",
+            "true",
+        ]),
+        125,
+        "--allow-in",
+    );
+    ok(&env.ctl(&["kill", &owner]));
+    run.output_within(Duration::from_secs(10));
+    assert!(!netns_entry(&owner).exists(), "registration left");
+    env.assert_clean();
+}
+
+#[test]
+fn direct_veth_pair_without_a_bridge() {
+    require_root!();
+    let (env, host, _outside) = net_env("ve", 12);
+    let a = unique("vea");
+    let run = env.spawn_run(&["--net", "none", "--name", &a, "--", "sleep", "60"]);
+    env.wait_running(&a);
+    // Allocated: the other container gets the /30's first address, this
+    // one its second.
+    assert_pings(
+        &env,
+        &["--net", &format!("veth:{a}")],
+        "10.90.0.2/30",
+        "10.90.0.1",
+    );
+    // No bridge anywhere: not in the runtime's namespace.
+    let bridges = sh(&format!("ip -n {} -o link show type bridge", host.0));
+    assert_eq!(bridges, "", "a bridge was made");
+    // The other end was removed with the container that made it.
+    assert_eq!(links_of(&a), "lo ");
+
+    // Given: --ip for this end, the other end the subnet's first other host.
+    let b = unique("veb");
+    let b_run = env.spawn_run(&[
+        "--net",
+        &format!("veth:{a}"),
+        "--ip",
+        "10.233.4.6/29",
+        "--name",
+        &b,
+        "--",
+        "sleep",
+        "60",
+    ]);
+    let c = env.wait_running(&b);
+    assert_eq!(c["netns"]["link"]["kind"], "veth", "{c}");
+    assert_eq!(c["netns"]["link"]["peer_if"], "eth0", "{c}");
+    let in_a = sh(&format!("ip netns exec {a} ip -4 -o addr show eth0"));
+    assert!(in_a.contains("inet 10.233.4.1/29"), "{in_a}");
+    let ping = ok(&env.ctl(&["exec", &a, "--", "ping", "-c", "1", "-W", "3", "10.233.4.6"]));
+    assert!(ping.contains("1 packets received"), "{ping}");
+    ok(&env.ctl(&["kill", &b]));
+    b_run.output_within(Duration::from_secs(10));
+    assert_eq!(links_of(&a), "lo ", "the other end stayed");
+    ok(&env.ctl(&["kill", &a]));
+    run.output_within(Duration::from_secs(10));
+    env.assert_clean();
+}
+
+/// A parent interface for macvlans in namespace `ns`: a dummy where the
+/// kernel has the driver, else one end of a veth pair (this host's kernel
+/// has no dummy driver; the other end stays unused).
+fn macvlan_parent(ns: &str, name: &str) {
+    let dummy = Command::new("ip")
+        .args(["-n", ns, "link", "add", name, "type", "dummy"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    if !dummy.success() {
+        sh(&format!(
+            "ip -n {ns} link add {name} type veth peer name {name}p && ip -n {ns} link set {name}p up"
+        ));
+    }
+    sh(&format!("ip -n {ns} link set {name} up"));
+}
+
+#[test]
+fn macvlan_reaches_a_namespace_on_the_same_parent() {
+    require_root!();
+    let (env, host, _outside) = net_env("mv", 13);
+    let parent = format!("uvmvp{}", std::process::id() % 100000);
+    macvlan_parent(&host.0, &parent);
+    // A namespace of the test's on the same parent.
+    let peer = Netns::new(format!("uvmt-mv-p{}", std::process::id() % 10000));
+    sh(&format!(
+        "ip -n {h} link add mvpeer link {parent} type macvlan mode bridge && \
+         ip -n {h} link set mvpeer netns {p} && \
+         ip -n {p} addr add 10.232.13.1/24 dev mvpeer && ip -n {p} link set mvpeer up",
+        h = host.0,
+        p = peer.0
+    ));
+    let net = format!("macvlan:{parent}");
+    let args = ["--net", &net, "--ip", "10.232.13.2/24"];
+    assert_pings(&env, &args, "10.232.13.2/24", "10.232.13.1");
+    // Nothing of it stays on the host.
+    let links = sh(&format!("ip -n {} -o link show type macvlan", host.0));
+    assert_eq!(links, "", "{links}");
+    env.assert_clean();
+}
+
+#[test]
+fn ns_path_joins_an_existing_namespace() {
+    require_root!();
+    let (env, _host, _outside) = net_env("ns", 14);
+    let named = Netns::new(format!("uvmt-ns-n{}", std::process::id() % 10000));
+    sh(&format!(
+        "ip -n {} link add probe0 type veth peer name probe1",
+        named.0
+    ));
+    for how in [
+        format!("ns:{}", named.0),
+        format!("ns:/run/netns/{}", named.0),
+    ] {
+        let out = env.run(&[
+            "--net",
+            &how,
+            "--",
+            "sh",
+            "-c",
+            "ls /sys/class/net | tr '\\n' ' '",
+        ]);
+        assert_eq!(ok(&out), "lo probe0 probe1 ", "{how}");
+    }
+    // Joined, never torn down.
+    assert!(links_of(&named.0).contains("probe0"));
+    env.assert_clean();
+}
+
+#[test]
+fn bad_network_patterns_one_line_errors_nothing_left_behind() {
+    require_root!();
+    let (env, host, _outside) = net_env("nb", 15);
+    let name = unique("nb");
+    // A container that ran and ended is as unknown as one that never was.
+    ok(&env.run(&["--net", "none", "--name", &name, "--", "true"]));
+    let links_before = sh(&format!("ip -n {} -o link", host.0));
+    let fresh = format!("{name}-new");
+    let cases = [
+        (format!("--net container:{name}"), "no such container"),
+        ("--net container:nosuch".to_string(), "no such container"),
+        ("--net veth:nosuch".to_string(), "no such container"),
+        (
+            "--net macvlan:nosuch0 --ip 10.232.15.2/24".to_string(),
+            "no interface \"nosuch0\"",
+        ),
+        ("--net macvlan:lo".to_string(), "needs its address"),
+        ("--allow-in 80/sctp".to_string(), "invalid --allow-in"),
+        ("--allow-in 0".to_string(), "invalid --allow-in"),
+        ("--allow-in http".to_string(), "invalid --allow-in"),
+        ("--net host --allow-in 80".to_string(), "--allow-in"),
+        ("--net ns:/run/netns/nosuch-uvm".to_string(), "no such file"),
+        (
+            "--net ns:/etc/hostname".to_string(),
+            "not a network namespace",
+        ),
+        ("--net bogus:x".to_string(), "invalid --net"),
+        ("--ip 10.1.1.1/24".to_string(), "--ip is for"),
+        (
+            format!("--net veth:{name}x --ip 10.1.1.0/24"),
+            "invalid --ip",
+        ),
+    ];
+    for (args, want) in &cases {
+        let mut argv: Vec<&str> = vec!["--name", &fresh];
+        argv.extend(args.split(' '));
+        argv.extend(["--", "true"]);
+        let out = env.run(&argv);
+        assert_fails(&out, 125, want);
+        assert!(!netns_entry(&fresh).exists(), "{args}: registration left");
+        env.assert_clean();
+    }
+    assert_eq!(sh(&format!("ip -n {} -o link", host.0)), links_before);
+}
