@@ -341,6 +341,29 @@ rm -f $B.outside $B.published
 "#,
     },
     Scripted {
+        name: "netpatterns",
+        // The runtime's network patterns inside a guest (cgroup v2, the
+        // guest's own /run): a registered namespace, a container with
+        // --allow-in 80 seen from the guest (80 answers, 81 is dropped), a
+        // second container joining its namespace (container:), and nothing
+        // left afterwards.
+        script: r#"
+run_uvm --mem 512M -- sh -c '
+  uvm-container mkrootfs /tmp/rootfs >/dev/null || echo mkrootfs-failed
+  uvm-container run --rootfs /tmp/rootfs --name fw --allow-in 80 -- sh -c "nc -ll -p 80 -e echo eighty & nc -ll -p 81 -e echo eightyone & wait" >/tmp/fw.out 2>&1 &
+  for i in $(seq 150); do ip=$(uvm-container ps | awk "\$1==\"fw\" && \$5!=\"-\" {print \$5}"); [ -n "$ip" ] && break; sleep 0.2; done
+  echo "registered $(nsenter --net=/run/netns/fw ip -4 -o addr show eth0 | grep -o "inet $ip/")"
+  echo "table $(nsenter --net=/run/netns/fw nft list table inet uvm_firewall | grep -c "policy drop")"
+  for i in $(seq 50); do r80=$(nc -w 3 $ip 80) && [ -n "$r80" ] && break; sleep 0.2; done
+  r81=$(nc -w 3 $ip 81 2>/dev/null)
+  echo "fw 80=$r80 81=$r81"
+  uvm-container run --rootfs /tmp/rootfs --net container:fw -- sh -c "echo pod \$(nc 127.0.0.1 81) \$(ls /sys/class/net | tr \"\\n\" \" \")"
+  uvm-container kill fw; wait
+  echo "left netns=$(ls /run/netns | wc -l) veths=$(ip -o link | grep -c uvmv) containers=$(uvm-container ps | grep -vc ^NAME)"
+  uvm-container gc >/dev/null'
+"#,
+    },
+    Scripted {
         name: "run_vm",
         // `uvm run` at the vm level: the default busybox root folder becomes
         // the guest's root disk; only the workload's lines reach stdout.
@@ -1279,6 +1302,21 @@ fn the_container_runtime_runs_inside_a_guest() {
     assert!(out.contains("\nwrote\n"), "{out}");
     assert_eq!(field(out, "userns rc=0"), "owner=none-in-image", "{out}");
     assert_eq!(field(out, "left"), "cgroups=0 overlays=0");
+}
+
+/// The network patterns inside a guest: registration in the guest's
+/// /run/netns, the --allow-in firewall, a pod joining the namespace.
+#[test]
+fn network_patterns_inside_a_guest() {
+    let o = case("netpatterns");
+    assert_eq!(o.rc, 0, "{}", o.stderr);
+    let out = &o.stdout;
+    let ip = field(out, "registered").trim_start_matches("inet ");
+    assert!(ip.starts_with("10.88."), "{out}");
+    assert_eq!(field(out, "table"), "1", "{out}");
+    assert_eq!(field(out, "fw"), "80=eighty 81=", "81 dropped: {out}");
+    assert_eq!(field(out, "pod"), "eightyone eth0 lo", "{out}");
+    assert_eq!(field(out, "left"), "netns=0 veths=0 containers=0");
 }
 
 /// The workload's lines at a vm level: exactly what it printed.
