@@ -13,7 +13,8 @@
 //! - [`network`]: bridge, veth, addresses, nftables NAT and port publishing;
 //! - [`state`] and [`runtime`]: names, state on disk, run/exec/kill/ps/stats/gc;
 //! - [`image`]: building a minimal rootfs;
-//! - [`cli`]: `uvm container ...`.
+//! - [`cli`]: `uvm container ...`;
+//! - [`oci`]: the same runtime behind runc's command line (`uvm oci ...`).
 pub mod cgroups;
 pub mod cli;
 pub mod device_filter;
@@ -22,6 +23,7 @@ pub mod image;
 pub mod limits;
 pub mod netlink;
 pub mod network;
+pub mod oci;
 pub mod process;
 pub mod rootfs;
 pub mod runtime;
