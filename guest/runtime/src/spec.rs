@@ -300,18 +300,25 @@ fn device_rule(
     d
 }
 
-/// A bundle's device rules are followed by the default devices' (as runc
-/// does): the devices every container gets stay usable under a
-/// deny-everything rule.
+/// A bundle's device rules are followed by the default devices' and its
+/// own `linux.devices`' (as runc does): the devices a container is given
+/// stay usable (and can be made) under a deny-everything rule.
 fn allow_default_devices(linux: &mut oci_spec::runtime::Linux) {
+    let own: Vec<LinuxDeviceCgroup> = linux
+        .devices()
+        .iter()
+        .flatten()
+        .filter(|d| matches!(d.typ(), LinuxDeviceType::C | LinuxDeviceType::B))
+        .map(|d| device_rule(true, d.typ(), Some(d.major()), Some(d.minor()), "rwm"))
+        .collect();
     let Some(res) = linux.resources_mut() else {
         return;
     };
-    let Some(rules) = res.devices().clone().filter(|r| !r.is_empty()) else {
+    let Some(mut rules) = res.devices().clone().filter(|r| !r.is_empty()) else {
         return;
     };
-    let mut rules = rules;
     rules.extend(default_device_rules().into_iter().filter(|r| r.allow()));
+    rules.extend(own);
     res.set_devices(Some(rules));
 }
 

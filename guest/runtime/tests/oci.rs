@@ -568,7 +568,10 @@ fn spec_devices_oom_score_memory_knobs_and_cgroups_path() {
         ]);
         c["process"]["oomScoreAdj"] = serde_json::json!(500);
         c["linux"]["devices"] = serde_json::json!([
-            {"path": "/dev/uvmtest", "type": "c", "major": 1, "minor": 5,
+            // Not a device the host has: made by mknod, which the
+            // deny-all device rule would refuse without the spec's own
+            // devices allowed after it.
+            {"path": "/dev/uvmtest", "type": "c", "major": 1, "minor": 250,
              "fileMode": 0o620, "uid": 1, "gid": 2}
         ]);
         c["linux"]["cgroupsPath"] = serde_json::json!(cg);
@@ -589,7 +592,7 @@ fn spec_devices_oom_score_memory_knobs_and_cgroups_path() {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let dev = std::fs::metadata(format!("/proc/{pid}/root/dev/uvmtest")).unwrap();
     assert!(dev.file_type().is_char_device());
-    assert_eq!(dev.rdev(), nix::sys::stat::makedev(1, 5));
+    assert_eq!(dev.rdev(), nix::sys::stat::makedev(1, 250));
     assert_eq!(dev.mode() & 0o7777, 0o620);
     assert_eq!((dev.uid(), dev.gid()), (1, 2));
     let adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
