@@ -1,4 +1,4 @@
-//! The command line: `uvm boot`, `uvm check`, `uvm container`, `uvm bench`.
+//! The command line: `uvm boot`, `uvm check`, `uvm container`, `uvm oci`, `uvm bench`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,6 +61,10 @@ pub enum Command {
     Check,
     /// The container runtime on this host (the same code runs in the guest).
     Container(uvm_runtime::cli::ContainerArgs),
+    /// The same runtime behind runc's command line (create, start, state,
+    /// kill, delete, run, exec, ps, features); the uvm binary invoked as
+    /// `uvm-runc` (a link) is this command.
+    Oci(uvm_runtime::oci::cli::OciArgs),
     /// Run one workload at an isolation level: process, container, vm or vm+container.
     #[command(after_help = RUN_EXIT_CODES)]
     Run(crate::run::RunArgs),

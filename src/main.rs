@@ -80,10 +80,20 @@ impl Drop for RawStdin {
 }
 
 fn main() {
+    use uvm_runtime::oci::cli::{invoked_as_runtime, OciCli};
+    // Installed as `uvm-runc` (a link), uvm is an OCI runtime for callers
+    // that run runc's command line (containerd's runc shim).
+    if std::env::args_os()
+        .next()
+        .is_some_and(|a| invoked_as_runtime(&a))
+    {
+        std::process::exit(uvm_runtime::oci::cli::main(OciCli::parse().args));
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check => run_check(),
         Command::Container(args) => uvm_runtime::cli::main(args),
+        Command::Oci(args) => uvm_runtime::oci::cli::main(args),
         Command::Bench(BenchArgs {
             command:
                 Some(BenchCommand::Boot {

@@ -341,3 +341,33 @@ fn no_seccomp_is_refused_where_there_is_no_vmm() {
         "--no-seccomp",
     );
 }
+
+#[test]
+fn oci_unknown_ids_and_refusals_exit_1_like_runc() {
+    let root = std::env::temp_dir().join(format!("uvm-oci-cli-{}", std::process::id()));
+    let root = root.to_str().unwrap();
+    let (rc, _, err) = uvm(&["oci", "--root", root, "state", "nope"]);
+    assert_eq!(rc, 1, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("container \"nope\" does not exist"), "{err}");
+    let (rc, _, err) = uvm(&["oci", "--root", root, "--systemd-cgroup", "state", "x"]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("--systemd-cgroup is not supported"), "{err}");
+    // Invoked through a link named uvm-runc, the binary is `uvm oci`.
+    let link = std::env::temp_dir().join(format!("uvm-runc-link-{}", std::process::id()));
+    std::fs::create_dir_all(&link).unwrap();
+    let runc = link.join("uvm-runc");
+    let _ = std::fs::remove_file(&runc);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_uvm"), &runc).unwrap();
+    let out = Command::new(&runc)
+        .args(["--root", root, "delete", "nope"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("container \"nope\" does not exist"), "{err}");
+    let out = Command::new(&runc).arg("features").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("createRuntime"));
+    std::fs::remove_dir_all(&link).unwrap();
+}

@@ -413,7 +413,7 @@ fn run_options(a: RunArgs) -> Result<RunOptions> {
 }
 
 /// Signals the runtime forwards to the container while waiting.
-fn forwarded_signals() -> SigSet {
+pub(crate) fn forwarded_signals() -> SigSet {
     let mut s = SigSet::empty();
     for sig in [
         Signal::SIGCHLD,

@@ -26,10 +26,26 @@ pub enum Error {
     },
     #[error("container name {0:?} is already in use: pick another --name, or stop it with `uvm container kill {0}`")]
     NameInUse(String),
+    #[error("container with id {0:?} exists")]
+    IdInUse(String),
+    #[error("container {0:?} does not exist")]
+    NoSuchId(String),
+    #[error("{stage} hook {path}: {msg}")]
+    Hook {
+        stage: &'static str,
+        path: PathBuf,
+        msg: String,
+    },
+    #[error("{0}")]
+    Refused(String),
     #[error("no such container {0:?} (see `uvm container ps`)")]
     NoSuchContainer(String),
     #[error("container {0:?} is not running")]
     NotRunning(String),
+    #[error("container {0:?} is not in the created state (it was started, or it stopped)")]
+    NotCreated(String),
+    #[error("container {0:?} is still running: kill it first, or delete it with --force")]
+    StillRunning(String),
     #[error("container {0:?} is paused: resume it first with `uvm container resume {0}`")]
     Paused(String),
     #[error("container {0:?} is already paused")]

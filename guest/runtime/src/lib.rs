@@ -16,7 +16,8 @@
 //!   or a macvlan) and [`firewall`], a container's own inbound rules;
 //! - [`state`] and [`runtime`]: names, state on disk, run/exec/kill/ps/stats/gc;
 //! - [`image`]: building a minimal rootfs;
-//! - [`cli`]: `uvm container ...`.
+//! - [`cli`]: `uvm container ...`;
+//! - [`oci`]: the same runtime behind runc's command line (`uvm oci ...`).
 pub mod cgroups;
 pub mod cli;
 pub mod device_filter;
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod netlink;
 pub mod netns;
 pub mod network;
+pub mod oci;
 pub mod process;
 pub mod rootfs;
 pub mod runtime;

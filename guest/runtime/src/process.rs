@@ -17,6 +17,7 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -313,6 +314,21 @@ pub struct ChildPlan<'a> {
     /// Run a tiny init as PID 1 (signal forwarding, zombie reaping).
     pub init: bool,
     pub stdio: Option<&'a Stdio>,
+    /// OCI create/start: PID 1 outlives the runtime and execs on request.
+    pub detached: Option<Detached<'a>>,
+}
+
+/// How a PID 1 that outlives the runtime (`uvm oci create`) is started
+/// later by another process: after set-up it tells the runtime it is ready,
+/// then waits on `gate` (a listening socket in the state directory) for
+/// `start` to connect; the accepted connection then carries the exec's
+/// outcome, as the runtime's socket does otherwise.
+#[derive(Clone, Copy)]
+pub struct Detached<'a> {
+    pub gate: BorrowedFd<'a>,
+    /// `--console-socket`: PID 1 makes a terminal, sends its master end
+    /// over this socket and uses the other end as stdin, stdout and stderr.
+    pub console: Option<BorrowedFd<'a>>,
 }
 
 /// A started (not yet released) container PID 1.
@@ -414,6 +430,32 @@ impl Started {
         Err(decode_err(&msg))
     }
 
+    /// Detached ([`Detached`]): lets PID 1 set up, giving it the OCI
+    /// states for the hooks it runs (createContainer, startContainer);
+    /// returns once it waits for `start`, or with the error that stopped it.
+    pub fn release_detached(&self, creating: &[u8], created: &[u8]) -> Result<Pid> {
+        let mut go = Vec::with_capacity(2 + creating.len() + created.len());
+        go.push(b'G');
+        go.extend(creating);
+        go.push(0);
+        go.extend(created);
+        send(self.sock.as_fd(), &go)?;
+        let msg = recv(self.sock.as_fd())?;
+        match msg.first() {
+            Some(b'R') => Ok(self.pid),
+            Some(b'E') => {
+                let _ = waitpid(self.pid, None);
+                Err(decode_err(&msg))
+            }
+            _ => {
+                let _ = waitpid(self.pid, None);
+                Err(Error::Setup(
+                    "the container's PID 1 exited during set-up".into(),
+                ))
+            }
+        }
+    }
+
     /// Kills and reaps PID 1 (set-up abandoned).
     pub fn abort(self) {
         let _ = signal::kill(self.pid, Signal::SIGKILL);
@@ -473,12 +515,30 @@ fn first_child(plan: &ChildPlan, sock: BorrowedFd, in_cgroup: bool) -> Result<()
 /// PID 1 of the container, up to exec.
 fn container_init(plan: &ChildPlan, sock: BorrowedFd) -> Result<Infallible> {
     let go = recv(sock)?;
-    if go != b"G" {
+    if go.first() != Some(&b'G') {
         // The runtime gave up (its error is reported there).
         exit_now(1);
     }
+    // Detached, the go-ahead carries the OCI state the hooks run inside
+    // get on stdin: at createContainer, then at startContainer.
+    let mut states = go[1..].splitn(2, |b| *b == 0);
+    let (creating, created) = (
+        states.next().unwrap_or_default(),
+        states.next().unwrap_or_default(),
+    );
+    let hooks = plan
+        .spec
+        .hooks()
+        .as_ref()
+        .filter(|_| plan.detached.is_some());
     let _ = unistd::setsid();
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    // While the host's /proc is still there and before privileges go
+    // (lowering it needs CAP_SYS_RESOURCE); exec'd processes inherit it.
+    if let Some(adj) = plan.spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
+        fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| Error::io(format!("setting oom_score_adj {adj}"), e))?;
+    }
     let ns = plan.namespaces;
     if ns.has(CloneFlags::CLONE_NEWUTS) {
         if let Some(h) = plan.spec.hostname() {
@@ -488,12 +548,21 @@ fn container_init(plan: &ChildPlan, sock: BorrowedFd) -> Result<Infallible> {
             set_domainname(d)?;
         }
     }
-    if !ns.has(CloneFlags::CLONE_NEWNS) {
-        return Err(Error::Setup(
-            "the spec has no mount namespace; one is required".into(),
-        ));
+    let create_container = || match hooks.and_then(|h| h.create_container().as_deref()) {
+        Some(list) => crate::oci::hooks::run_all(list, creating, "createContainer"),
+        None => Ok(()),
+    };
+    let own_mounts = ns.has(CloneFlags::CLONE_NEWNS);
+    if own_mounts {
+        let mut rootfs = plan.rootfs;
+        rootfs.before_pivot = Some(&create_container);
+        rootfs::setup(&rootfs)?;
+    } else {
+        // No mount namespace of its own (as runc allows): mounting would
+        // change the host's, so the rootfs is used as it is, by chroot.
+        create_container()?;
+        rootfs::chroot(plan.rootfs.rootfs)?;
     }
-    rootfs::setup(&plan.rootfs)?;
     if ns.unshare.contains(CloneFlags::CLONE_NEWNET) {
         super::network::configure_inside(plan.net)?;
     }
@@ -503,13 +572,152 @@ fn container_init(plan: &ChildPlan, sock: BorrowedFd) -> Result<Infallible> {
             fs::write(&path, v).map_err(|e| Error::io(format!("sysctl {k}={v}"), e))?;
         }
     }
-    rootfs::finish(plan.spec)?;
+    if own_mounts {
+        rootfs::finish(plan.spec)?;
+    }
     let process = plan
         .spec
         .process()
         .as_ref()
         .ok_or_else(|| Error::Setup("spec has no process".into()))?;
-    exec_process(process, plan.seccomp, sock, None, plan.init)
+    let gate = match plan.detached {
+        Some(d) => {
+            if let Some(console) = d.console {
+                crate::oci::console::attach(console)?;
+            }
+            let start_container = hooks
+                .and_then(|h| h.start_container().clone())
+                .unwrap_or_default();
+            Some(Gate {
+                listener: d.gate,
+                start_container,
+                state: created.to_vec(),
+            })
+        }
+        None => None,
+    };
+    exec_process(process, plan.seccomp, sock, None, plan.init, gate)
+}
+
+/// Signals that end a created (not yet started) detached container.
+const GATE_SIGNALS: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+];
+
+/// Where a detached PID 1 waits for `start` (see [`Detached`]).
+pub struct Gate<'a> {
+    listener: BorrowedFd<'a>,
+    start_container: Vec<oci_spec::runtime::Hook>,
+    state: Vec<u8>,
+}
+
+impl Gate<'_> {
+    /// Tells the runtime set-up is done, waits for `start`, runs the
+    /// startContainer hooks; returns the connection to report on.
+    fn wait(&self, runtime_sock: BorrowedFd) -> Result<OwnedFd> {
+        // A namespace's PID 1 ignores signals it has no handler for, even
+        // from outside: while created, the usual ones end it (`kill` of a
+        // created container works as with runc). Handlers do not survive
+        // exec, so the workload starts with default dispositions.
+        extern "C" fn die(sig: libc::c_int) {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(128 + sig) }
+        }
+        for sig in GATE_SIGNALS {
+            // SAFETY: `die` only calls an async-signal-safe function.
+            let _ = unsafe { signal::signal(sig, SigHandler::Handler(die)) };
+        }
+        send(runtime_sock, b"R")?;
+        let conn = loop {
+            match socket::accept4(self.listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                Ok(fd) => {
+                    // SAFETY: accept4 returned a new descriptor that nothing
+                    // else owns.
+                    break unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(Error::sys("waiting for start", e)),
+            }
+        };
+        for sig in GATE_SIGNALS {
+            // SAFETY: restoring the default disposition installs no handler.
+            let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
+        }
+        let r = crate::oci::hooks::run_all(&self.start_container, &self.state, "startContainer");
+        if let Err(e) = r {
+            let _ = send(conn.as_fd(), &encode_err(&e));
+            exit_now(1);
+        }
+        Ok(conn)
+    }
+}
+
+/// Connects to a detached container's gate (`path`, a socket in its state
+/// directory) and returns once its workload has exec'd, or with the error
+/// that stopped it.
+pub fn start_detached(path: &Path) -> Result<()> {
+    let sock = gate_socket(path, "connecting to", |fd, addr| socket::connect(fd, addr))?;
+    // Only one start: the gate is gone for the next one.
+    let _ = fs::remove_file(path);
+    let msg = recv(sock.as_fd())?;
+    if msg.is_empty() {
+        return Ok(());
+    }
+    Err(decode_err(&msg))
+}
+
+/// A listening socket at `path` for [`start_detached`].
+pub fn bind_gate(path: &Path) -> Result<OwnedFd> {
+    let sock = gate_socket(path, "binding", |fd, addr| socket::bind(fd, addr))?;
+    socket::listen(
+        &sock,
+        socket::Backlog::new(1).unwrap_or(socket::Backlog::MAXCONN),
+    )
+    .map_err(|e| Error::sys(format!("listening on {}", path.display()), e))?;
+    Ok(sock)
+}
+
+/// A SOCK_SEQPACKET socket on which `op` (bind or connect) was done with
+/// `path`'s address.
+fn gate_socket(
+    path: &Path,
+    what: &str,
+    op: impl FnOnce(RawFd, &socket::UnixAddr) -> nix::Result<()>,
+) -> Result<OwnedFd> {
+    let sock = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::sys("socket", e))?;
+    let (addr, _dir) = short_unix_addr(path)?;
+    op(sock.as_raw_fd(), &addr).map_err(|e| Error::sys(format!("{what} {}", path.display()), e))?;
+    Ok(sock)
+}
+
+/// A socket address for `path`, which may be longer than sun_path holds:
+/// then reached through its directory's descriptor in /proc/self/fd
+/// (kept open alongside the address).
+fn short_unix_addr(path: &Path) -> Result<(socket::UnixAddr, Option<fs::File>)> {
+    if path.as_os_str().len() < 100 {
+        let a = socket::UnixAddr::new(path).map_err(|e| Error::sys("socket address", e))?;
+        return Ok((a, None));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default();
+    let f = fs::File::open(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
+    let via = Path::new("/proc/self/fd")
+        .join(f.as_raw_fd().to_string())
+        .join(name);
+    let a = socket::UnixAddr::new(&via).map_err(|e| Error::sys("socket address", e))?;
+    Ok((a, Some(f)))
 }
 
 fn set_domainname(d: &str) -> Result<()> {
@@ -733,6 +941,7 @@ pub fn exec_process(
     runtime_sock: BorrowedFd,
     cwd_override: Option<&str>,
     init: bool,
+    gate: Option<Gate>,
 ) -> Result<Infallible> {
     for r in process.rlimits().iter().flatten() {
         if let Some(res) = rlimit_resource(r.typ()) {
@@ -778,22 +987,62 @@ pub fn exec_process(
     cloexec_from(3);
     let umask = process.user().umask().unwrap_or(0o022);
     nix::sys::stat::umask(Mode::from_bits_truncate(umask));
+    let target = Execve {
+        path: c_path,
+        args: c_args,
+        env: c_env,
+        cmd,
+    };
+    if let Some(g) = gate {
+        // The runtime is gone by the time `start` comes: from here on
+        // errors go to `start`, through the gate's connection.
+        let conn = g.wait(runtime_sock)?;
+        let e = match finish_exec(conn.as_fd(), seccomp, nnp, init, &target) {
+            Err(e) => e,
+            Ok(never) => match never {},
+        };
+        let _ = send(conn.as_fd(), &encode_err(&e));
+        exit_now(e.exit_code())
+    }
     // Die with the runtime (set last: credential changes clear it).
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     if runtime_gone(runtime_sock) {
         exit_now(1);
     }
+    finish_exec(runtime_sock, seccomp, nnp, init, &target)
+}
+
+/// The workload's execve, resolved.
+struct Execve {
+    path: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+    /// As the spec names it (for errors).
+    cmd: String,
+}
+
+/// The last steps before execve: a filter installed late (no_new_privs),
+/// the `--init` fork, the exec itself.
+fn finish_exec(
+    runtime_sock: BorrowedFd,
+    seccomp: &[BpfProgram],
+    nnp: bool,
+    init: bool,
+    target: &Execve,
+) -> Result<Infallible> {
     if nnp && !seccomp.is_empty() {
         super::seccomp::install(seccomp)?;
     }
     if init {
         reaper_fork(runtime_sock);
     }
-    let err = match unistd::execve(&c_path, &c_args, &c_env) {
+    let err = match unistd::execve(&target.path, &target.args, &target.env) {
         Err(e) => e,
         Ok(never) => match never {},
     };
+    let cmd = target.cmd.clone();
+    let path = Path::new(std::ffi::OsStr::from_bytes(target.path.as_bytes()));
     Err(match err {
         nix::errno::Errno::ENOENT => Error::NotExecutable {
             cmd,
@@ -902,7 +1151,7 @@ pub fn spawn_joined(
                         if recv(sock).ok().as_deref() != Some(b"G") {
                             exit_now(1);
                         }
-                        let e = match exec_process(process, seccomp, sock, cwd, false) {
+                        let e = match exec_process(process, seccomp, sock, cwd, false, None) {
                             Err(e) => e,
                             Ok(never) => match never {},
                         };

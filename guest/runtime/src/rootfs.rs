@@ -205,6 +205,7 @@ fn remount(path: &Path, flags: MsFlags) -> Result<()> {
 }
 
 /// What the container's first process needs to build its filesystem.
+#[derive(Clone, Copy)]
 pub struct RootfsPlan<'a> {
     pub spec: &'a Spec,
     /// The image directory.
@@ -217,6 +218,9 @@ pub struct RootfsPlan<'a> {
     pub cgroup: Option<&'a Cgroup>,
     /// Mounted from inside a new user namespace.
     pub userns: bool,
+    /// Run once the mounts are made, before `pivot_root` (OCI's
+    /// createContainer hooks).
+    pub before_pivot: Option<&'a dyn Fn() -> Result<()>>,
 }
 
 fn overlay_path_ok(p: &Path) -> Result<String> {
@@ -281,8 +285,26 @@ pub fn setup(plan: &RootfsPlan) -> Result<()> {
     }
     let dev_mounted = mounts.iter().any(|m| m.destination() == Path::new("/dev"));
     create_devices(target, dev_mounted)?;
-
+    let devices = plan
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().as_deref());
+    for d in devices.unwrap_or_default() {
+        create_spec_device(target, d)?;
+    }
+    if let Some(f) = plan.before_pivot {
+        f()?;
+    }
     pivot(target)
+}
+
+/// Makes `dir` the root without touching any mount (a container without a
+/// mount namespace of its own).
+pub fn chroot(dir: &Path) -> Result<()> {
+    nix::unistd::chdir(dir).map_err(|e| Error::sys(format!("chdir {}", dir.display()), e))?;
+    nix::unistd::chroot(".").map_err(|e| Error::sys(format!("chroot {}", dir.display()), e))?;
+    nix::unistd::chdir("/").map_err(|e| Error::sys("chdir /", e))
 }
 
 /// After `setup` (and the spec's sysctls, which need a writable /proc/sys):
@@ -486,6 +508,44 @@ fn create_devices(target: &Path, dev_mounted: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One of the spec's `linux.devices`: a node of the given type, numbers,
+/// mode and owner (without CAP_MKNOD, the host's node bound in).
+fn create_spec_device(target: &Path, d: &oci_spec::runtime::LinuxDevice) -> Result<()> {
+    use oci_spec::runtime::LinuxDeviceType as T;
+    let p = secure_join(target, d.path())?;
+    if let Some(parent) = p.parent() {
+        mkdir_all(parent)?;
+    }
+    let kind = match d.typ() {
+        T::C | T::U => SFlag::S_IFCHR,
+        T::B => SFlag::S_IFBLK,
+        T::P => SFlag::S_IFIFO,
+        T::A => {
+            return Err(Error::Setup(format!(
+                "linux.devices {}: type \"a\" is not a device type",
+                d.path().display()
+            )))
+        }
+    };
+    #[allow(clippy::cast_sign_loss)]
+    let devno = makedev(d.major() as u64, d.minor() as u64);
+    let _ = fs::remove_file(&p);
+    let made = mknod(&p, kind, Mode::from_bits_truncate(0o600), devno);
+    if made.is_err() {
+        fs::File::create(&p).map_err(|e| Error::Setup(format!("creating {}: {e}", p.display())))?;
+        return mnt(Some(d.path()), &p, None, MsFlags::MS_BIND, None);
+    }
+    let mode = d.file_mode().unwrap_or(0o666);
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(|e| Error::Setup(format!("chmod {}: {e}", p.display())))?;
+    nix::unistd::chown(
+        &p,
+        Some(nix::unistd::Uid::from_raw(d.uid().unwrap_or(0))),
+        Some(nix::unistd::Gid::from_raw(d.gid().unwrap_or(0))),
+    )
+    .map_err(|e| Error::sys(format!("chown {}", p.display()), e))
 }
 
 /// pivot_root into `target` and detach the old root.

@@ -3,7 +3,7 @@
 //! runtime left behind.
 
 use std::fs;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -148,6 +148,67 @@ impl Runtime {
     /// cgroup, with its rootfs and network, and waits before exec'ing the
     /// workload until [`Container::start`] (OCI's create/start split).
     pub fn create_stopped(&self, opts: &RunOptions) -> Result<Container> {
+        self.create_with(opts, None)
+    }
+
+    /// OCI create: a container whose PID 1 outlives this process. Once PID
+    /// 1 exists, `created` gets the state (it runs the createRuntime hooks)
+    /// and returns the OCI states for the hooks PID 1 runs itself; PID 1
+    /// then sets up and waits for [`Runtime::start_detached`] from any
+    /// process. The state on disk names PID 1 as its own supervisor.
+    pub fn create_detached(
+        &self,
+        opts: &RunOptions,
+        detach: &DetachOptions,
+        created: impl FnOnce(&State) -> Result<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<State> {
+        let mut c = self.create_with(opts, Some(detach))?;
+        let (creating, started) = created(&c.state)?;
+        let pid = match &c.pending {
+            Some(p) => p.release_detached(&creating, &started)?,
+            None => return Err(Error::Setup("container already started".into())),
+        };
+        c.state.runtime_pid = pid.as_raw();
+        c.state.runtime_start = c.state.pid_start.unwrap_or(0);
+        c.state.save(&self.paths)?;
+        c.done = true;
+        Ok(c.state.clone())
+    }
+
+    /// OCI start: lets a detached container's PID 1 exec its workload;
+    /// returns once it has, or with the error that stopped it.
+    pub fn start_detached(&self, name: &str) -> Result<()> {
+        let st = self.state(name)?;
+        let gate = st.gate(&self.paths);
+        if !st.running() || !gate.exists() {
+            return Err(Error::NotCreated(name.to_string()));
+        }
+        process::start_detached(&gate)
+    }
+
+    /// Removes a container that is no longer running (OCI delete); a
+    /// created one, or with `force` a running one, is killed first.
+    pub fn delete(&self, name: &str, force: bool) -> Result<()> {
+        let st = self.state(name)?;
+        if st.running() {
+            if !force && !st.gate(&self.paths).exists() {
+                return Err(Error::StillRunning(name.to_string()));
+            }
+            if let Some(pid) = st.pid {
+                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                thaw_if_paused(st.cgroup.as_ref())?;
+            }
+            // Not our child: its reaper may take a moment.
+            let t = std::time::Instant::now();
+            while st.running() && t.elapsed() < std::time::Duration::from_secs(10) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        cleanup(&self.paths, &st);
+        Ok(())
+    }
+
+    fn create_with(&self, opts: &RunOptions, detach: Option<&DetachOptions>) -> Result<Container> {
         let rootless = !is_root();
         let id = state::new_id();
         let name = match &opts.name {
@@ -248,6 +309,7 @@ impl Runtime {
             &seccomp,
             cgroup.map(|h| (h, &resources)),
             opts,
+            detach,
         ) {
             Ok(started) => Ok(Container {
                 state: st,
@@ -272,13 +334,14 @@ impl Runtime {
         seccomp: &[BpfProgram],
         cgroup: Option<(&Hierarchy, &super::cgroups::Resources)>,
         opts: &RunOptions,
+        detach: Option<&DetachOptions>,
     ) -> Result<process::Started> {
         if let Some((hierarchy, resources)) = cgroup {
-            let cg = Cgroup::create(
-                hierarchy,
-                &PathBuf::from(&self.cgroup_parent).join(&st.id),
-                resources,
-            )?;
+            let rel = match &opts.cgroup_path {
+                Some(p) => p.clone(),
+                None => PathBuf::from(&self.cgroup_parent).join(&st.id),
+            };
+            let cg = Cgroup::create(hierarchy, &rel, resources)?;
             // Recorded on disk with the pid below; until then `gc` finds it
             // as an orphan cgroup if this process dies.
             st.cgroup = Some(cg);
@@ -321,6 +384,10 @@ impl Runtime {
         }
 
         process::become_subreaper()?;
+        let gate = match detach {
+            Some(_) => Some(process::bind_gate(&st.gate(&self.paths))?),
+            None => None,
+        };
         let target = st.dir(&self.paths).join("rootfs");
         let upper = st.overlay.as_ref().map(|o| o.join("upper"));
         let work = st.overlay.as_ref().map(|o| o.join("work"));
@@ -333,6 +400,7 @@ impl Runtime {
                 overlay: upper.as_deref().zip(work.as_deref()),
                 cgroup: st.cgroup.as_ref(),
                 userns: namespaces.unshare.contains(CloneFlags::CLONE_NEWUSER),
+                before_pivot: None,
             },
             cgroup: st.cgroup.as_ref(),
             namespaces,
@@ -340,6 +408,10 @@ impl Runtime {
             seccomp,
             init: opts.init,
             stdio: opts.stdio.as_ref(),
+            detached: gate.as_ref().zip(detach).map(|(g, d)| process::Detached {
+                gate: g.as_fd(),
+                console: d.console,
+            }),
         };
         let started = process::spawn(&plan)?;
         let pid = started.pid.as_raw();
@@ -783,6 +855,13 @@ impl Runtime {
             opts.stdio.as_ref(),
         )
     }
+}
+
+/// What a detached container (OCI create) adds to the set-up.
+#[derive(Debug, Default)]
+pub struct DetachOptions<'a> {
+    /// `--console-socket`, connected: PID 1 sends its terminal's master here.
+    pub console: Option<BorrowedFd<'a>>,
 }
 
 /// Options of `uvm container exec`.

@@ -276,6 +276,9 @@ pub struct RunOptions {
     pub gid_map: Vec<IdMap>,
     /// The container's stdin, stdout and stderr; `None`: the runtime's own.
     pub stdio: Option<crate::process::Stdio>,
+    /// The container's cgroup relative to each hierarchy's root (OCI's
+    /// `linux.cgroupsPath`); `None`: the runtime's parent cgroup / its id.
+    pub cgroup_path: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -315,6 +318,7 @@ impl RunOptions {
             uid_map: Vec::new(),
             gid_map: Vec::new(),
             stdio: None,
+            cgroup_path: None,
         }
     }
 }
@@ -374,6 +378,28 @@ fn device_rule(
     d.set_minor(minor);
     d.set_access(Some(access.to_string()));
     d
+}
+
+/// A bundle's device rules are followed by the default devices' and its
+/// own `linux.devices`' (as runc does): the devices a container is given
+/// stay usable (and can be made) under a deny-everything rule.
+fn allow_default_devices(linux: &mut oci_spec::runtime::Linux) {
+    let own: Vec<LinuxDeviceCgroup> = linux
+        .devices()
+        .iter()
+        .flatten()
+        .filter(|d| matches!(d.typ(), LinuxDeviceType::C | LinuxDeviceType::B))
+        .map(|d| device_rule(true, d.typ(), Some(d.major()), Some(d.minor()), "rwm"))
+        .collect();
+    let Some(res) = linux.resources_mut() else {
+        return;
+    };
+    let Some(mut rules) = res.devices().clone().filter(|r| !r.is_empty()) else {
+        return;
+    };
+    rules.extend(default_device_rules().into_iter().filter(|r| r.allow()));
+    rules.extend(own);
+    res.set_devices(Some(rules));
 }
 
 /// Device cgroup rules: deny everything, then allow the default devices,
@@ -707,6 +733,9 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
         linux.set_namespaces(Some(ns));
     }
     check_net_flags(opts, &net_mode)?;
+    if !is_rootfs {
+        allow_default_devices(linux);
+    }
     set_resources(linux, opts)?;
     if !opts.sysctl.is_empty() {
         let mut map = linux.sysctl().clone().unwrap_or_default();
@@ -983,6 +1012,8 @@ pub fn resources(spec: &Spec) -> Resources {
             .reservation()
             .and_then(|l| u64::try_from(l).ok())
             .filter(|l| *l > 0);
+        r.memory_swappiness = m.swappiness();
+        r.oom_kill_disable = m.disable_oom_killer() == Some(true);
     }
     if let Some(c) = res.cpu() {
         r.cpu_quota = c

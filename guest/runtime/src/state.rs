@@ -201,6 +201,12 @@ impl State {
         paths.container(&self.name)
     }
 
+    /// The socket a detached container's PID 1 waits on until started
+    /// (present: the container is created, not yet started).
+    pub fn gate(&self, paths: &Paths) -> PathBuf {
+        self.dir(paths).join("start.sock")
+    }
+
     /// Saves the state (atomically replacing the previous one).
     pub fn save(&self, paths: &Paths) -> Result<()> {
         let data = serde_json::to_vec_pretty(self).map_err(|e| Error::State {

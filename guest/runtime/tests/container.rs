@@ -14,6 +14,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{assert_fails, ok, text};
+
 const BIN: &str = env!("CARGO_BIN_EXE_uvm-container");
 
 fn is_root() -> bool {
@@ -51,10 +55,6 @@ fn rootfs() -> &'static Path {
         );
         dir
     })
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// One test's runtime environment: state root and cgroup parent of its own.
@@ -189,36 +189,13 @@ impl Env {
         }
     }
 
-    fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        [
-            "memory", "cpu", "cpuacct", "cpuset", "blkio", "pids", "devices", "freezer", "unified",
-        ]
-        .iter()
-        .map(|c| {
-            Path::new("/sys/fs/cgroup")
-                .join(c)
-                .join(&self.cgroup_parent)
-        })
-        .collect()
-    }
-
     /// No state, no container cgroup, no overlay left.
     fn assert_clean(&self) {
         let containers: Vec<_> = std::fs::read_dir(self.root.join("containers"))
             .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
         assert!(containers.is_empty(), "state left: {containers:?}");
-        for d in self.cgroup_dirs() {
-            let subs: Vec<_> = std::fs::read_dir(&d)
-                .map(|rd| {
-                    rd.flatten()
-                        .filter(|e| e.path().is_dir())
-                        .map(|e| e.path())
-                        .collect()
-                })
-                .unwrap_or_default();
-            assert!(subs.is_empty(), "cgroups left: {subs:?}");
-        }
+        common::assert_no_cgroups(&self.cgroup_parent);
         let overlays: Vec<_> = std::fs::read_dir(self.root.join("overlay"))
             .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
@@ -235,18 +212,7 @@ impl Drop for Env {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        // A child's removal completes asynchronously (v1 cpuset takes a
-        // while): its parent says EBUSY meanwhile.
-        for d in self.cgroup_dirs() {
-            for _ in 0..40 {
-                match std::fs::remove_dir(&d) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        std::thread::sleep(Duration::from_millis(25))
-                    }
-                    _ => break,
-                }
-            }
-        }
+        common::remove_cgroup_parent(&self.cgroup_parent);
         let _ = std::fs::remove_dir_all(&self.root);
         if let Some(dir) = &self.rootless {
             let _ = std::fs::remove_dir_all(dir);
@@ -294,25 +260,6 @@ impl Drop for Running {
             let _ = c.wait();
         }
     }
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// One line of error, exit `code`.
-fn assert_fails(out: &Output, code: i32, needle: &str) {
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
-    assert!(err.contains(needle), "{needle:?} not in {err:?}");
 }
 
 // ---------------------------------------------------------------- process, rootfs

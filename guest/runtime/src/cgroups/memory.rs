@@ -49,6 +49,12 @@ pub fn v1(r: &Resources) -> Vec<Write> {
     if let Some(res) = r.memory_reservation {
         out.push(Write::new("memory", "memory.soft_limit_in_bytes", res));
     }
+    if let Some(sw) = r.memory_swappiness {
+        out.push(Write::new("memory", "memory.swappiness", sw));
+    }
+    if r.oom_kill_disable {
+        out.push(Write::new("memory", "memory.oom_control", 1));
+    }
     out
 }
 

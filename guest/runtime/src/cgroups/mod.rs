@@ -42,6 +42,10 @@ pub struct Resources {
     pub memory_swap: Option<i64>,
     /// Soft limit in bytes (v1 memory.soft_limit_in_bytes, v2 memory.low).
     pub memory_reservation: Option<u64>,
+    /// v1 memory.swappiness, 0..100 (v2 has none).
+    pub memory_swappiness: Option<u64>,
+    /// v1 memory.oom_control: pause tasks at the limit instead of OOM-killing.
+    pub oom_kill_disable: bool,
     /// CFS quota in microseconds per `cpu_period`.
     pub cpu_quota: Option<u64>,
     /// CFS period in microseconds (default 100000).
@@ -68,6 +72,8 @@ impl Resources {
         self.memory.is_some()
             || self.memory_swap.is_some()
             || self.memory_reservation.is_some()
+            || self.memory_swappiness.is_some()
+            || self.oom_kill_disable
             || self.cpu_quota.is_some()
             || self.cpu_shares.is_some()
             || self.cpuset_cpus.is_some()
