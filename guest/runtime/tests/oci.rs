@@ -228,10 +228,15 @@ fn lifecycle_across_processes() {
     let s = env.state("c1");
     assert_eq!(s["status"], "running", "{s}");
     assert_eq!(s["pid"].as_i64(), Some(pid));
-    assert_eq!(
-        std::fs::read_to_string(env.shared().join("mark")).unwrap(),
-        "started\n"
-    );
+    // start returns once the workload is exec'd, not once it has written.
+    let mark = env.shared().join("mark");
+    for _ in 0..100 {
+        if std::fs::read_to_string(&mark).is_ok_and(|m| m == "started\n") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "started\n");
     let ps: Vec<i64> =
         serde_json::from_str(&ok(&env.oci(&["ps", "--format", "json", "c1"]))).unwrap();
     assert_eq!(ps, vec![pid]);
