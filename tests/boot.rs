@@ -777,6 +777,39 @@ umount $M; rmdir $M
 "#,
     },
     Scripted {
+        name: "jailkill",
+        // SIGKILL of a jailed uvm at random moments (from its set-up to
+        // its guest's boot), 8 times, then uvm gc: no jail folder, record,
+        // cgroup, tap, mount or uvm process is left.
+        script: r#"
+J=$(mktemp -d /dev/shm/uvm-kill.XXXXXX)
+dd if=/dev/zero of=$B.disk bs=1M count=1 status=none
+uvms() { local p n=0; for p in /proc/[0-9]*; do [ "$(readlink $p/exe 2>/dev/null)" = "$UVM" ] && n=$((n+1)); done; echo $n; }
+{
+  for n in $(seq 8); do
+    $UVM boot --timeout 120 --mem 128M --jail $J --jail-pidns --jail-pids 64 --disk $B.disk --net tap=uvmkill$n -- sleep 100 </dev/null >/dev/null 2>&1 &
+    pid=$!
+    t=$((RANDOM % 8)).$((RANDOM % 10))
+    sleep $t
+    kill -KILL $pid; wait $pid 2>/dev/null
+    echo "killed $n after $t s"
+  done
+  # The VMMs die with their uvm (parent-death signal).
+  for i in $(seq 100); do [ "$(uvms)" = 0 ] && break; sleep 0.1; done
+  $UVM gc > $B.gc 2>&1; echo "gc rc $?"
+  echo "gc-removed-folders $(grep -c 'removed jail folder' $B.gc)"
+  echo "jail-left $(ls -A $J | wc -l)"
+  echo "records-left $(ls -A /run/uvm/jail 2>/dev/null | wc -l)"
+  echo "cgroups-left $(ls -d /sys/fs/cgroup/uvm-jail/uvm-* 2>/dev/null | wc -l)"
+  echo "taps-left $(ip -o link show | grep -c uvmkill)"
+  echo "mounts-left $(grep -c uvm-kill /proc/self/mountinfo)"
+  echo "uvms-left $(uvms)"
+} > $B.host 2>&1
+rm -rf $J $B.disk $B.gc
+echo 0 > $B.rc
+"#,
+    },
+    Scripted {
         name: "run_timeout",
         script: r#"
 uvm_run -i vm --name lvl-tmo --timeout 3 -- sleep 100
@@ -1975,4 +2008,25 @@ fn a_disk_on_a_full_filesystem_gives_the_guest_io_errors_and_keeps_its_data() {
     let first = field(out, "sum first");
     assert_eq!(field(out, "sum back"), first, "{ctx}");
     assert_eq!(field(&o.host, "sum host"), first, "{ctx}");
+}
+
+#[test]
+fn a_killed_jailed_uvm_leaves_nothing_after_gc() {
+    let h = &case("jailkill").host;
+    assert_eq!(
+        h.lines().filter(|l| l.starts_with("killed ")).count(),
+        8,
+        "{h}"
+    );
+    assert_eq!(field(h, "gc rc"), "0", "{h}");
+    for left in [
+        "jail-left",
+        "records-left",
+        "cgroups-left",
+        "taps-left",
+        "mounts-left",
+        "uvms-left",
+    ] {
+        assert_eq!(field(h, left), "0", "{left}: {h}");
+    }
 }

@@ -221,16 +221,15 @@ fn prepare(spec: &JailSpec, binds: &[Bind]) -> Result<Jail, Error> {
         cgroup: None,
     };
     let start = state::proc_start_time(i32::try_from(me).unwrap_or(0)).unwrap_or(0);
-    let write_record = |jail: &Jail| {
-        let r = serde_json::json!({
-            "owner": [me, start],
-            "folder": jail.folder,
-            "cgroup": jail.cgroup,
-        });
-        std::fs::write(&jail.record, r.to_string()).map_err(|e| io("writing", &jail.record, e))
-    };
-    // Recorded before anything else is made, so gc finds all of it.
-    write_record(&jail)?;
+    let rel = PathBuf::from("uvm-jail").join(format!("uvm-{me}"));
+    // Recorded before anything is made, with the cgroup's name, so that gc
+    // finds all of it whenever uvm is killed.
+    let r = serde_json::json!({
+        "owner": [me, start],
+        "folder": jail.folder,
+        "cgroup": rel,
+    });
+    std::fs::write(&jail.record, r.to_string()).map_err(|e| io("writing", &jail.record, e))?;
     let root = jail.root();
     std::fs::create_dir_all(&root).map_err(|e| io("creating", &root, e))?;
     for b in binds {
@@ -241,9 +240,7 @@ fn prepare(spec: &JailSpec, binds: &[Bind]) -> Result<Jail, Error> {
         std::fs::File::create(&p).map_err(|e| io("creating", &p, e))?;
     }
     let h = Hierarchy::detect()?;
-    let rel = PathBuf::from("uvm-jail").join(format!("uvm-{me}"));
     jail.cgroup = Some(Cgroup::create(&h, &rel, &spec.resources)?);
-    write_record(&jail)?;
     Ok(jail)
 }
 
@@ -407,6 +404,25 @@ fn wait_forwarding(child: Pid, signals: &SigSet) -> Result<i32, Error> {
     }
 }
 
+/// The cgroup `rel` in every hierarchy of `h`, whether or not it exists.
+fn cgroup_at(h: &Hierarchy, rel: &Path) -> Cgroup {
+    let (version, dirs) = match h {
+        Hierarchy::V2 { root } => (2, vec![(Vec::new(), root.join(rel))]),
+        Hierarchy::V1 { mounts } => (
+            1,
+            mounts
+                .iter()
+                .map(|(ctrls, mp)| (ctrls.clone(), mp.join(rel)))
+                .collect(),
+        ),
+    };
+    Cgroup {
+        version,
+        rel: rel.to_path_buf(),
+        dirs,
+    }
+}
+
 /// Removes the folders, cgroups and records of jails whose uvm died;
 /// returns what was removed.
 pub fn gc() -> Vec<String> {
@@ -428,9 +444,10 @@ pub fn gc() -> Vec<String> {
         if owner.is_some_and(|(pid, start)| state::proc_alive(pid, start)) {
             continue;
         }
-        if let Some(cg) = serde_json::from_value::<Option<Cgroup>>(v["cgroup"].clone())
-            .ok()
-            .flatten()
+        let cgroup = v["cgroup"].as_str().map(Path::new);
+        if let Some(cg) = cgroup
+            .zip(Hierarchy::detect().ok())
+            .map(|(rel, h)| cgroup_at(&h, rel))
         {
             if cg.exists() && cg.destroy() {
                 removed.push(format!("jail cgroup {}", cg.rel.display()));
