@@ -195,6 +195,40 @@ pub struct BootArgs {
     /// a thread that a filter stopped, status 159; see README "Seccomp")
     #[arg(long)]
     pub no_seccomp: bool,
+    /// Run the VMM jailed (see README "The jail"): in a fresh folder
+    /// DIR/uvm-PID/root holding only its kernel, initrd, disks, /dev/kvm
+    /// and /dev/net/tun (bind mounts), in a mount namespace pivoted into it,
+    /// in its own cgroup, as --uid:--gid with no capabilities and
+    /// no_new_privs before any guest code runs; the folder is removed after.
+    /// A command then goes to the guest's init on the kernel command line
+    /// and its output is the console's, on stdout
+    #[arg(long, value_name = "DIR")]
+    pub jail: Option<PathBuf>,
+    /// The jailed VMM's user id [default: 65534, nobody]
+    #[arg(long, requires = "jail")]
+    pub uid: Option<u32>,
+    /// The jailed VMM's group id [default: 65534, nogroup]
+    #[arg(long, requires = "jail")]
+    pub gid: Option<u32>,
+    /// Jail the VMM in a new network namespace too; each --net tap=NAME must
+    /// exist and is moved into it (losing its addresses; it goes with the
+    /// namespace when the VMM ends)
+    #[arg(long, requires = "jail")]
+    pub jail_netns: bool,
+    /// Jail the VMM in a new pid namespace too, as its PID 1
+    #[arg(long, requires = "jail")]
+    pub jail_pidns: bool,
+    /// Memory limit of the jail's cgroup (guest RAM counts: at least --mem
+    /// plus 32M for the VMM)
+    #[arg(long, requires = "jail", value_parser = parse_size)]
+    pub jail_mem: Option<u64>,
+    /// Task limit of the jail's cgroup (the VMM's threads count)
+    #[arg(long, requires = "jail")]
+    pub jail_pids: Option<i64>,
+    /// CPU limit of the jail's cgroup, in CPUs (a CFS quota: 1.5 is 150 ms
+    /// per 100 ms)
+    #[arg(long, requires = "jail")]
+    pub jail_cpus: Option<f64>,
     /// Command to run in the guest, with its arguments
     #[arg(last = true)]
     pub command: Vec<String>,

@@ -8,5 +8,6 @@ pub mod check;
 pub mod cli;
 pub mod error;
 pub mod guest_image;
+pub mod jail;
 pub mod run;
 pub mod vmm;

@@ -43,7 +43,7 @@ fn boot(args: &BootArgs) -> Result<Outcome, Error> {
             uvm::agent::workload::drive(uds.clone(), p, vm.shutdown(), cfg.seccomp)?;
             None
         }
-        None => Some(RawStdin::enter()),
+        None => Some(vmm::console::RawStdin::enter()),
     };
     let shutdown = vm.shutdown();
     let outcome = vm.run(cfg.timeout)?;
@@ -55,28 +55,6 @@ fn boot(args: &BootArgs) -> Result<Outcome, Error> {
         }
     }
     Ok(outcome)
-}
-
-/// With a terminal on stdin, keys go to the guest as typed (the guest
-/// echoes them); the terminal is restored when this is dropped.
-struct RawStdin(bool);
-
-impl RawStdin {
-    fn enter() -> Self {
-        use vmm_sys_util::terminal::Terminal;
-        let stdin = std::io::stdin();
-        let lock = stdin.lock();
-        Self(std::io::IsTerminal::is_terminal(&std::io::stdin()) && lock.set_raw_mode().is_ok())
-    }
-}
-
-impl Drop for RawStdin {
-    fn drop(&mut self) {
-        use vmm_sys_util::terminal::Terminal;
-        if self.0 {
-            let _ = std::io::stdin().lock().set_canon_mode();
-        }
-    }
 }
 
 fn main() {
@@ -146,19 +124,8 @@ fn main() {
                 EXIT_UVM_ERROR
             }
         },
-        Command::Boot(args) => match boot(&args) {
-            Ok(outcome) => {
-                let (code, message) = outcome.exit();
-                if let Some(m) = message {
-                    eprintln!("uvm: {m}");
-                }
-                code
-            }
-            Err(e) => {
-                eprintln!("uvm: {e}");
-                EXIT_UVM_ERROR
-            }
-        },
+        Command::Boot(args) if args.jail.is_some() => uvm::jail::main(&args),
+        Command::Boot(args) => vmm::shutdown::exit_status(boot(&args)),
     };
     std::process::exit(code);
 }

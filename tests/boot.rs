@@ -722,6 +722,117 @@ echo 0 > $B.rc
 "#,
     },
     Scripted {
+        name: "jail",
+        // uvm boot --jail as nobody in new pid and network namespaces,
+        // sampled from here while the guest runs: the VMM's uid, empty
+        // capability sets, no_new_privs, seccomp, PID 1 of its namespace,
+        // a mount namespace holding only the jail, its cgroup's limit. The
+        // guest writes its disk and pings the tap's end in the jail's
+        // namespace, which pings the guest back; the guest's status is
+        // uvm's, and the jail folder, cgroup and tap are gone afterwards.
+        script: r#"
+tap=uvmjail$$
+ip tuntap add $tap mode tap
+J=$(mktemp -d /dev/shm/uvm-jail.XXXXXX)
+dd if=/dev/zero of=$B.disk bs=1M count=4 status=none
+$UVM boot --timeout 180 --mem 256M --jail $J --uid 65534 --gid 65534 --jail-pidns --jail-netns --jail-mem 320M --jail-pids 64 \
+  --disk $B.disk --net tap=$tap,mac=52:54:00:12:34:57 --cmdline "ip=10.0.3.2::10.0.3.1:255.255.255.0::eth0:off" -- sh -c '
+  echo jailed-write > /tmp/w; dd if=/tmp/w of=/dev/vda conv=fsync 2>/dev/null && echo disk-written
+  for i in $(seq 90); do ping -c 1 -W 1 10.0.3.1 >/dev/null 2>&1 && { echo guest-ping-ok; break; }; done
+  # Until the host has pinged the guest (echo requests counted in /proc/net/snmp).
+  echos() { awk "/^Icmp:/ { if (!k) { for (i = 1; i <= NF; i++) if (\$i == \"InEchos\") k = i } else print \$k }" /proc/net/snmp; }
+  for i in $(seq 300); do [ "$(echos)" -gt 0 ] && break; sleep 0.2; done
+  echo "echo-requests $(echos)"; exit 7' </dev/null >$B.out 2>$B.err &
+pid=$!
+vmm=
+{
+  # The VMM is uvm's one child; sampled once it runs as nobody.
+  for i in $(seq 1200); do
+    [ -d /proc/$pid ] || break
+    read -r vmm _ < /proc/$pid/task/$pid/children 2>/dev/null
+    if [ -n "$vmm" ] && grep -q '^Uid:[[:space:]]*65534' /proc/$vmm/status 2>/dev/null; then break; fi
+    vmm=
+    sleep 0.1
+  done
+  echo "vmm ${vmm:-none}"
+  grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|NSpid):' /proc/$vmm/status | tr -s '\t' ' '
+  echo "mounts $(awk '{print $5}' /proc/$vmm/mountinfo | sort | tr '\n' ' ')"
+  echo "root $(ls -A /proc/$vmm/root | sort | tr '\n' ' ')"
+  echo "netns-differs $([ "$(readlink /proc/$vmm/ns/net)" != "$(readlink /proc/self/ns/net)" ] && echo yes || echo no)"
+  cg=$(sed -n 's/^0::\(.*\)/\1/p' /proc/$vmm/cgroup)
+  echo "cgroup $cg"
+  echo "cgroup-mem $(cat /sys/fs/cgroup$cg/memory.max 2>&1)"
+  echo "cgroup-pids $(cat /sys/fs/cgroup$cg/pids.max 2>&1)"
+  nsenter -t $vmm -n sh -c "ip addr add 10.0.3.1/24 dev $tap && ip link set $tap up" && echo tap-configured
+  for i in $(seq 90); do nsenter -t $vmm -n busybox ping -c 1 -W 1 10.0.3.2 >$B.ping 2>&1 && { echo "host-ping ok"; break; }; [ -d /proc/$vmm ] || break; done
+  sed 's/^/ping: /' $B.ping
+  wait $pid
+  echo "rc $?"
+  echo "disk $(head -c 12 $B.disk)"
+  echo "jail-left $(ls -A $J | wc -l)"
+  echo "cgroup-left $([ -n "$cg" ] && [ -d /sys/fs/cgroup$cg ] && echo yes || echo no)"
+  echo "tap-left $(ip link show $tap >/dev/null 2>&1 && echo yes || echo no)"
+} > $B.host 2>&1
+ip link del $tap 2>/dev/null
+rm -rf $J $B.disk $B.ping
+echo 0 > $B.rc
+"#,
+    },
+    Scripted {
+        name: "diskfull",
+        // A disk whose sparse backing file lies on a full 3 MiB tmpfs: the
+        // guest's first MiB (written while there was room) reads back
+        // intact after its larger write failed with I/O errors, the VMM
+        // lives on, and the guest's status is uvm's.
+        script: r#"
+M=$(mktemp -d /dev/shm/uvm-full.XXXXXX)
+mount -t tmpfs -o size=3M tmpfs $M
+truncate -s 16M $M/disk
+run_uvm --mem 256M --disk $M/disk -- sh -c '
+  head -c 1048576 /dev/urandom > /tmp/g; echo "sum first $(md5sum < /tmp/g)"
+  dd if=/tmp/g of=/dev/vda bs=1M oflag=direct conv=fsync 2>/dev/null && echo first-ok
+  dd if=/dev/zero of=/dev/vda bs=1M seek=4 count=8 oflag=direct conv=fsync 2>/dev/null; echo "fill rc $?"
+  echo "io-errors $(dmesg | grep -c "I/O error")"
+  echo "sum back $(dd if=/dev/vda bs=1M count=1 iflag=direct 2>/dev/null | md5sum)"
+  exit 5'
+echo "sum host $(head -c 1048576 $M/disk | md5sum)" > $B.host
+umount $M; rmdir $M
+"#,
+    },
+    Scripted {
+        name: "jailkill",
+        // SIGKILL of a jailed uvm at random moments (from its set-up to
+        // its guest's boot), 8 times, then uvm gc: no jail folder, record,
+        // cgroup, tap, mount or uvm process is left.
+        script: r#"
+J=$(mktemp -d /dev/shm/uvm-kill.XXXXXX)
+dd if=/dev/zero of=$B.disk bs=1M count=1 status=none
+uvms() { local p n=0; for p in /proc/[0-9]*; do [ "$(readlink $p/exe 2>/dev/null)" = "$UVM" ] && n=$((n+1)); done; echo $n; }
+{
+  for n in $(seq 8); do
+    $UVM boot --timeout 120 --mem 128M --jail $J --jail-pidns --jail-pids 64 --disk $B.disk --net tap=uvmkill$n -- sleep 100 </dev/null >/dev/null 2>&1 &
+    pid=$!
+    t=$((RANDOM % 8)).$((RANDOM % 10))
+    sleep $t
+    kill -KILL $pid; wait $pid 2>/dev/null
+    echo "killed $n after $t s"
+  done
+  # The VMMs die with their uvm (parent-death signal).
+  for i in $(seq 100); do [ "$(uvms)" = 0 ] && break; sleep 0.1; done
+  $UVM gc > $B.gc 2>&1; echo "gc rc $?"
+  echo "gc-removed-folders $(grep -c 'removed jail folder' $B.gc)"
+  echo "jail-left $(ls -A $J | wc -l)"
+  echo "records-left $(ls -A /run/uvm/jail 2>/dev/null | wc -l)"
+  echo "cgroups-left $(ls -d /sys/fs/cgroup/uvm-jail/uvm-* 2>/dev/null | wc -l)"
+  echo "taps-left $(ip -o link show | grep -c uvmkill)"
+  echo "mounts-left $(grep -c uvm-kill /proc/self/mountinfo)"
+  echo "uvms-left $(uvms)"
+} > $B.host 2>&1
+rm -rf $J $B.disk $B.gc
+echo 0 > $B.rc
+"#,
+    },
+    Scripted {
         name: "run_timeout",
         script: r#"
 uvm_run -i vm --name lvl-tmo --timeout 3 -- sleep 100
@@ -1848,4 +1959,112 @@ fn a_rate_limited_nic_receives_at_its_rate() {
         "{err}"
     );
     assert!(!err.contains("tx rate limit"), "only RX is limited: {err}");
+}
+
+#[test]
+fn a_jailed_vmm_runs_as_nobody_with_nothing_but_its_jail() {
+    let o = case("jail");
+    let h = &o.host;
+    let ctx = format!(
+        "{h}\n--- uvm's stdout:\n{}\n--- stderr:\n{}",
+        o.stdout, o.stderr
+    );
+    assert_ne!(field(h, "vmm"), "none", "{ctx}");
+    assert!(
+        field(h, "Uid:").split_whitespace().all(|u| u == "65534"),
+        "{ctx}"
+    );
+    assert!(
+        field(h, "Gid:").split_whitespace().all(|g| g == "65534"),
+        "{ctx}"
+    );
+    assert_eq!(
+        h.lines().find(|l| l.starts_with("Groups:")).map(str::trim),
+        Some("Groups:"),
+        "{ctx}"
+    );
+    for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(h, set), "0000000000000000", "{set} {ctx}");
+    }
+    assert_eq!(field(h, "NoNewPrivs:"), "1", "{ctx}");
+    assert_eq!(field(h, "Seccomp:"), "2", "{ctx}");
+    assert_eq!(
+        field(h, "NSpid:").split_whitespace().last(),
+        Some("1"),
+        "PID 1 of its own pid namespace: {ctx}"
+    );
+    assert_eq!(
+        field(h, "mounts"),
+        "/ /dev/kvm /dev/net/tun /disk0 /initrd /kernel",
+        "only the jail is mounted: {ctx}"
+    );
+    assert_eq!(field(h, "root"), "dev disk0 initrd kernel", "{ctx}");
+    assert_eq!(field(h, "netns-differs"), "yes", "{ctx}");
+    assert!(field(h, "cgroup").starts_with("/uvm-jail/uvm-"), "{ctx}");
+    assert_eq!(field(h, "cgroup-mem"), (320u64 << 20).to_string(), "{ctx}");
+    assert_eq!(field(h, "cgroup-pids"), "64", "{ctx}");
+    assert!(
+        h.contains("tap-configured") && h.contains("host-ping ok"),
+        "{ctx}"
+    );
+    assert!(
+        o.stdout.contains("disk-written") && o.stdout.contains("guest-ping-ok"),
+        "{ctx}"
+    );
+    let echos: u32 = field(&o.stdout, "echo-requests").parse().unwrap_or(0);
+    assert!(echos > 0, "the host's ping reached the guest: {ctx}");
+    assert_eq!(field(h, "rc"), "7", "the guest's status is uvm's: {ctx}");
+    assert_eq!(field(h, "disk"), "jailed-write", "{ctx}");
+    assert_eq!(field(h, "jail-left"), "0", "{ctx}");
+    assert_eq!(field(h, "cgroup-left"), "no", "{ctx}");
+    assert_eq!(
+        field(h, "tap-left"),
+        "no",
+        "the tap went with the jail's namespace: {ctx}"
+    );
+}
+
+#[test]
+fn a_disk_on_a_full_filesystem_gives_the_guest_io_errors_and_keeps_its_data() {
+    let o = case("diskfull");
+    let ctx = format!(
+        "{}\n--- stderr:\n{}\n--- host:\n{}",
+        o.stdout, o.stderr, o.host
+    );
+    assert_eq!(o.rc, 5, "the VMM lived on to the guest's status: {ctx}");
+    let out = &o.stdout;
+    assert!(out.contains("first-ok"), "{ctx}");
+    assert_ne!(
+        field(out, "fill rc"),
+        "0",
+        "the write past the room failed: {ctx}"
+    );
+    assert!(
+        field(out, "io-errors").parse::<u32>().unwrap_or(0) > 0,
+        "{ctx}"
+    );
+    let first = field(out, "sum first");
+    assert_eq!(field(out, "sum back"), first, "{ctx}");
+    assert_eq!(field(&o.host, "sum host"), first, "{ctx}");
+}
+
+#[test]
+fn a_killed_jailed_uvm_leaves_nothing_after_gc() {
+    let h = &case("jailkill").host;
+    assert_eq!(
+        h.lines().filter(|l| l.starts_with("killed ")).count(),
+        8,
+        "{h}"
+    );
+    assert_eq!(field(h, "gc rc"), "0", "{h}");
+    for left in [
+        "jail-left",
+        "records-left",
+        "cgroups-left",
+        "taps-left",
+        "mounts-left",
+        "uvms-left",
+    ] {
+        assert_eq!(field(h, left), "0", "{left}: {h}");
+    }
 }

@@ -371,3 +371,76 @@ fn oci_unknown_ids_and_refusals_exit_1_like_runc() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("createRuntime"));
     std::fs::remove_dir_all(&link).unwrap();
 }
+
+#[test]
+fn bad_jail_flags() {
+    let dir = std::env::temp_dir().join(format!("uvm-jail-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let boot = |extra: &[&str]| {
+        let mut a = vec!["boot", "--kernel", "/nonexistent/k"];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&["--", "true"]);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let check = |extra: &[&str], code: i32, needle: &str| {
+        let args = boot(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_one_line_error(&args, code, needle);
+    };
+    check(
+        &["--jail", "/nonexistent/jail"],
+        125,
+        "--jail: /nonexistent/jail is not an existing folder",
+    );
+    // The jail's own flags mean nothing without it: usage errors.
+    for flag in [
+        &["--uid", "1000"][..],
+        &["--gid", "1000"],
+        &["--jail-netns"],
+        &["--jail-pidns"],
+        &["--jail-mem", "1G"],
+    ] {
+        check(flag, 2, "--jail");
+    }
+    check(&["--jail", d, "--uid", "0"], 125, "unprivileged user");
+    check(
+        &["--jail", d, "--vsock", "cid=3,uds=/tmp/uvm-jail-v.sock"],
+        125,
+        "--vsock and --agent (their Unix sockets would have to live in the jail) cannot be used with a jail",
+    );
+    check(&["--jail", d, "--fs", "/tmp:t"], 125, "--fs (virtiofsd");
+    check(
+        &["--jail", d, "--net", "bridge"],
+        125,
+        "--net bridge and -p",
+    );
+    check(
+        &["--jail", d, "--mem", "256M", "--jail-mem", "200M"],
+        125,
+        "--jail-mem 200M: the cgroup must hold the guest's RAM (--mem 256M) and the VMM, at least 288M",
+    );
+    check(
+        &["--jail", d, "--jail-cpus", "0"],
+        125,
+        "--jail-cpus 0: must be a number of CPUs above 0",
+    );
+    check(
+        &["--jail", d, "--jail-pids", "0"],
+        125,
+        "--jail-pids: must be at least 1",
+    );
+    check(
+        &["--jail", d, "--jail-netns", "--net", "tap=uvmnosuchtap0"],
+        125,
+        "tap uvmnosuchtap0 does not exist; create it first",
+    );
+    // A missing kernel is found before anything is made in the folder.
+    check(&["--jail", d], 125, "cannot open kernel /nonexistent/k");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "the jail folder was touched"
+    );
+    std::fs::remove_dir(&dir).unwrap();
+}

@@ -1,5 +1,5 @@
 //! Host input to the guest console: stdin -> the 16550's receive FIFO, on
-//! the event loop thread.
+//! the event loop thread; the terminal in raw mode while it does.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -45,6 +45,28 @@ impl<R: Read + AsRawFd, W: Write + Send> MutEventSubscriber for ConsoleInput<R, 
         }
         if events.event_set().contains(EventSet::HANG_UP) {
             let _ = ops.remove(Events::new_raw(self.fd(), EventSet::IN));
+        }
+    }
+}
+
+/// With a terminal on stdin, keys go to the guest as typed (the guest
+/// echoes them); the terminal is restored when this is dropped.
+pub struct RawStdin(bool);
+
+impl RawStdin {
+    pub fn enter() -> Self {
+        use vmm_sys_util::terminal::Terminal;
+        let stdin = std::io::stdin();
+        let lock = stdin.lock();
+        Self(std::io::IsTerminal::is_terminal(&std::io::stdin()) && lock.set_raw_mode().is_ok())
+    }
+}
+
+impl Drop for RawStdin {
+    fn drop(&mut self) {
+        use vmm_sys_util::terminal::Terminal;
+        if self.0 {
+            let _ = std::io::stdin().lock().set_canon_mode();
         }
     }
 }

@@ -57,6 +57,19 @@ impl Outcome {
     }
 }
 
+/// `uvm boot`'s exit status for how the VM ended, or for why it could not
+/// run; the line that says so goes to stderr.
+pub fn exit_status(result: Result<Outcome, crate::error::Error>) -> i32 {
+    let (code, message) = match result {
+        Ok(outcome) => outcome.exit(),
+        Err(e) => (EXIT_UVM_ERROR, Some(e.to_string())),
+    };
+    if let Some(m) = message {
+        eprintln!("uvm: {m}");
+    }
+    code
+}
+
 /// SIGINT/SIGTERM/SIGHUP end the VM like any other outcome, so the terminal
 /// is restored and the threads stopped before exit. The thread that waits
 /// for them runs under the control seccomp filter if `seccomp`.
