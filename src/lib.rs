@@ -9,4 +9,5 @@ pub mod cli;
 pub mod error;
 pub mod guest_image;
 pub mod run;
+pub mod sandbox;
 pub mod vmm;
