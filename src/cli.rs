@@ -45,6 +45,14 @@ Exit status of `uvm agent`:
   2      invalid command line
   125    no agent answered, or it refused the request (the reason on stderr)";
 
+pub const SANDBOX_EXIT_CODES: &str = "\
+Exit status of `uvm sandbox`:
+  0-255  for attached run and exec, and wait: the process's own exit status
+         (128+N if it died of signal N); otherwise 0 when it was done
+  2      invalid command line
+  125    uvm could not do it: no such sandbox or container, a name in use,
+         a missing --rootfs folder, the guest's agent refused (why on stderr)";
+
 #[derive(Debug, Parser)]
 #[command(name = "uvm", version, about = "KVM microVMs and containers, side by side", after_help = EXIT_CODES)]
 pub struct Cli {
@@ -81,6 +89,16 @@ pub enum Command {
     /// processes in the guest, their stdio, power-off.
     #[command(after_help = AGENT_EXIT_CODES)]
     Agent(crate::agent::ctl::AgentArgs),
+    /// Sandboxes: long-lived microVMs holding several containers that share
+    /// the VM's network (the pod pattern), driven through its guest agent.
+    #[command(after_help = SANDBOX_EXIT_CODES)]
+    Sandbox(SandboxArgs),
+    /// Internal: a sandbox's VMM (started detached by `uvm sandbox create`).
+    #[command(name = "sandbox-vmm", hide = true)]
+    SandboxVmm { name: String },
+    /// Internal: copies a detached container's output into its log.
+    #[command(name = "sandbox-log", hide = true)]
+    SandboxLog { name: String, id: String },
     /// Benchmarks, side by side with a reference (run through tests/runner/kvm-runner on a PVM host);
     /// without a subcommand, one workload at each isolation level.
     Bench(BenchArgs),
@@ -295,6 +313,342 @@ impl BootArgs {
             seccomp: !self.no_seccomp,
             console: crate::vmm::linux::Output::Stdout,
         })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    #[command(subcommand)]
+    pub command: SandboxCommand,
+}
+
+/// What a process in a container runs, and as whom.
+#[derive(Debug, clap::Args)]
+pub struct ProcessFlags {
+    /// KEY=VALUE (repeatable)
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory (absolute)
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// UID[:GID]
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Return once it started (a container's output goes to its log)
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+impl ProcessFlags {
+    fn process(&self) -> Result<crate::agent::ProcessSpec, Error> {
+        Ok(crate::agent::ProcessSpec {
+            args: self.command.clone(),
+            env: self.env.clone(),
+            cwd: self.workdir.clone(),
+            user: self
+                .user
+                .as_deref()
+                .map(uvm_protocol::parse_user)
+                .transpose()
+                .map_err(Error::Usage)?,
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Boot a sandbox in the background; returns once its guest's agent answers
+    Create {
+        name: String,
+        /// Number of vCPUs
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Guest memory, shared by its containers (e.g. 512M, 1G)
+        #[arg(long, default_value = "512M", value_parser = parse_size)]
+        mem: u64,
+        /// none (loopback only) or bridge (uvm's bridge: an address, NAT)
+        #[arg(long, default_value = "none", value_name = "none|bridge")]
+        net: String,
+        /// Publish a port of the sandbox: HOST:CONTAINER[/udp] (repeatable;
+        /// needs --net bridge; every container shares the sandbox's ports)
+        #[arg(short = 'p', long = "publish", value_name = "HOST:CONTAINER")]
+        publish: Vec<String>,
+    },
+    /// Create and start a container in a sandbox; attached (the default),
+    /// uvm's stdin, stdout and stderr are its own and uvm exits with its status
+    Run {
+        sandbox: String,
+        /// The container's name [default: a random id, printed with -d]
+        #[arg(long)]
+        name: Option<String>,
+        /// Host folder that is its root (read-only over virtio-fs, an
+        /// overlay in the guest takes its writes) [default: uvm's busybox root]
+        #[arg(long)]
+        rootfs: Option<PathBuf>,
+        /// Its hostname [default: its name]
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Remove it once it ended (attached runs)
+        #[arg(long)]
+        rm: bool,
+        #[command(flatten)]
+        process: ProcessFlags,
+    },
+    /// Run a process in a container of a sandbox
+    Exec {
+        sandbox: String,
+        container: String,
+        /// The process's id [default: exec-<pid of this uvm>]
+        #[arg(long = "exec-id")]
+        exec_id: Option<String>,
+        #[command(flatten)]
+        process: ProcessFlags,
+    },
+    /// List a sandbox's containers
+    Ps {
+        sandbox: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a detached container's output (stdout and stderr as they came)
+    Logs {
+        sandbox: String,
+        container: String,
+        /// Keep printing until the container and everything holding its
+        /// output ended
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Send a signal (default KILL) to a container's first process, or all
+    Kill {
+        sandbox: String,
+        container: String,
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Wait for a container to end; exits with its status
+    Wait { sandbox: String, container: String },
+    /// Remove a sandbox (its guest powers off; nothing of it is left), or
+    /// with CONTAINER one container (refused while it runs, unless --force)
+    Rm {
+        sandbox: String,
+        container: Option<String>,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List the sandboxes
+    Ls,
+    /// A sandbox's configuration, state, address and containers, as JSON
+    Inspect { sandbox: String },
+}
+
+/// `uvm gc`: sandboxes whose VMM is gone, then what killed runs left.
+pub fn gc() -> i32 {
+    for r in crate::sandbox::gc() {
+        println!("removed {r}");
+    }
+    crate::run::gc()
+}
+
+/// Runs `uvm sandbox`; returns uvm's exit status.
+pub fn sandbox_main(args: &SandboxArgs) -> i32 {
+    match sandbox(&args.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("uvm sandbox: {e}");
+            crate::vmm::shutdown::EXIT_UVM_ERROR
+        }
+    }
+}
+
+fn sandbox(cmd: &SandboxCommand) -> Result<i32, Error> {
+    use crate::sandbox::{self as sb, Attach, Sandbox};
+    match cmd {
+        SandboxCommand::Create {
+            name,
+            vcpus,
+            mem,
+            net,
+            publish,
+        } => {
+            let bridge = match net.as_str() {
+                "none" => false,
+                "bridge" => true,
+                n => return Err(Error::Usage(format!("--net {n}: none or bridge"))),
+            };
+            let cfg = sb::SandboxConfig {
+                name: name.clone(),
+                vcpus: *vcpus,
+                mem: *mem,
+                bridge,
+                publish: publish.clone(),
+            };
+            sb::create(&cfg)?;
+            println!("{name}");
+            Ok(0)
+        }
+        SandboxCommand::Run {
+            sandbox,
+            name,
+            rootfs,
+            hostname,
+            rm,
+            process,
+        } => {
+            let id = name
+                .clone()
+                .unwrap_or_else(|| uvm_runtime::state::new_id()[..12].to_string());
+            let rootfs = match rootfs {
+                Some(r) => r.clone(),
+                None => crate::run::image::default_rootfs(&crate::run::cache_dir(None))?,
+            };
+            let c = sb::ContainerConfig {
+                id: id.clone(),
+                rootfs,
+                hostname: hostname.clone(),
+                process: process.process()?,
+            };
+            // Bad flags are refused before the sandbox is looked at.
+            sb::check_container(&c)?;
+            let s = Sandbox::open(sandbox)?;
+            if process.detach {
+                s.run(&c, Attach::Detached)?;
+                println!("{id}");
+                return Ok(0);
+            }
+            let status = s.run(&c, Attach::Terminal)?;
+            if *rm {
+                s.remove_container(&id, true)?;
+            }
+            Ok(status)
+        }
+        SandboxCommand::Exec {
+            sandbox,
+            container,
+            exec_id,
+            process,
+        } => {
+            let p = process.process()?;
+            let s = Sandbox::open(sandbox)?;
+            let exec_id = exec_id
+                .clone()
+                .unwrap_or_else(|| format!("exec-{}", std::process::id()));
+            match s.exec(container, &exec_id, &p, process.detach) {
+                Ok(status) => {
+                    if process.detach {
+                        println!("{exec_id}");
+                    }
+                    Ok(status)
+                }
+                // As a shell says it, with its status.
+                Err(Error::NoCommand { status, msg }) => {
+                    eprintln!("uvm sandbox: {msg}");
+                    Ok(status)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        SandboxCommand::Ps { sandbox, json } => {
+            let s = Sandbox::open(sandbox)?;
+            let v = s.inspect()?;
+            let list = v["containers"].as_array().cloned().unwrap_or_default();
+            if *json {
+                println!("{}", serde_json::Value::Array(list));
+                return Ok(0);
+            }
+            println!(
+                "{:<16} {:<8} {:>7}  {:<16} COMMAND",
+                "CONTAINER", "STATUS", "PID", "EXECS"
+            );
+            // A JSON array of strings, joined.
+            let joined = |v: &serde_json::Value, sep: &str| {
+                let words: Vec<&str> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.as_str())
+                    .collect();
+                words.join(sep)
+            };
+            for c in list {
+                let execs = joined(&c["exec_ids"], ",");
+                println!(
+                    "{:<16} {:<8} {:>7}  {:<16} {}",
+                    c["id"].as_str().unwrap_or("?"),
+                    c["status"].as_str().unwrap_or("?"),
+                    c["pid"].as_i64().unwrap_or(0),
+                    if execs.is_empty() { "-" } else { &execs },
+                    joined(&c["command"], " ")
+                );
+            }
+            Ok(0)
+        }
+        SandboxCommand::Logs {
+            sandbox,
+            container,
+            follow,
+        } => {
+            let s = Sandbox::open(sandbox)?;
+            sb::logs::show(&s, container, *follow, &mut std::io::stdout().lock())?;
+            Ok(0)
+        }
+        SandboxCommand::Kill {
+            sandbox,
+            container,
+            signal,
+            all,
+        } => {
+            let sig = uvm_runtime::cli::parse_signal(signal)?;
+            Sandbox::open(sandbox)?.kill(container, sig as i32, *all)?;
+            Ok(0)
+        }
+        SandboxCommand::Wait { sandbox, container } => Sandbox::open(sandbox)?.wait(container),
+        SandboxCommand::Rm {
+            sandbox,
+            container: Some(c),
+            force,
+        } => {
+            Sandbox::open(sandbox)?.remove_container(c, *force)?;
+            Ok(0)
+        }
+        SandboxCommand::Rm {
+            sandbox,
+            container: None,
+            ..
+        } => {
+            sb::remove(sandbox)?;
+            Ok(0)
+        }
+        SandboxCommand::Ls => {
+            println!(
+                "{:<16} {:<8} {:>7}  {:<15} CONTAINERS",
+                "SANDBOX", "STATUS", "PID", "ADDRESS"
+            );
+            for s in sb::list() {
+                let v = s.inspect()?;
+                println!(
+                    "{:<16} {:<8} {:>7}  {:<15} {}",
+                    s.name(),
+                    v["status"].as_str().unwrap_or("?"),
+                    v["pid"].as_i64().unwrap_or(0),
+                    v["network"]["ip"].as_str().unwrap_or("-"),
+                    v["containers"].as_array().map_or(0, Vec::len)
+                );
+            }
+            Ok(0)
+        }
+        SandboxCommand::Inspect { sandbox } => {
+            let v = Sandbox::open(sandbox)?.inspect()?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).map_err(|e| Error::Agent(e.to_string()))?
+            );
+            Ok(0)
+        }
     }
 }
 

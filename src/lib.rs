@@ -10,4 +10,5 @@ pub mod error;
 pub mod guest_image;
 pub mod jail;
 pub mod run;
+pub mod sandbox;
 pub mod vmm;

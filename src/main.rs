@@ -115,7 +115,10 @@ fn main() {
         }) => uvm::bench::levels::main(&levels),
         Command::Run(args) => uvm::run::main(&args),
         Command::Probe(args) => uvm::run::probe::main(&args),
-        Command::Gc => uvm::run::gc(),
+        Command::Gc => uvm::cli::gc(),
+        Command::Sandbox(args) => uvm::cli::sandbox_main(&args),
+        Command::SandboxVmm { name } => uvm::sandbox::vmm::main(&name),
+        Command::SandboxLog { name, id } => uvm::sandbox::logs::pump(&name, &id),
         Command::ReleaseLease { name } => uvm::run::net::release_when_told(&name),
         Command::Agent(args) => match uvm::agent::ctl::main(&args) {
             Ok(code) => code,

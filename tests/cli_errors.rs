@@ -444,3 +444,129 @@ fn bad_jail_flags() {
     );
     std::fs::remove_dir(&dir).unwrap();
 }
+
+#[test]
+fn sandbox_bad_input_is_refused_before_anything_is_made() {
+    let ghost = "uvm-test-no-such-sandbox";
+    // An unknown sandbox, whatever is asked of it.
+    for args in [
+        vec!["sandbox", "run", ghost, "--rootfs", "/", "--", "true"],
+        vec!["sandbox", "exec", ghost, "c1", "--", "true"],
+        vec!["sandbox", "ps", ghost],
+        vec!["sandbox", "logs", ghost, "c1"],
+        vec!["sandbox", "kill", ghost, "c1"],
+        vec!["sandbox", "wait", ghost, "c1"],
+        vec!["sandbox", "rm", ghost],
+        vec!["sandbox", "rm", ghost, "c1"],
+        vec!["sandbox", "inspect", ghost],
+    ] {
+        assert_one_line_error(&args, 125, &format!("uvm sandbox: no sandbox {ghost}"));
+    }
+    // A container's root folder that is not there, or not a folder: named
+    // before the sandbox is looked at.
+    assert_one_line_error(
+        &[
+            "sandbox",
+            "run",
+            ghost,
+            "--rootfs",
+            "/nonexistent/rootfs",
+            "--",
+            "true",
+        ],
+        125,
+        "--rootfs /nonexistent/rootfs: no such folder",
+    );
+    assert_one_line_error(
+        &[
+            "sandbox",
+            "run",
+            ghost,
+            "--rootfs",
+            "/etc/hostname",
+            "--",
+            "true",
+        ],
+        125,
+        "--rootfs /etc/hostname: no such folder",
+    );
+    // Bad names and flags.
+    for (args, needle) in [
+        (vec!["sandbox", "create", "a/b"], "sandbox name \"a/b\""),
+        (vec!["sandbox", "create", "-x"], "unexpected argument"),
+        (vec!["sandbox", "create", "p", "--vcpus", "0"], "--vcpus 0"),
+        (
+            vec!["sandbox", "create", "p", "--net", "wifi"],
+            "--net wifi: none or bridge",
+        ),
+        (
+            vec!["sandbox", "create", "p", "-p", "8080:80"],
+            "add --net bridge",
+        ),
+        (
+            vec!["sandbox", "create", "p", "--net", "bridge", "-p", "x:80"],
+            "x:80",
+        ),
+        (
+            vec![
+                "sandbox", "run", ghost, "--rootfs", "/", "--name", "../x", "--", "true",
+            ],
+            "container name \"../x\"",
+        ),
+        (
+            vec![
+                "sandbox", "run", ghost, "--rootfs", "/", "-e", "NOEQ", "--", "true",
+            ],
+            "-e NOEQ: expected KEY=VALUE",
+        ),
+        (
+            vec![
+                "sandbox", "run", ghost, "--rootfs", "/", "-w", "rel", "--", "true",
+            ],
+            "-w rel: must be absolute",
+        ),
+        (
+            vec!["sandbox", "kill", ghost, "c1", "--signal", "NOPE"],
+            "NOPE",
+        ),
+    ] {
+        let code = if needle == "unexpected argument" {
+            2
+        } else {
+            125
+        };
+        assert_one_line_error(&args, code, needle);
+    }
+    // A run without a command is a usage error.
+    let (rc, _, stderr) = uvm(&["sandbox", "run", ghost]);
+    assert_eq!(rc, 2, "{stderr}");
+    assert!(
+        !std::path::Path::new("/run/uvm/sandbox")
+            .join(ghost)
+            .exists(),
+        "nothing was made"
+    );
+}
+
+#[test]
+fn sandbox_ls_and_gc_work_with_no_sandboxes() {
+    let (rc, stdout, stderr) = uvm(&["sandbox", "ls"]);
+    assert_eq!(rc, 0, "{stderr}");
+    assert!(stdout.starts_with("SANDBOX "), "{stdout}");
+    let (rc, _, stderr) = uvm(&["sandbox-vmm", "uvm-test-no-such-sandbox"]);
+    assert_eq!(rc, 125, "{stderr}");
+    assert!(
+        stderr.contains("no sandbox uvm-test-no-such-sandbox"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sandbox_sizes_are_checked_before_kvm() {
+    assert_one_line_error(
+        &["sandbox", "create", "uvm-test-p", "--mem", "1M"],
+        125,
+        "--mem 1M",
+    );
+    assert!(!std::path::Path::new("/run/uvm/sandbox/uvm-test-p").exists());
+}

@@ -379,7 +379,11 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
 /// gc (which also takes the VMs' network leases, and the bridge once
 /// unused). Prints what it removed.
 pub fn gc() -> i32 {
-    for r in vm::gc().into_iter().chain(crate::jail::gc()) {
+    let dead = vm::gc()
+        .into_iter()
+        .chain(crate::jail::gc())
+        .chain(crate::vmm::virtiofsd::gc());
+    for r in dead {
         println!("removed {r}");
     }
     let rt = uvm_runtime::Runtime::new(uvm_runtime::state::Paths::new(

@@ -63,6 +63,41 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// Removes the folders of virtiofsd started by VMM `pid` (its socket, pid
+/// file and log), which a VMM killed before it could stop them leaves.
+pub fn remove_folders_of(pid: i32) {
+    let prefix = format!("{pid}-");
+    for e in std::fs::read_dir(RUNTIME_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// `uvm gc`'s part: the folders of virtiofsd whose VMM is gone.
+pub fn gc() -> Vec<String> {
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(RUNTIME_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_dir_all(e.path()).is_ok()
+        {
+            removed.push(format!("virtiofsd folder {}", e.path().display()));
+        }
+    }
+    removed
+}
+
 /// A running virtiofsd; dropping it stops it and removes its socket.
 pub struct Virtiofsd {
     child: Child,
