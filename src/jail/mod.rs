@@ -530,6 +530,15 @@ mod tests {
         // fork leaves the allocator usable), then _exits.
         match unsafe { fork() }.unwrap() {
             ForkResult::Child => {
+                // Other tests' sockets (a listener a test is about to see
+                // closed) must not live on in this child: keep only the pipe.
+                let keep = u32::try_from(w.as_raw_fd()).unwrap();
+                // SAFETY: close_range on fd numbers only; this child owns
+                // copies of them and uses none but `keep` and 0-2.
+                unsafe {
+                    libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+                    libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+                }
                 let line = (|| -> Result<String, Error> {
                     unshare_mounts()?;
                     enter::pivot_into(root, binds)?;
