@@ -351,7 +351,7 @@ rm -f $B.outside $B.published
 run_uvm --mem 512M -- sh -c '
   uvm-container mkrootfs /tmp/rootfs >/dev/null || echo mkrootfs-failed
   uvm-container run --rootfs /tmp/rootfs --name fw --allow-in 80 -- sh -c "nc -ll -p 80 -e echo eighty & nc -ll -p 81 -e echo eightyone & wait" >/tmp/fw.out 2>&1 &
-  for i in $(seq 150); do ip=$(uvm-container ps | awk "\$1==\"fw\" && \$5!=\"-\" {print \$5}"); [ -n "$ip" ] && break; sleep 0.2; done
+  for i in $(seq 150); do ip=$(uvm-container ps | awk "\$1==\"fw\" && \$5!=\"-\" {print \$5}"); [ -n "$ip" ] && [ -e /run/netns/fw ] && break; sleep 0.2; done
   echo "registered $(nsenter --net=/run/netns/fw ip -4 -o addr show eth0 | grep -o "inet $ip/")"
   echo "table $(nsenter --net=/run/netns/fw nft list table inet uvm_firewall | grep -c "policy drop")"
   for i in $(seq 50); do r80=$(nc -w 3 $ip 80) && [ -n "$r80" ] && break; sleep 0.2; done
@@ -683,6 +683,9 @@ $SB logs pod1 nosuch 2>$B.nolog.err; echo "no-log rc=$? $(cat $B.nolog.err)"
 $SB rm pod1 sleeper; echo "rm-container rc=$?"
 $SB ls | awk '$1 == "pod1" { print "ls", $1, $2, $5 }'
 $SB inspect pod1 > $B.out; echo "inspect rc=$?"
+# For a failure's report: the VMM's own words and the guest's last lines.
+tail -n 5 /run/uvm/sandbox/pod1/sandbox.log | sed 's/^/sandbox.log: /' >&2
+tail -n 30 /run/uvm/sandbox/pod1/console.log | sed 's/^/console: /' >&2
 tap1=$(grep '"tap"' $B.out | cut -d'"' -f4) vmm1=$(vmm_of pod1)
 timeout 60 $SB rm pod1; echo "rm rc=$?"
 echo "after-rm $(left pod1 18190 $tap1 $vmm1)"
