@@ -76,8 +76,9 @@ pub enum Command {
     /// Run one workload at an isolation level: process, container, vm or vm+container.
     #[command(after_help = RUN_EXIT_CODES)]
     Run(crate::run::RunArgs),
-    /// Remove what killed runs left behind: containers, VM leases (taps,
-    /// addresses, published ports), VM folders, then unused bridges.
+    /// Remove what killed runs left behind: sandboxes whose VMM is gone,
+    /// jails, virtiofsd folders, containers, VM leases (taps, addresses,
+    /// published ports), VM folders, then unused bridges.
     Gc,
     /// Internal: releases a VM's network lease once its stdin closes (the
     /// helper a seccomp-filtered uvm leaves that to).
