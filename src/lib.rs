@@ -12,3 +12,10 @@ pub mod jail;
 pub mod run;
 pub mod sandbox;
 pub mod vmm;
+
+/// When this process started, as near as it can tell: `main` marks it
+/// first thing; the VMM's timeline counts from it.
+pub fn process_start() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}

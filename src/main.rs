@@ -59,6 +59,7 @@ fn boot(args: &BootArgs) -> Result<Outcome, Error> {
 
 fn main() {
     use uvm_runtime::oci::cli::{invoked_as_runtime, OciCli};
+    uvm::process_start();
     // Installed as `uvm-runc` (a link), uvm is an OCI runtime for callers
     // that run runc's command line (containerd's runc shim).
     if std::env::args_os()
@@ -82,14 +83,15 @@ fn main() {
                 }),
             ..
         }) => {
-            let bench = uvm::bench::default_paths().map(|(kernel, initrd)| uvm::bench::BootBench {
-                runs,
-                mem,
-                kernel,
-                initrd,
-                json,
-                plot,
-            });
+            let bench =
+                uvm::bench::default_paths().map(|(kernel, initrd)| uvm::bench::boot::BootBench {
+                    runs,
+                    mem,
+                    kernel,
+                    initrd,
+                    json,
+                    plot,
+                });
             match bench.and_then(|b| b.run()) {
                 Ok(table) => {
                     print!("{table}");

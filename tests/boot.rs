@@ -1470,7 +1470,25 @@ fn run_verbose_shows_the_console_on_stderr_only() {
     let o = case("run_verbose");
     assert_eq!(o.rc, 0, "{}", o.stderr);
     assert_eq!(run_lines(o), ["only-this"]);
-    assert!(o.stderr.contains("uvm-init: ready"), "{}", o.stderr);
+    // The boot's phases: the init's start and its modules on the guest's
+    // clock, and the VMM's timeline (vCPUs first ran, then the guest said
+    // ready through the status port) on the host's.
+    let e = &o.stderr;
+    assert!(
+        e.contains("uvm-init: ready after ") && e.contains(" s (init started at "),
+        "{e}"
+    );
+    let number_after = |key: &str| -> u64 {
+        let at = e.find(key).unwrap_or_else(|| panic!("no {key:?}: {e}")) + key.len();
+        e[at..]
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number after {key:?}: {e}"))
+    };
+    let vcpus = number_after("uvm: timeline: vCPUs ran ");
+    let ready = number_after("the guest's init said ready at ");
+    assert!(0 < vcpus && vcpus < ready, "{e}");
 }
 
 #[test]

@@ -1,28 +1,18 @@
-//! `uvm bench boot`: uvm against QEMU's microvm booting the same kernel and
-//! initramfs, alternating, in one process: time from process start to the
-//! guest init's readiness line, and the VMM's resident memory outside guest
-//! RAM at that moment. Reported side by side, with ratios.
+//! `uvm bench`: uvm measured beside its references in one run (the levels
+//! bench here and in `levels`, boot, I/O, channels in their own modules),
+//! reported as ratios, with plots.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use crate::error::Error;
 
+pub mod boot;
 pub mod channels;
 pub mod guest;
 pub mod io;
 pub mod levels;
 pub mod net;
-
-const READY: &str = "uvm-init: ready";
-
-#[derive(Debug, Clone, Copy)]
-pub struct Sample {
-    pub ready: Duration,
-    pub overhead_kib: u64,
-}
 
 /// RSS (KiB) of every mapping of `pid` except guest RAM: the one anonymous
 /// mapping about `mem` bytes long (QEMU rounds its RAM block up a little).
@@ -49,39 +39,6 @@ pub fn rss_outside_guest_ram(smaps: &str, mem: u64) -> u64 {
         }
     }
     total
-}
-
-/// Starts `cmd`, waits for the readiness line, samples memory, stops it.
-fn measure(mut cmd: Command, mem: u64) -> Result<Sample, Error> {
-    let start = Instant::now();
-    let mut child: Child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| Error::Io(format!("starting {cmd:?}"), e))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut ready = None;
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
-        if line.contains(READY) {
-            ready = Some(start.elapsed());
-            break;
-        }
-    }
-    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", child.id())).unwrap_or_default();
-    let _ = child.kill();
-    let _ = child.wait();
-    let ready = ready.ok_or_else(|| {
-        Error::Io(
-            format!("{cmd:?}"),
-            std::io::Error::other("the guest never became ready"),
-        )
-    })?;
-    Ok(Sample {
-        ready,
-        overhead_kib: rss_outside_guest_ram(&smaps, mem),
-    })
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
@@ -130,15 +87,6 @@ pub(crate) fn qemu_microvm(
             .trim_end(),
         ]);
     c
-}
-
-pub struct BootBench {
-    pub runs: usize,
-    pub mem: u64,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub json: Option<PathBuf>,
-    pub plot: Option<PathBuf>,
 }
 
 /// Two side-by-side bar panels (ready time, memory overhead), one bar per
@@ -256,105 +204,6 @@ pub fn svg_bars(title: &str, bars: &[(&str, Vec<f64>)]) -> String {
     }
     svg.push_str("</svg>\n");
     svg
-}
-
-impl BootBench {
-    fn uvm(&self) -> Result<Command, Error> {
-        let exe = std::env::current_exe().map_err(|e| Error::Io("locating uvm".into(), e))?;
-        let mut c = Command::new(exe);
-        c.args(["boot", "--mem", &format!("{}M", self.mem >> 20), "--kernel"])
-            .arg(&self.kernel)
-            .arg("--initrd")
-            .arg(&self.initrd)
-            .args(["--", "true"]);
-        Ok(c)
-    }
-
-    fn qemu(&self) -> Command {
-        qemu_microvm(
-            &self.kernel,
-            &self.initrd,
-            self.mem,
-            1,
-            &["true".into()],
-            "",
-        )
-    }
-
-    pub fn run(&self) -> Result<String, Error> {
-        let (mut u, mut q) = (vec![], vec![]);
-        for i in 0..self.runs {
-            eprintln!("bench boot: run {}/{}", i + 1, self.runs);
-            u.push(measure(self.uvm()?, self.mem)?);
-            q.push(measure(self.qemu(), self.mem)?);
-        }
-        let secs = |s: &[Sample]| median(s.iter().map(|x| x.ready.as_secs_f64()).collect());
-        let mib = |s: &[Sample]| median(s.iter().map(|x| x.overhead_kib as f64 / 1024.0).collect());
-        let (ut, qt, um, qm) = (secs(&u), secs(&q), mib(&u), mib(&q));
-        let list = |s: &[Sample], f: &dyn Fn(&Sample) -> f64| {
-            s.iter()
-                .map(|x| format!("{:.3}", f(x)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let t = |x: &Sample| x.ready.as_secs_f64();
-        let m = |x: &Sample| x.overhead_kib as f64 / 1024.0;
-        let mut out = String::new();
-        out.push_str(&format!(
-            "boot to init readiness, {} runs each, {} MiB guest, same kernel and initramfs\n",
-            self.runs,
-            self.mem >> 20
-        ));
-        out.push_str(&format!(
-            "{:<14} {:>12} {:>18}\n",
-            "", "ready (s)", "VMM overhead (MiB)"
-        ));
-        out.push_str(&format!("{:<14} {:>12.3} {:>18.1}\n", "uvm", ut, um));
-        out.push_str(&format!(
-            "{:<14} {:>12.3} {:>18.1}\n",
-            "qemu microvm", qt, qm
-        ));
-        out.push_str(&format!(
-            "{:<14} {:>12.2} {:>18.2}\n",
-            "uvm / qemu",
-            ut / qt,
-            um / qm
-        ));
-        if let Some(path) = &self.plot {
-            let ready = |s: &[Sample]| s.iter().map(|x| x.ready.as_secs_f64()).collect::<Vec<_>>();
-            let over = |s: &[Sample]| {
-                s.iter()
-                    .map(|x| x.overhead_kib as f64 / 1024.0)
-                    .collect::<Vec<_>>()
-            };
-            let svg = svg_plot(
-                &format!(
-                    "uvm vs QEMU microvm: same kernel and initramfs, {} MiB, {} runs",
-                    self.mem >> 20,
-                    self.runs
-                ),
-                &[
-                    (
-                        "boot to init ready (s)",
-                        [("uvm", ready(&u)), ("qemu microvm", ready(&q))],
-                    ),
-                    (
-                        "VMM memory outside guest RAM (MiB)",
-                        [("uvm", over(&u)), ("qemu microvm", over(&q))],
-                    ),
-                ],
-            );
-            std::fs::write(path, svg).map_err(|e| Error::Io(path.display().to_string(), e))?;
-        }
-        if let Some(path) = &self.json {
-            let json = format!(
-                "{{\"runs\":{},\"mem_mib\":{},\"uvm\":{{\"ready_s\":[{}],\"overhead_mib\":[{}]}},\"qemu_microvm\":{{\"ready_s\":[{}],\"overhead_mib\":[{}]}},\"ratio\":{{\"ready\":{:.3},\"overhead\":{:.3}}}}}\n",
-                self.runs, self.mem >> 20, list(&u, &t), list(&u, &m), list(&q, &t), list(&q, &m), ut / qt, um / qm
-            );
-            std::fs::write(path, json).map_err(|e| Error::Io(path.display().to_string(), e))?;
-        }
-        Ok(out)
-    }
 }
 
 pub fn default_paths() -> Result<(PathBuf, PathBuf), Error> {

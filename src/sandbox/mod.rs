@@ -347,6 +347,7 @@ fn start_vmm(sb: &Sandbox, cfg: &SandboxConfig) -> Result<(), Error> {
     write("owner", format!("{pid} {start}\n").as_bytes())?;
     let uds = sb.path("vsock.sock");
     let deadline = Instant::now() + BOOT_TIMEOUT;
+    let mut last = String::from("its socket never appeared");
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             let why = crate::run::vm::tail(&sb.path("sandbox.log"), 1);
@@ -365,14 +366,26 @@ fn start_vmm(sb: &Sandbox, cfg: &SandboxConfig) -> Result<(), Error> {
             )));
         }
         if uds.exists() {
-            if let Ok(a) = AgentClient::connect(&uds, Duration::from_secs(1)) {
-                drop(a);
-                return Ok(());
+            match AgentClient::connect(&uds, Duration::from_secs(1)) {
+                Ok(a) => {
+                    drop(a);
+                    return Ok(());
+                }
+                Err(e) => last = e.to_string(),
             }
         }
         if Instant::now() >= deadline {
+            // Stopped, not killed: the VMM then writes its devices' account
+            // to the sandbox's log, which says where the guest got stuck.
+            stop_child(&mut child, STOP_TIMEOUT);
+            let account = crate::run::vm::tail(&sb.path("sandbox.log"), 12);
+            if !account.is_empty() {
+                eprintln!("uvm sandbox: the VMM's account:\n{account}");
+            }
+            let console = crate::run::vm::tail(&sb.path("console.log"), 10);
+            eprintln!("uvm sandbox: the guest's console ended with:\n{console}");
             return Err(Error::Agent(format!(
-                "sandbox {}: no agent answered within {} s (its console: {})",
+                "sandbox {}: no agent answered within {} s (its console: {}; last try: {last})",
                 cfg.name,
                 BOOT_TIMEOUT.as_secs(),
                 sb.path("console.log").display()
@@ -380,6 +393,22 @@ fn start_vmm(sb: &Sandbox, cfg: &SandboxConfig) -> Result<(), Error> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Asks `child` to stop (SIGTERM), kills it if it has not within `grace`,
+/// and reaps it.
+fn stop_child(child: &mut std::process::Child, grace: Duration) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Makes `cmd`'s process a session of its own: it outlives the command

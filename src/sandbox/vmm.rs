@@ -62,7 +62,9 @@ pub fn config(sb: &Sandbox, cfg: &SandboxConfig) -> Result<LinuxVmConfig, Error>
             read_only: true,
             guest_path: GUEST_SHARE.into(),
         }],
-        verbose: false,
+        // The devices' account goes to the sandbox's log when the VMM
+        // ends: what a stuck guest was waiting for.
+        verbose: true,
         seccomp: true,
         console: Output::File(sb.path("console.log")),
     })

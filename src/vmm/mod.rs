@@ -15,7 +15,7 @@ pub mod virtio;
 pub mod virtiofsd;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
@@ -271,6 +271,7 @@ impl Vm {
         let seccomp = self.seccomp;
         let mut threads = Vec::with_capacity(self.vcpus.len());
         let mut failed = None;
+        let running_at = Instant::now();
         for (i, fd) in (0u32..).zip(self.vcpus) {
             let h = handlers.clone();
             let name = format!("vcpu{i}");
@@ -325,6 +326,16 @@ impl Vm {
             let _ = t.join();
         }
         if self.verbose {
+            let start = crate::process_start();
+            let ms = |t: Instant| t.saturating_duration_since(start).as_millis();
+            eprintln!(
+                "uvm: timeline: vCPUs ran {} ms after the process started; the guest's init said ready {}",
+                ms(running_at),
+                match self.shutdown.ready_at() {
+                    Some(t) => format!("at {} ms", ms(t)),
+                    None => "never".into(),
+                }
+            );
             for (what, report) in &self.reports {
                 eprintln!("uvm: {what}: {}", report());
             }
