@@ -4,8 +4,10 @@
 //! the overlay is mounted). Every image is built here from files, as an
 //! OCI layout or as `docker save` output; nothing is pulled.
 
+use std::ffi::CString;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -225,6 +227,20 @@ fn docker_save(tag: &str, layers: &[&[u8]]) -> Vec<u8> {
     tar_of(&entries)
 }
 
+/// An extended attribute of `path` (not following a symlink).
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated strings and a buffer of the length given, all
+    // alive for the call.
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let len = usize::try_from(len).ok()?;
+    buf.truncate(len);
+    Some(buf)
+}
+
 /// One test's store and container state root.
 struct Env {
     store: PathBuf,
@@ -343,6 +359,16 @@ fn whiteouts_opaque_dirs_and_config_defaults() {
         "mount: {}",
         lines[6]
     );
+    // In the store the top layer is a layer: overlayfs' own whiteout (a
+    // 0/0 character device) and opaque marker, and only its own files.
+    let top_dir = Path::new(top);
+    let wh = std::fs::symlink_metadata(top_dir.join("etc/gone.txt")).unwrap();
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "{wh:?}");
+    assert_eq!(
+        xattr(&top_dir.join("data"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert!(!top_dir.join("bin").exists() && !top_dir.join("data/old1").exists());
     // Cmd is the default command (after the Entrypoint); flags override
     // Env and WorkingDir.
     assert_fails(&env.run("demo", &[]), 125, "no image \"demo\"");

@@ -114,6 +114,14 @@ fn mknod_at(p: &Path, kind: SFlag, mode: u32, major: u64, minor: u64) -> Result<
     .map_err(|e| Error::sys(format!("creating {}", p.display()), e))
 }
 
+/// Extended attributes a layer may carry. `trusted.overlay.*` would steer
+/// overlayfs itself (redirects, metacopy, opaque), and the rest of
+/// `trusted.*` and `security.*` (SELinux labels) are the host's business:
+/// only file capabilities and `user.*` are kept.
+fn xattr_allowed(key: &str) -> bool {
+    key == "security.capability" || key.starts_with("user.")
+}
+
 /// What [`unpack`] wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Unpacked {
@@ -233,7 +241,8 @@ pub fn unpack(r: impl Read, dest: &Path) -> Result<Unpacked> {
         if let Some(exts) = entry.pax_extensions().map_err(bad)? {
             for ext in exts {
                 let ext = ext.map_err(bad)?;
-                if let Some(key) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
+                let key = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr."));
+                if let Some(key) = key.filter(|k| xattr_allowed(k)) {
                     set_xattr(&target, key, ext.value_bytes())?;
                 }
             }
@@ -265,6 +274,8 @@ mod tests {
             Some(PathBuf::from("etc/x"))
         );
         assert_eq!(clean_path(Path::new("./")).unwrap(), None);
+        assert!(xattr_allowed("security.capability") && xattr_allowed("user.x"));
+        assert!(!xattr_allowed("trusted.overlay.redirect") && !xattr_allowed("security.selinux"));
         for bad in ["../x", "a/../../x", "a/.."] {
             let e = clean_path(Path::new(bad)).unwrap_err().to_string();
             assert!(e.contains("leaves the archive's root"), "{e}");

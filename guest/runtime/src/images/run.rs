@@ -57,7 +57,9 @@ pub fn image_spec(image: &str, opts: &RunOptions, name: &str) -> Result<(Spec, P
     }
     if let Some(u) = r.run.user.as_deref().filter(|u| !u.is_empty()) {
         if opts.user.is_none() {
-            p.set_user(spec::parse_user(u, &r.layers)?);
+            let user = spec::parse_user(u, &r.layers)
+                .map_err(|e| image_error(format!("image {image}: User {u:?}: {e}")))?;
+            p.set_user(user);
         }
     }
     let used = ImageUse {

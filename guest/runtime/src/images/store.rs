@@ -178,7 +178,11 @@ impl Store {
 
     /// What a container of `name` runs on.
     pub fn resolve(&self, name: &str) -> Result<Resolved> {
-        let _lock = self.lock(false)?;
+        // A store that was never made has no images (and is not made here).
+        let _lock = match self.root.join("lock").exists() {
+            true => Some(self.lock(false)?),
+            false => None,
+        };
         let r = self.find(name)?;
         let config = serde_json::to_vec(&r.config).map_err(|e| image_error(e.to_string()))?;
         let run = ImageConfig::parse(&config)?.run_config();
