@@ -359,6 +359,17 @@ fn whiteouts_opaque_dirs_and_config_defaults() {
         "mount: {}",
         lines[6]
     );
+    // The same in a user namespace, whose overlay is mounted with
+    // `userxattr` (it reads user.overlay.opaque).
+    let out = ok(&env.run(
+        "demo:1",
+        &[
+            "--userns",
+            "--",
+            "ls /data; test -e /etc/gone.txt && echo present || echo absent",
+        ],
+    ));
+    assert_eq!(out, "new\nabsent\n", "--userns");
     // In the store the top layer is a layer: overlayfs' own whiteout (a
     // 0/0 character device) and opaque marker, and only its own files.
     let top_dir = Path::new(top);

@@ -1,7 +1,8 @@
 //! Unpacking one layer (a tar stream) into its own directory of the store,
 //! as overlayfs wants a lower layer: a whiteout `.wh.NAME` becomes a 0/0
 //! character device NAME, an opaque marker `.wh..wh..opq` the
-//! `trusted.overlay.opaque=y` xattr on its directory. Nothing is written
+//! `trusted.overlay.opaque=y` xattr on its directory (and its
+//! `user.overlay.opaque` twin, for overlays mounted with `userxattr`). Nothing is written
 //! outside `dest`: a path with `..`, or one that would pass through a
 //! symlink (a link to `/etc` followed by `link/passwd`), is refused.
 
@@ -149,7 +150,10 @@ pub fn unpack(r: impl Read, dest: &Path) -> Result<Unpacked> {
         if name == OPAQUE {
             // The directory itself (dest or a made parent) exists by now.
             let dir = target.parent().unwrap_or(dest);
+            // The user.* twin is what an overlay mounted with `userxattr`
+            // (a container with --userns) reads.
             set_xattr(dir, "trusted.overlay.opaque", b"y")?;
+            set_xattr(dir, "user.overlay.opaque", b"y")?;
             n.opaque += 1;
             continue;
         }
