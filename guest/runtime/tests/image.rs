@@ -130,7 +130,8 @@ fn upper_layer() -> Vec<u8> {
     ])
 }
 
-fn image_config(diff_ids: &[String]) -> Vec<u8> {
+/// `user`: the config's User (empty: none).
+fn image_config(diff_ids: &[String], user: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -139,6 +140,7 @@ fn image_config(diff_ids: &[String]) -> Vec<u8> {
             "Entrypoint": ["/bin/sh", "-c"],
             "Cmd": ["echo default command in $PWD"],
             "WorkingDir": "/srv/app",
+            "User": user,
         },
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
@@ -153,6 +155,10 @@ struct Layout {
 impl Layout {
     /// `layers`: uncompressed tars, bottom first (the top one is gzipped).
     fn new(name: &str, layers: &[&[u8]]) -> Layout {
+        Layout::with_user(name, layers, "")
+    }
+
+    fn with_user(name: &str, layers: &[&[u8]], user: &str) -> Layout {
         let mut files = Vec::new();
         let mut descs = Vec::new();
         let mut diff_ids = Vec::new();
@@ -165,7 +171,7 @@ impl Layout {
             descs.push(serde_json::json!({"mediaType": mt, "digest": format!("sha256:{}", sha(&blob)), "size": blob.len()}));
             files.push((format!("blobs/sha256/{}", sha(&blob)), blob));
         }
-        let config = image_config(&diff_ids);
+        let config = image_config(&diff_ids, user);
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -208,7 +214,7 @@ fn docker_save(tag: &str, layers: &[&[u8]]) -> Vec<u8> {
         .iter()
         .map(|l| format!("sha256:{}", sha(l)))
         .collect();
-    let config = image_config(&diff_ids);
+    let config = image_config(&diff_ids, "");
     let cfg_name = format!("{}.json", sha(&config));
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     let mut paths = Vec::new();
@@ -496,10 +502,8 @@ fn layers_shared_between_images_outlive_one_of_them() {
     let upper = upper_layer();
     let other_top = tar_of(&[Entry::File("marker", b"b\n")]);
     let a = env.file("a.tar", &Layout::new("a", &[base_layer(), &upper]).tar());
-    let b = env.file(
-        "b.tar",
-        &Layout::new("b", &[base_layer(), &other_top]).tar(),
-    );
+    let b = Layout::with_user("b", &[base_layer(), &other_top], "nobody");
+    let b = env.file("b.tar", &b.tar());
     ok(&env.image(&["import", &a]));
     ok(&env.image(&["import", &b]));
     assert_eq!(env.entries("layers").len(), 6, "base once, two tops");
@@ -509,6 +513,9 @@ fn layers_shared_between_images_outlive_one_of_them() {
         ok(&env.run("b", &["--", "cat /marker; ls /etc/gone.txt"])),
         "b\n/etc/gone.txt\n"
     );
+    // b's User, a name from its base layer's /etc/passwd; -u wins.
+    assert_eq!(ok(&env.run("b", &["--", "id -u; id -g"])), "65534\n65534\n");
+    assert_eq!(ok(&env.run("b", &["-u", "0", "--", "id -u"])), "0\n");
     ok(&env.image(&["rm", "b:latest"]));
     env.assert_store_empty();
 }
