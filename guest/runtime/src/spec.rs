@@ -774,10 +774,8 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
     }
     let overlay = opts.overlay.unwrap_or(overlay_default);
     if image.is_some() && !overlay {
-        return Err(Error::invalid(
-            "--no-overlay",
-            "",
-            "an image's layers are shared and read-only: --image always runs on an overlay",
+        return Err(Error::Refused(
+            "--no-overlay: an image's layers are shared and read-only, so --image always runs on an overlay".into(),
         ));
     }
     Ok(Prepared {

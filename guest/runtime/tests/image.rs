@@ -403,6 +403,11 @@ fn whiteouts_opaque_dirs_and_config_defaults() {
         ],
     ));
     assert_eq!(out.trim(), "flag /data");
+    assert_fails(
+        &env.run("demo:1", &["--no-overlay", "--", "true"]),
+        125,
+        "--image always runs on an overlay",
+    );
     // The image's files are untouched by a container writing over them.
     ok(&env.run("demo:1", &["--", "rm /data/new; echo x > /etc/kept.txt"]));
     assert_eq!(
