@@ -29,11 +29,11 @@ fn sha(data: &[u8]) -> String {
         .collect()
 }
 
-/// A busybox root, built once: the image's base layer.
+/// A busybox root, built (or refreshed) once: the image's base layer.
 fn base_rootfs() -> &'static Path {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS.get_or_init(|| {
-        let dir = tmp().join(format!("image-base-{}", std::process::id()));
+        let dir = tmp().join("image-base");
         let out = Command::new(BIN)
             .args(["mkrootfs", dir.to_str().unwrap()])
             .output()
