@@ -57,6 +57,7 @@ bench: guest
 	$(RUNNER_AGAIN) -- $(UVM) bench io --runs 1 --json /tmp/uvm-bench-io.json --plot /tmp/uvm-bench-io.svg
 	@echo "plot: /tmp/uvm-bench-io.svg, samples: /tmp/uvm-bench-io.json"
 	resources/bench-container.sh
+	resources/bench-image.sh
 	resources/bench-container-guest.sh
 
 clean:

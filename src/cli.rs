@@ -69,6 +69,8 @@ pub enum Command {
     Check,
     /// The container runtime on this host (the same code runs in the guest).
     Container(uvm_runtime::cli::ContainerArgs),
+    /// Container images: import an OCI layout or `docker save` output, ls, rm, inspect.
+    Image(uvm_runtime::images::cli::ImageArgs),
     /// The same runtime behind runc's command line (create, start, state,
     /// kill, delete, run, exec, ps, features); the uvm binary invoked as
     /// `uvm-runc` (a link) is this command.

@@ -72,6 +72,7 @@ fn main() {
     let code = match cli.command {
         Command::Check => run_check(),
         Command::Container(args) => uvm_runtime::cli::main(args),
+        Command::Image(args) => uvm_runtime::images::cli::main(args, None),
         Command::Oci(args) => uvm_runtime::oci::cli::main(args),
         Command::Bench(BenchArgs {
             command:

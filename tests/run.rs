@@ -104,6 +104,14 @@ fn flags_a_level_cannot_honour_name_the_level() {
             &["-i", "vm", "--cpus", "0.5", "--", "true"][..],
             "the vm level cannot honour --cpus",
         ),
+        (
+            &["-i", "vm+container", "--image", "x", "--", "true"][..],
+            "the vm+container level cannot honour --image: images live in the host runtime's store",
+        ),
+        (
+            &["-i", "process", "--image", "x", "--", "true"][..],
+            "the process level cannot honour --image",
+        ),
     ] {
         assert_refused(args, 125, needle);
     }
@@ -336,6 +344,93 @@ fn container_level_runs_the_runtime_on_the_host() {
     assert!(!Path::new("/sys/fs/cgroup/memory/uvm")
         .join("lvl-ctr")
         .exists());
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A blob of an OCI layout, by digest; returns its descriptor's digest and size.
+fn add_blob(layout: &Path, data: &[u8]) -> (String, usize) {
+    let tmp = layout.join("blob.tmp");
+    std::fs::write(&tmp, data).unwrap();
+    let hex = sha256_of(&tmp);
+    std::fs::rename(&tmp, layout.join("blobs/sha256").join(&hex)).unwrap();
+    (format!("sha256:{hex}"), data.len())
+}
+
+/// `uvm run -i container --image`: an image made here (uvm's busybox root
+/// as one layer) and imported into a store of the test's own.
+#[test]
+fn container_level_runs_an_image() {
+    if !is_root() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("uvm-run-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (root, layout, store) = (dir.join("root"), dir.join("layout"), dir.join("store"));
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let uvm = |args: &[&str]| {
+        Command::new(UVM)
+            .args(args)
+            .env("UVM_IMAGE_STORE", &store)
+            .env("UVM_CACHE_DIR", cache())
+            .output()
+            .unwrap()
+    };
+    let ok = |out: Output| {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    ok(uvm(&["container", "mkrootfs", root.to_str().unwrap()]));
+    let layer = dir.join("layer.tar");
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&layer)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let (l, lsize) = add_blob(&layout, &std::fs::read(&layer).unwrap());
+    let config = format!(
+        r#"{{"os":"linux","config":{{"Env":["IMG=yes"],"WorkingDir":"/etc","Entrypoint":["/bin/sh","-c"]}},"rootfs":{{"type":"layers","diff_ids":["{l}"]}}}}"#
+    );
+    let (c, csize) = add_blob(&layout, config.as_bytes());
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"config":{{"digest":"{c}","size":{csize}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{l}","size":{lsize}}}]}}"#
+    );
+    let (m, msize) = add_blob(&layout, manifest.as_bytes());
+    let index = format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{m}","size":{msize}}}]}}"#);
+    std::fs::write(layout.join("index.json"), index).unwrap();
+    ok(uvm(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--name",
+        "runimg:1",
+    ]));
+    let out = uvm(&[
+        "run",
+        "-i",
+        "container",
+        "--image",
+        "runimg:1",
+        "-e",
+        "FOO=bar",
+        "--",
+        "echo \"$IMG $FOO $(pwd)\"",
+    ]);
+    assert_eq!(ok(out), "yes bar /etc\n");
+    ok(uvm(&["image", "rm", "runimg:1"]));
+    assert!(ok(uvm(&["image", "ls", "--json"])).trim() == "[]");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

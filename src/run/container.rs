@@ -10,7 +10,12 @@ use crate::error::Error;
 
 /// `run ...` arguments of the container runtime for `spec` on `rootfs`.
 pub fn runtime_args(spec: &WorkloadSpec, rootfs: &str) -> Vec<String> {
-    let mut a: Vec<String> = vec!["run".into(), "--rootfs".into(), rootfs.into()];
+    runtime_args_from(spec, "--rootfs", rootfs)
+}
+
+/// The same on `source`, a `--rootfs DIR` or an `--image NAME`.
+fn runtime_args_from(spec: &WorkloadSpec, flag: &str, source: &str) -> Vec<String> {
+    let mut a: Vec<String> = vec!["run".into(), flag.into(), source.into()];
     let mut push = |flag: &str, v: String| {
         a.push(flag.into());
         a.push(v);
@@ -54,15 +59,18 @@ pub fn runtime_args(spec: &WorkloadSpec, rootfs: &str) -> Vec<String> {
 }
 
 pub fn run(spec: &WorkloadSpec) -> Result<i32, Error> {
-    let rootfs = match &spec.rootfs {
-        Some(r) => r.clone(),
-        None => image::default_rootfs(&spec.cache_dir)?,
+    let args = match (&spec.image, &spec.rootfs) {
+        (Some(i), _) => runtime_args_from(spec, "--image", i),
+        (None, Some(r)) => runtime_args(spec, &r.to_string_lossy()),
+        (None, None) => runtime_args(
+            spec,
+            &image::default_rootfs(&spec.cache_dir)?.to_string_lossy(),
+        ),
     };
     let me =
         std::env::current_exe().map_err(|e| Error::Io("finding uvm's own binary".into(), e))?;
     let mut cmd = Command::new(&me);
-    cmd.arg("container")
-        .args(runtime_args(spec, &rootfs.to_string_lossy()));
+    cmd.arg("container").args(args);
     // SAFETY: the closure runs in the forked child before exec and makes
     // one prctl(2) call, which is async-signal-safe; it allocates nothing.
     unsafe {

@@ -76,6 +76,10 @@ pub struct WorkloadArgs {
     /// Root filesystem directory [default: a busybox image uvm builds and caches]
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
+    /// At the container level: an image of `uvm image ls` instead of a root
+    /// folder (its layers, Env, Entrypoint, Cmd, WorkingDir and User)
+    #[arg(long, value_name = "NAME[:TAG]", conflicts_with = "rootfs")]
+    pub image: Option<String>,
     #[command(flatten)]
     pub flags: WorkloadFlags,
     /// Stop the workload after this many seconds (exit status 124)
@@ -100,6 +104,7 @@ impl WorkloadArgs {
     pub fn new(command: Vec<String>) -> Self {
         WorkloadArgs {
             rootfs: None,
+            image: None,
             flags: WorkloadFlags::default(),
             timeout: None,
             cache_dir: None,
@@ -173,6 +178,8 @@ pub struct WorkloadSpec {
     pub argv: Vec<String>,
     /// `--rootfs` as given; [`image::default_rootfs`] when absent.
     pub rootfs: Option<PathBuf>,
+    /// `--image` (the container level only).
+    pub image: Option<String>,
     pub name: String,
     pub hostname: Option<String>,
     pub env: Vec<String>,
@@ -293,6 +300,7 @@ impl WorkloadArgs {
         Ok(WorkloadSpec {
             argv: self.command.clone(),
             rootfs: self.rootfs.clone(),
+            image: self.image.clone(),
             name,
             hostname: f.hostname.clone(),
             env: f.env.clone(),
@@ -366,6 +374,13 @@ pub fn run(level: Isolation, spec: &WorkloadSpec) -> Result<i32, Error> {
             level,
             "--no-seccomp",
             "it turns off the VMM's own filters; for the workload's, use uvm container run --seccomp unconfined",
+        ));
+    }
+    if spec.image.is_some() && level != Isolation::Container {
+        return Err(refuse(
+            level,
+            "--image",
+            "images live in the host runtime's store, which only the container level uses (give --rootfs DIR)",
         ));
     }
     match level {

@@ -76,6 +76,8 @@ pub enum ContainerCommand {
     },
     /// Remove what containers whose runtime died left behind.
     Gc,
+    /// Images: import, ls, rm, inspect (the same as `uvm image`).
+    Image(crate::images::cli::ImageArgs),
     /// Build a minimal root filesystem from busybox and chosen host binaries.
     Mkrootfs {
         /// Directory to create (or fill).
@@ -136,6 +138,10 @@ pub struct RunArgs {
     /// Root filesystem directory (read-only lower layer of an overlay).
     #[arg(long, value_name = "DIR", conflicts_with = "bundle")]
     pub rootfs: Option<PathBuf>,
+    /// Image of the store (`uvm image ls`): its layers are the overlay's
+    /// lower layers, its config's Env, Entrypoint, Cmd, WorkingDir and User the defaults.
+    #[arg(long, value_name = "NAME[:TAG]", conflicts_with_all = ["rootfs", "bundle"])]
+    pub image: Option<String>,
     /// OCI bundle directory (config.json + rootfs).
     #[arg(long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,
@@ -308,14 +314,15 @@ pub struct ExecArgs {
 }
 
 fn run_options(a: RunArgs) -> Result<RunOptions> {
-    let source = match (a.rootfs, a.bundle) {
-        (Some(r), None) => Source::Rootfs(r),
-        (None, Some(b)) => Source::Bundle(b),
+    let source = match (a.rootfs, a.bundle, a.image) {
+        (Some(r), None, None) => Source::Rootfs(r),
+        (None, Some(b), None) => Source::Bundle(b),
+        (None, None, Some(i)) => Source::Image(i),
         _ => {
             return Err(Error::invalid(
                 "--rootfs",
                 "",
-                "give a root filesystem with --rootfs DIR or a bundle with --bundle DIR",
+                "give a root filesystem with --rootfs DIR, a bundle with --bundle DIR or an image with --image NAME",
             ))
         }
     };
@@ -627,6 +634,7 @@ fn dispatch(args: ContainerArgs) -> Result<i32> {
             }
             Ok(0)
         }
+        ContainerCommand::Image(a) => Ok(crate::images::cli::main(a, Some(&rt.paths.root))),
         ContainerCommand::Mkrootfs { dir, busybox, with } => {
             let copied = super::image::build_rootfs(&dir, busybox.as_deref(), &with)?;
             println!(

@@ -84,6 +84,9 @@ pub enum Error {
     Capabilities(String),
     #[error("state of container {name:?}: {msg}")]
     State { name: String, msg: String },
+    /// An image that cannot be imported, found or removed.
+    #[error("{0}")]
+    Image(String),
     #[error("this command needs root (the runtime creates namespaces, cgroups and mounts)")]
     NotRoot,
     /// Something a rootless container cannot have (and what to do instead).

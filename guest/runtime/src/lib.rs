@@ -16,6 +16,7 @@
 //!   or a macvlan) and [`firewall`], a container's own inbound rules;
 //! - [`state`] and [`runtime`]: names, state on disk, run/exec/kill/ps/stats/gc;
 //! - [`image`]: building a minimal rootfs;
+//! - [`images`]: OCI and `docker save` images, their layer store;
 //! - [`cli`]: `uvm container ...`;
 //! - [`oci`]: the same runtime behind runc's command line (`uvm oci ...`).
 pub mod cgroups;
@@ -24,6 +25,7 @@ pub mod device_filter;
 pub mod error;
 pub mod firewall;
 pub mod image;
+pub mod images;
 pub mod limits;
 pub mod netlink;
 pub mod netns;

@@ -214,6 +214,8 @@ pub struct RootfsPlan<'a> {
     pub target: &'a Path,
     /// Overlay upper and work directories; `None` bind-mounts the rootfs.
     pub overlay: Option<(&'a Path, &'a Path)>,
+    /// Image layers below `rootfs`, top first (further overlay lower dirs).
+    pub lowers: &'a [PathBuf],
     /// The container's cgroup, shown at /sys/fs/cgroup if the spec mounts it.
     pub cgroup: Option<&'a Cgroup>,
     /// Mounted from inside a new user namespace.
@@ -247,9 +249,13 @@ pub fn setup(plan: &RootfsPlan) -> Result<()> {
     let target = plan.target;
     match plan.overlay {
         Some((upper, work)) => {
+            let mut lower = overlay_path_ok(plan.rootfs)?;
+            for l in plan.lowers {
+                lower.push(':');
+                lower.push_str(&overlay_path_ok(l)?);
+            }
             let data = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                overlay_path_ok(plan.rootfs)?,
+                "lowerdir={lower},upperdir={},workdir={}",
                 overlay_path_ok(upper)?,
                 overlay_path_ok(work)?
             );

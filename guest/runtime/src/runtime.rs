@@ -254,7 +254,7 @@ impl Runtime {
                 path: path.clone(),
                 msg: format!("linux.resources.{msg}"),
             },
-            spec::Source::Rootfs(_) => Error::Cgroup(msg),
+            spec::Source::Rootfs(_) | spec::Source::Image(_) => Error::Cgroup(msg),
         })?;
         // Rootless without limits: no cgroup, so the host's layout (perhaps
         // not even visible) does not matter.
@@ -298,6 +298,7 @@ impl Runtime {
             netns: Default::default(),
             overlay: prepared.overlay.then(|| self.paths.overlay(&name, &id)),
             keep: opts.keep,
+            image: prepared.image.clone(),
         };
         let config = serde_json::to_vec_pretty(spec).map_err(|e| Error::Setup(e.to_string()))?;
         st.claim(&self.paths, &[("config.json", &config)])?;
@@ -398,6 +399,7 @@ impl Runtime {
                 rootfs,
                 target: &target,
                 overlay: upper.as_deref().zip(work.as_deref()),
+                lowers: st.image.as_ref().map_or(&[], |i| &i.lowers[..]),
                 cgroup: st.cgroup.as_ref(),
                 userns: namespaces.unshare.contains(CloneFlags::CLONE_NEWUSER),
                 before_pivot: None,
@@ -588,6 +590,7 @@ impl Runtime {
             netns: Default::default(),
             overlay: None,
             keep: false,
+            image: None,
         };
         self.paths.ensure_root()?;
         st.claim(&self.paths, &[])?;

@@ -216,6 +216,9 @@ pub enum Source {
     Rootfs(PathBuf),
     /// An OCI bundle: `config.json` and the rootfs it names.
     Bundle(PathBuf),
+    /// An image of the store (`NAME[:TAG]` or id): its layers are the
+    /// overlay's lower layers, its config the process' defaults.
+    Image(String),
 }
 
 /// Everything `uvm container run` accepts. `None`/empty means "the default"
@@ -454,14 +457,17 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
-/// Resolves `--user` (`UID[:GID]` or a name from the rootfs' /etc/passwd).
-fn parse_user(s: &str, rootfs: &Path) -> Result<User> {
+/// Resolves `--user` (`UID[:GID]` or a name from the rootfs' /etc/passwd;
+/// an image's layers are searched top first).
+pub(crate) fn parse_user(s: &str, roots: &[PathBuf]) -> Result<User> {
     let (u, g) = match s.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (s, None),
     };
     let lookup = |file: &str, name: &str| -> Option<(u32, Option<u32>)> {
-        let text = fs::read_to_string(rootfs.join(file)).ok()?;
+        let text = roots
+            .iter()
+            .find_map(|r| fs::read_to_string(r.join(file)).ok())?;
         text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             (f.first() == Some(&name)).then(|| {
@@ -521,6 +527,8 @@ pub struct Prepared {
     pub rootfs: PathBuf,
     pub overlay: bool,
     pub net: NetMode,
+    /// The image's id and lower layers, for `--image`.
+    pub image: Option<crate::images::ImageUse>,
 }
 
 /// The default profile (`uvm container run --rootfs` and `uvm agent spec`):
@@ -549,6 +557,7 @@ pub fn default_spec() -> Spec {
 /// Builds the spec for `opts`: from config.json for a bundle, else the
 /// default profile; then the flags on top. `name` is the container's name.
 pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
+    let mut image = None;
     let (mut spec, rootfs, overlay_default) = match &opts.source {
         Source::Rootfs(dir) => {
             let dir = fs::canonicalize(dir).map_err(|_| Error::RootfsMissing(dir.clone()))?;
@@ -608,13 +617,19 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
             }
             (spec, rootfs, false)
         }
+        Source::Image(image_name) => {
+            let (spec, top, used) = crate::images::run::image_spec(image_name, opts, name)?;
+            image = Some(used);
+            (spec, top, true)
+        }
     };
 
     let process = spec
         .process_mut()
         .as_mut()
         .ok_or_else(|| Error::Setup("spec has no process".into()))?;
-    if !opts.args.is_empty() {
+    // An image's entrypoint is already in front of the arguments.
+    if !opts.args.is_empty() && image.is_none() {
         process.set_args(Some(opts.args.clone()));
     }
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
@@ -651,7 +666,9 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
         process.set_cwd(PathBuf::from(cwd));
     }
     if let Some(u) = &opts.user {
-        process.set_user(parse_user(u, &rootfs)?);
+        let mut roots = vec![rootfs.clone()];
+        roots.extend(image.iter().flat_map(|i| i.lowers.iter().cloned()));
+        process.set_user(parse_user(u, &roots)?);
     }
     if !opts.cap_add.is_empty() || !opts.cap_drop.is_empty() {
         let mut caps = process.capabilities().clone().unwrap_or_default();
@@ -691,7 +708,7 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
         spec.set_mounts(Some(mounts));
     }
 
-    let is_rootfs = matches!(opts.source, Source::Rootfs(_));
+    let is_rootfs = matches!(opts.source, Source::Rootfs(_) | Source::Image(_));
     let linux = spec
         .linux_mut()
         .get_or_insert_with(oci_spec::runtime::Linux::default);
@@ -756,11 +773,17 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
         devpts_without_unmapped_gid(&mut spec, gids);
     }
     let overlay = opts.overlay.unwrap_or(overlay_default);
+    if image.is_some() && !overlay {
+        return Err(Error::Refused(
+            "--no-overlay: an image's layers are shared and read-only, so --image always runs on an overlay".into(),
+        ));
+    }
     Ok(Prepared {
         spec,
         rootfs,
         overlay,
         net: net_mode,
+        image,
     })
 }
 

@@ -141,6 +141,9 @@ pub struct State {
     /// Overlay upper/work directory (removed at exit unless `keep`).
     pub overlay: Option<PathBuf>,
     pub keep: bool,
+    /// The image it runs on (`--image`), whose layers are its lower dirs.
+    #[serde(default)]
+    pub image: Option<crate::images::ImageUse>,
 }
 
 /// Start time of a process (clock ticks since boot, field 22 of
@@ -344,6 +347,7 @@ mod tests {
             netns: Default::default(),
             overlay: None,
             keep: false,
+            image: None,
         }
     }
 

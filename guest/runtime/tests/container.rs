@@ -14,28 +14,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+#[macro_use]
 mod common;
 
-use common::{assert_fails, ok, text};
+use common::{assert_fails, is_root, ok, text, tmp};
 
 const BIN: &str = env!("CARGO_BIN_EXE_uvm-container");
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
-
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
 
 /// A busybox rootfs (plus GNU `ls` and its libraries), built once.
 fn rootfs() -> &'static Path {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{ok, text};
+use common::{ok, text, tmp};
 
 /// runc's failure: exit 1, one line on stderr containing `needle`.
 fn assert_fails(out: &Output, needle: &str) {
@@ -21,10 +21,6 @@ fn assert_fails(out: &Output, needle: &str) {
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_uvm-container");
-
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
 
 /// A busybox rootfs, built once; and the runtime under its OCI name.
 fn setup() -> (&'static Path, &'static Path) {

@@ -44,6 +44,28 @@ pub fn remove_cgroup_parent(parent: &str) {
     }
 }
 
+// Not every test binary checks for root.
+#[allow(dead_code)]
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Returns from the test (it passes, saying so) unless run as root.
+#[allow(unused_macros)]
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+/// The test's scratch directory (cargo's, under target/).
+pub fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
