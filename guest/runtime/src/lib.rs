@@ -16,6 +16,8 @@
 //!   or a macvlan) and [`firewall`], a container's own inbound rules;
 //! - [`state`] and [`runtime`]: names, state on disk, run/exec/kill/ps/stats/gc;
 //! - [`image`]: building a minimal rootfs;
+//! - [`lifecycle`]: detached containers under a monitor (logs, stop,
+//!   start, rm, inspect, restart policy) and [`tty`], `run -t`'s terminal;
 //! - [`cli`]: `uvm container ...`;
 //! - [`oci`]: the same runtime behind runc's command line (`uvm oci ...`).
 pub mod cgroups;
@@ -24,6 +26,7 @@ pub mod device_filter;
 pub mod error;
 pub mod firewall;
 pub mod image;
+pub mod lifecycle;
 pub mod limits;
 pub mod netlink;
 pub mod netns;
@@ -35,6 +38,7 @@ pub mod runtime;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+pub mod tty;
 pub mod userns;
 
 pub use error::{Error, Result};
