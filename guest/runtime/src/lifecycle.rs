@@ -380,6 +380,7 @@ fn monitor(rt: &Runtime, name: &str, mut report: Option<OwnedFd>) {
         };
         rec.monitor_pid = me;
         rec.monitor_start = state::proc_start_time(me).unwrap_or(0);
+        let _ = rec.save(&rt.paths);
         let _ = std::env::set_current_dir(&rec.cwd);
         let started = rec
             .options(&rt.paths)
@@ -464,30 +465,44 @@ pub fn stop(rt: &Runtime, name: &str, grace: Duration) -> Result<()> {
         let flag = dir(&rt.paths, name).join("stopping");
         fs::write(&flag, b"").map_err(|e| Error::io(format!("writing {}", flag.display()), e))?;
     }
-    if let Some(st) = st.filter(State::running) {
-        let _ = rt.kill(name, Signal::SIGTERM);
-        if !wait_until(grace, || !st.running()) {
-            let _ = rt.kill(name, Signal::SIGKILL);
-            if !wait_until(Duration::from_secs(10), || !st.running()) {
-                return Err(Error::Refused(format!(
-                    "container {name:?} did not die of SIGKILL within 10 s"
-                )));
-            }
+    drop(st);
+    // Until its monitor has ended: a restart that began before the stop
+    // was seen is stopped too.
+    let t = Instant::now();
+    loop {
+        if let Some(st) = rt.state(name).ok().filter(State::running) {
+            terminate(rt, name, &st, grace)?;
         }
-        // Its runtime removes the running state once it has reaped it.
-        wait_until(Duration::from_secs(10), || {
-            !st.dir(&rt.paths).join("state.json").exists()
-        });
-    }
-    if let Some(rec) = rec {
-        if !wait_until(Duration::from_secs(15), || !rec.active()) {
+        let Some(rec) = rec.as_ref().filter(|r| r.active()) else {
+            break;
+        };
+        if t.elapsed() > Duration::from_secs(15) + grace {
             return Err(Error::Refused(format!(
                 "the monitor of container {name:?} (pid {}) did not end",
                 rec.monitor_pid
             )));
         }
-        let _ = fs::remove_file(dir(&rt.paths, name).join("stopping"));
+        std::thread::sleep(Duration::from_millis(10));
     }
+    let _ = fs::remove_file(dir(&rt.paths, name).join("stopping"));
+    Ok(())
+}
+
+/// SIGTERM, SIGKILL after `grace`; returns once its runtime has reaped it
+/// and removed its running state.
+fn terminate(rt: &Runtime, name: &str, st: &State, grace: Duration) -> Result<()> {
+    let _ = rt.kill(name, Signal::SIGTERM);
+    if !wait_until(grace, || !st.running()) {
+        let _ = rt.kill(name, Signal::SIGKILL);
+        if !wait_until(Duration::from_secs(10), || !st.running()) {
+            return Err(Error::Refused(format!(
+                "container {name:?} did not die of SIGKILL within 10 s"
+            )));
+        }
+    }
+    wait_until(Duration::from_secs(10), || {
+        !st.dir(&rt.paths).join("state.json").exists()
+    });
     Ok(())
 }
 
