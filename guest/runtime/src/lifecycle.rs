@@ -235,6 +235,17 @@ impl Record {
         })
     }
 
+    /// As [`Record::load`], with whether its monitor is alive, the two
+    /// consistent: a record read while the monitor ran, found dead just
+    /// after, is read again (the monitor records the exit before it ends).
+    pub fn load_settled(paths: &Paths, name: &str) -> Result<(Record, bool)> {
+        let rec = Record::load(paths, name)?;
+        match rec.active() {
+            true => Ok((rec, true)),
+            false => Record::load(paths, name).map(|r| (r, false)),
+        }
+    }
+
     fn save(&self, paths: &Paths) -> Result<()> {
         let path = dir(paths, &self.name).join("record.json");
         let data = serde_json::to_vec_pretty(self).map_err(|e| Error::State {
@@ -590,7 +601,10 @@ pub fn logs(rt: &Runtime, name: &str, follow: bool) -> Result<()> {
 /// with, status, pid, exit code, restarts, addresses, limits, cgroup.
 pub fn inspect(rt: &Runtime, name: &str) -> Result<serde_json::Value> {
     use serde_json::json;
-    let rec = Record::load(&rt.paths, name).ok();
+    let (rec, active) = match Record::load_settled(&rt.paths, name) {
+        Ok((r, a)) => (Some(r), a),
+        Err(_) => (None, false),
+    };
     let st = rt.state(name).ok();
     if rec.is_none() && st.is_none() {
         return Err(Error::NoSuchContainer(name.to_string()));
@@ -598,7 +612,7 @@ pub fn inspect(rt: &Runtime, name: &str) -> Result<serde_json::Value> {
     let running = st.as_ref().is_some_and(State::running);
     let status = match (&st, &rec) {
         (Some(s), _) if running => s.status(),
-        (_, Some(r)) if r.active() => "restarting",
+        (_, Some(_)) if active => "restarting",
         (Some(s), None) => s.status(),
         _ => "exited",
     };
@@ -650,7 +664,7 @@ pub fn inspect(rt: &Runtime, name: &str) -> Result<serde_json::Value> {
         v["error"] = json!(rec.error);
         v["restart_policy"] = json!(rec.restart.to_string());
         v["restart_count"] = json!(rec.restart_count);
-        v["monitor_pid"] = json!(Some(rec.monitor_pid).filter(|_| rec.active()));
+        v["monitor_pid"] = json!(Some(rec.monitor_pid).filter(|_| active));
         v["log_path"] = json!(d.join("log"));
         v["record_dir"] = json!(d);
         v["config"] = serde_json::to_value(&rec.run).unwrap_or_default();
@@ -678,8 +692,9 @@ pub fn stopped(paths: &Paths) -> Vec<Record> {
     };
     let mut v: Vec<Record> = rd
         .flatten()
-        .filter_map(|e| Record::load(paths, &e.file_name().to_string_lossy()).ok())
-        .filter(|r| !r.active())
+        .filter_map(|e| Record::load_settled(paths, &e.file_name().to_string_lossy()).ok())
+        .filter(|(_, active)| !active)
+        .map(|(r, _)| r)
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v

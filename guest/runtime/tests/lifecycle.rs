@@ -357,8 +357,8 @@ fn restart_on_failure_restarts_exactly_n_times() {
     let fine = format!("ltg{}", std::process::id());
     life.detach(&fine, &["--restart", "on-failure"], "echo once");
     let v = life.wait_exited(&fine);
-    assert_eq!(v["restart_count"], 0);
-    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["restart_count"], 0, "{v}");
+    assert_eq!(v["exit_code"], 0, "{v} {}", life.logs(&fine));
     assert_eq!(life.logs(&fine), "once\n");
     ok(&life.ctl(&["rm", &fine]));
     life.assert_clean(&[&name, &fine]);
@@ -564,7 +564,9 @@ fn tty_under_tmux_window_size_job_control() {
         "{p}"
     );
     keys(&["exit 4", "Enter"]);
-    let p = wait_pane("EXITED 4");
+    wait_pane("EXITED 4");
+    // The caller's `stty -a` after it: icanon, or -icanon if still raw.
+    let p = wait_pane("icanon");
     let after = p.split("EXITED 4").nth(1).unwrap();
     assert!(
         after.lines().any(|l| l.trim() == "icanon"),
