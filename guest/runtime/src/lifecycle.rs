@@ -396,6 +396,8 @@ fn monitor(rt: &Runtime, name: &str, mut report: Option<OwnedFd>) {
         let started = rec
             .options(&rt.paths)
             .and_then(|o| rt.create(&o).map(|c| (c, o)));
+        // Holding the caller's folder would keep it busy (unmountable).
+        let _ = std::env::set_current_dir("/");
         let code = match started {
             Err(e) => {
                 if let Some(r) = report.take() {
