@@ -3,7 +3,7 @@
 # machine (idempotent: quick when everything is there).
 set -euo pipefail
 # libseccomp-dev, libcap-ng-dev: what virtiofsd builds against.
-PKGS=(qemu-system-x86 busybox-static cpio kmod e2fsprogs file iproute2 nftables netbase python3 runc util-linux procps librsvg2-bin libseccomp-dev libcap-ng-dev pkg-config)
+PKGS=(qemu-system-x86 busybox-static cpio kmod e2fsprogs file iproute2 nftables netbase python3 runc util-linux procps tmux librsvg2-bin libseccomp-dev libcap-ng-dev pkg-config)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

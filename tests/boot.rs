@@ -364,6 +364,30 @@ run_uvm --mem 512M -- sh -c '
 "#,
     },
     Scripted {
+        name: "lifecycle",
+        // A detached container inside a guest (cgroup v2): run -d returns,
+        // its log fills, inspect sees the v2 cgroup, stop ends it by TERM
+        // (trapped) well before the grace period, rm leaves nothing.
+        script: r#"
+run_uvm --mem 512M -- sh -c '
+  uvm-container mkrootfs /tmp/rootfs >/dev/null || echo mkrootfs-failed
+  uvm-container run -d --name lc --rootfs /tmp/rootfs --net none --memory 64m -- sh -c "trap \"echo got-term; exit 0\" TERM; echo hello-v2; while :; do sleep 0.1; done"
+  echo "run-d rc=$?"
+  for i in $(seq 100); do uvm-container logs lc | grep -q hello-v2 && break; sleep 0.1; done
+  uvm-container inspect lc > /tmp/i.json
+  grep -q "\"version\": 2" /tmp/i.json && echo inspect-cgroup-v2
+  grep -q "\"status\": \"running\"" /tmp/i.json && echo inspect-running
+  read a _ < /proc/uptime
+  uvm-container stop -t 20 lc; echo "stop rc=$?"
+  read b _ < /proc/uptime
+  echo "stop-time $a $b"
+  echo "logs $(uvm-container logs lc | tr "\n" " ")"
+  uvm-container inspect lc | grep -o "\"exit_code\": [0-9]*"
+  uvm-container rm lc; echo "rm rc=$?"
+  echo "left cgroups=$(find /sys/fs/cgroup/uvm -mindepth 1 -type d 2>/dev/null | wc -l) records=$(ls /run/uvm/lifecycle | wc -l) containers=$(ls /run/uvm/containers | wc -l) overlays=$(grep -c overlay /proc/mounts)"'
+"#,
+    },
+    Scripted {
         name: "run_vm",
         // `uvm run` at the vm level: the default busybox root folder becomes
         // the guest's root disk; only the workload's lines reach stdout.
@@ -1413,6 +1437,30 @@ fn the_container_runtime_runs_inside_a_guest() {
     assert!(out.contains("\nwrote\n"), "{out}");
     assert_eq!(field(out, "userns rc=0"), "owner=none-in-image", "{out}");
     assert_eq!(field(out, "left"), "cgroups=0 overlays=0");
+}
+
+/// A detached container's lifecycle inside a guest (cgroup v2).
+#[test]
+fn detached_lifecycle_inside_a_guest() {
+    let o = case("lifecycle");
+    assert_eq!(o.rc, 0, "{}", o.stderr);
+    let out = &o.stdout;
+    assert_eq!(field(out, "run-d"), "rc=0", "{out}");
+    assert!(out.contains("\ninspect-cgroup-v2\n"), "{out}");
+    assert!(out.contains("\ninspect-running\n"), "{out}");
+    assert_eq!(field(out, "stop"), "rc=0", "{out}");
+    let t: Vec<f64> = field(out, "stop-time")
+        .split(' ')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert!(t[1] - t[0] < 10.0, "TERM trapped: no grace period: {out}");
+    assert_eq!(field(out, "logs"), "hello-v2 got-term", "{out}");
+    assert!(out.contains("\"exit_code\": 0\n"), "{out}");
+    assert_eq!(field(out, "rm"), "rc=0", "{out}");
+    assert_eq!(
+        field(out, "left"),
+        "cgroups=0 records=0 containers=0 overlays=0"
+    );
 }
 
 /// The network patterns inside a guest: registration in the guest's

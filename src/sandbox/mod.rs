@@ -375,6 +375,12 @@ fn start_vmm(sb: &Sandbox, cfg: &SandboxConfig) -> Result<(), Error> {
             }
         }
         if Instant::now() >= deadline {
+            // Where the VMM's threads are: a vCPU asleep in the kernel
+            // (state D) is the host's trouble, not the guest's.
+            eprintln!(
+                "uvm sandbox: the VMM's threads: {}",
+                crate::vmm::shutdown::thread_states_of(&child.id().to_string())
+            );
             // Stopped, not killed: the VMM then writes its devices' account
             // to the sandbox's log, which says where the guest got stuck.
             stop_child(&mut child, STOP_TIMEOUT);

@@ -126,8 +126,13 @@ pub fn hard_deadline(timeout: Option<Duration>, seccomp: bool) -> Result<(), cra
 /// Each thread's name, the system call it is in and where it sleeps in
 /// the kernel, from /proc.
 pub(crate) fn thread_states() -> String {
+    thread_states_of("self")
+}
+
+/// [`thread_states`] of process `pid` (a number, or `self`).
+pub(crate) fn thread_states_of(pid: &str) -> String {
     let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc/self/task")
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
         .flatten()
         .flatten()
@@ -159,8 +164,16 @@ pub(crate) fn thread_states() -> String {
             "running" => "(running)",
             other => other,
         };
+        // The state letter (R, S, D...) follows the command's closing
+        // parenthesis in stat.
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string();
         out.push(format!(
-            "{} {call}({arg0}) [{}]",
+            "{} {state} {call}({arg0}) [{}]",
             read("comm"),
             read("wchan")
         ));

@@ -78,6 +78,31 @@ pub enum ContainerCommand {
     Gc,
     /// Images: import, ls, rm, inspect (the same as `uvm image`).
     Image(crate::images::cli::ImageArgs),
+    /// Print a detached container's output (stdout and stderr).
+    Logs {
+        name: String,
+        /// Keep printing until the container ends for good.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stop a container: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        name: String,
+        /// Grace period in seconds.
+        #[arg(short = 't', long = "time", default_value_t = 10, value_name = "SECS")]
+        time: u64,
+    },
+    /// Start a stopped detached container again (same flags, same upper directory).
+    Start { name: String },
+    /// Remove a stopped container (its record, log and overlay).
+    Rm {
+        name: String,
+        /// Stop it first (SIGKILL) if it runs.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// A container's configuration and state as JSON.
+    Inspect { name: String },
     /// Build a minimal root filesystem from busybox and chosen host binaries.
     Mkrootfs {
         /// Directory to create (or fill).
@@ -94,7 +119,7 @@ pub enum ContainerCommand {
 /// The workload flags every command that runs one shares: `uvm container
 /// run` and `uvm-container run` here, `uvm run` at its four levels. Each
 /// command adds its own (a bundle, a timeout, ...) around them.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
 pub struct WorkloadFlags {
     /// Name of the container or VM [default: generated]
     #[arg(long)]
@@ -133,7 +158,7 @@ pub struct WorkloadFlags {
     pub volume: Vec<String>,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
 pub struct RunArgs {
     /// Root filesystem directory (read-only lower layer of an overlay).
     #[arg(long, value_name = "DIR", conflicts_with = "bundle")]
@@ -149,6 +174,8 @@ pub struct RunArgs {
     pub workload: WorkloadFlags,
     #[command(flatten)]
     pub resources: ResourceFlags,
+    #[command(flatten)]
+    pub lifecycle: super::lifecycle::LifecycleFlags,
     /// Mount the root filesystem read-only.
     #[arg(long)]
     pub read_only: bool,
@@ -207,7 +234,7 @@ pub struct RunArgs {
 /// Resource controls of `uvm container run` beyond the shared
 /// `--memory`, `--cpus` and `--pids-limit` (not in [`WorkloadFlags`]:
 /// `uvm run` does not take them at its other levels).
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
 pub struct ResourceFlags {
     /// Relative CPU weight as cgroup v1 shares, 2-262144 (1024 = default); on
     /// cgroup v2 written as cpu.weight = 1 + ((N - 2) * 9999) / 262142
@@ -313,7 +340,7 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-fn run_options(a: RunArgs) -> Result<RunOptions> {
+pub(crate) fn run_options(a: RunArgs) -> Result<RunOptions> {
     let source = match (a.rootfs, a.bundle, a.image) {
         (Some(r), None, None) => Source::Rootfs(r),
         (None, Some(b), None) => Source::Bundle(b),
@@ -344,6 +371,7 @@ fn run_options(a: RunArgs) -> Result<RunOptions> {
         .map(|c| limits::parse_cpus(c, limits::host_cpus()))
         .transpose()?;
     a.resources.apply(&mut o)?;
+    super::lifecycle::apply(&a.lifecycle, &mut o)?;
     o.pids_limit = w
         .pids_limit
         .as_deref()
@@ -453,16 +481,39 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
 }
 
 fn cmd_run(rt: &Runtime, a: RunArgs) -> Result<i32> {
-    let opts = run_options(a)?;
+    if a.lifecycle.detach {
+        return super::lifecycle::run_detached(rt, a);
+    }
+    let stdin = a.lifecycle.interactive;
+    let mut opts = run_options(a)?;
+    let mut pty = match opts.terminal {
+        true => Some(super::tty::Pty::open()?),
+        false => None,
+    };
+    if let Some(p) = &pty {
+        opts.stdio = Some(p.stdio()?);
+    }
     // Containers whose runtime was killed go first.
     rt.sweep();
     let sigs = forwarded_signals();
     sigs.thread_block()
         .map_err(|e| Error::sys("blocking signals", e))?;
+    // With a terminal, a resize is the relay's (it resizes the pty).
+    let mut waited = sigs;
+    if pty.is_some() {
+        waited.remove(Signal::SIGWINCH);
+    }
     let r = rt.create(&opts).and_then(|c| {
+        // The relay sees the terminal's end only once no copy of ours is open.
+        opts.stdio = None;
+        let attached = pty.take().map(|p| p.attach(stdin)).transpose()?;
         let name = c.name().to_string();
         let keep = c.state().overlay.clone().filter(|_| opts.keep);
-        let exit = c.wait_forwarding(&sigs)?;
+        let exit = c.wait_forwarding(&waited);
+        if let Some(a) = attached {
+            a.finish();
+        }
+        let exit = exit?;
         if exit.oom_killed {
             let limit = exit
                 .memory_limit
@@ -483,6 +534,7 @@ fn cmd_run(rt: &Runtime, a: RunArgs) -> Result<i32> {
 
 fn cmd_ps(rt: &Runtime, json: bool) -> Result<i32> {
     let list = rt.list();
+    let ended = super::lifecycle::stopped(&rt.paths);
     if json {
         let v: Vec<serde_json::Value> = list
             .iter()
@@ -491,6 +543,14 @@ fn cmd_ps(rt: &Runtime, json: bool) -> Result<i32> {
                 v["status"] = serde_json::Value::from(s.status());
                 v
             })
+            .chain(ended.iter().map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "status": "exited",
+                    "exit_code": r.exit_code,
+                    "args": r.run.command,
+                })
+            }))
             .collect();
         println!("{}", serde_json::Value::from(v));
         return Ok(0);
@@ -527,6 +587,19 @@ fn cmd_ps(rt: &Runtime, json: bool) -> Result<i32> {
             ip,
             ports,
             s.args.join(" ")
+        );
+    }
+    for r in ended {
+        let status = format!("exited({})", r.exit_code.unwrap_or(-1));
+        println!(
+            "{:<20} {:<16} {:>8} {:<9} {:<15} {:<16} {}",
+            r.name,
+            "-",
+            "-",
+            status,
+            "-",
+            "-",
+            r.run.command.join(" ")
         );
     }
     Ok(0)
@@ -628,6 +701,25 @@ fn dispatch(args: ContainerArgs) -> Result<i32> {
             Ok(0)
         }
         ContainerCommand::Stats { name, json } => cmd_stats(&rt, &name, json),
+        ContainerCommand::Logs { name, follow } => {
+            super::lifecycle::logs(&rt, &name, follow).map(|()| 0)
+        }
+        ContainerCommand::Stop { name, time } => {
+            super::lifecycle::stop(&rt, &name, std::time::Duration::from_secs(time)).map(|()| 0)
+        }
+        ContainerCommand::Start { name } => super::lifecycle::start(&rt, &name).map(|()| 0),
+        ContainerCommand::Rm { name, force } => super::lifecycle::rm(&rt, &name, force).map(|()| 0),
+        ContainerCommand::Inspect { name } => {
+            let v = super::lifecycle::inspect(&rt, &name)?;
+            use std::io::Write;
+            // A reader that went away (`| head`) is not an error of ours.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            );
+            Ok(0)
+        }
         ContainerCommand::Gc => {
             for r in rt.gc()? {
                 println!("removed {r}");

@@ -17,6 +17,8 @@
 //! - [`state`] and [`runtime`]: names, state on disk, run/exec/kill/ps/stats/gc;
 //! - [`image`]: building a minimal rootfs;
 //! - [`images`]: OCI and `docker save` images, their layer store;
+//! - [`lifecycle`]: detached containers under a monitor (logs, stop,
+//!   start, rm, inspect, restart policy) and [`tty`], `run -t`'s terminal;
 //! - [`cli`]: `uvm container ...`;
 //! - [`oci`]: the same runtime behind runc's command line (`uvm oci ...`).
 pub mod cgroups;
@@ -26,6 +28,7 @@ pub mod error;
 pub mod firewall;
 pub mod image;
 pub mod images;
+pub mod lifecycle;
 pub mod limits;
 pub mod netlink;
 pub mod netns;
@@ -37,6 +40,7 @@ pub mod runtime;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+pub mod tty;
 pub mod userns;
 
 pub use error::{Error, Result};

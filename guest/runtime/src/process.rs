@@ -75,7 +75,7 @@ fn recv(fd: BorrowedFd) -> Result<Vec<u8>> {
 }
 
 /// Errors cross the socket as a kind byte and text.
-fn encode_err(e: &Error) -> Vec<u8> {
+pub(crate) fn encode_err(e: &Error) -> Vec<u8> {
     let mut v = vec![b'E'];
     match e {
         Error::CommandNotFound(cmd) => {
@@ -96,7 +96,7 @@ fn encode_err(e: &Error) -> Vec<u8> {
     v
 }
 
-fn decode_err(msg: &[u8]) -> Error {
+pub(crate) fn decode_err(msg: &[u8]) -> Error {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     match msg.get(1) {
         Some(b'N') => Error::CommandNotFound(text(&msg[2..])),
@@ -314,6 +314,8 @@ pub struct ChildPlan<'a> {
     /// Run a tiny init as PID 1 (signal forwarding, zombie reaping).
     pub init: bool,
     pub stdio: Option<&'a Stdio>,
+    /// `stdio` is a terminal: PID 1 makes it its controlling terminal.
+    pub terminal: bool,
     /// OCI create/start: PID 1 outlives the runtime and execs on request.
     pub detached: Option<Detached<'a>>,
 }
@@ -532,6 +534,9 @@ fn container_init(plan: &ChildPlan, sock: BorrowedFd) -> Result<Infallible> {
         .as_ref()
         .filter(|_| plan.detached.is_some());
     let _ = unistd::setsid();
+    if plan.terminal {
+        crate::tty::make_controlling()?;
+    }
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
     // While the host's /proc is still there and before privileges go
     // (lowering it needs CAP_SYS_RESOURCE); exec'd processes inherit it.

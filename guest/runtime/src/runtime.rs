@@ -69,7 +69,7 @@ fn is_root() -> bool {
 /// Removes a tree the container wrote. Rootless, its files are the
 /// caller's but a directory it left without write permission stops
 /// `remove_dir_all`: make directories writable, then try again.
-fn remove_tree(path: &Path) {
+pub(crate) fn remove_tree(path: &Path) {
     if fs::remove_dir_all(path).is_ok() || fs::symlink_metadata(path).is_err() {
         return;
     }
@@ -296,7 +296,11 @@ impl Runtime {
             net_mode: prepared.net.clone(),
             net: None,
             netns: Default::default(),
-            overlay: prepared.overlay.then(|| self.paths.overlay(&name, &id)),
+            overlay: prepared.overlay.then(|| {
+                opts.overlay_dir
+                    .clone()
+                    .unwrap_or_else(|| self.paths.overlay(&name, &id))
+            }),
             keep: opts.keep,
             image: prepared.image.clone(),
         };
@@ -410,6 +414,7 @@ impl Runtime {
             seccomp,
             init: opts.init,
             stdio: opts.stdio.as_ref(),
+            terminal: opts.terminal,
             detached: gate.as_ref().zip(detach).map(|(g, d)| process::Detached {
                 gate: g.as_fd(),
                 console: d.console,

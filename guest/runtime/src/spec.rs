@@ -282,6 +282,14 @@ pub struct RunOptions {
     /// The container's cgroup relative to each hierarchy's root (OCI's
     /// `linux.cgroupsPath`); `None`: the runtime's parent cgroup / its id.
     pub cgroup_path: Option<PathBuf>,
+    /// `--tmpfs PATH[:OPTIONS]`: a tmpfs at each path (see [`crate::lifecycle::Tmpfs`]).
+    pub tmpfs: Vec<crate::lifecycle::Tmpfs>,
+    /// `-t`: the container's stdio (`stdio`) is a terminal that PID 1 makes
+    /// its controlling terminal.
+    pub terminal: bool,
+    /// The overlay's upper and work directories here instead of a fresh
+    /// folder (a detached container's, kept across its starts).
+    pub overlay_dir: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -322,6 +330,9 @@ impl RunOptions {
             gid_map: Vec::new(),
             stdio: None,
             cgroup_path: None,
+            tmpfs: Vec::new(),
+            terminal: false,
+            overlay_dir: None,
         }
     }
 }
@@ -705,6 +716,11 @@ pub fn prepare(opts: &RunOptions, name: &str) -> Result<Prepared> {
     if !opts.volumes.is_empty() {
         let mut mounts = spec.mounts().clone().unwrap_or_default();
         mounts.extend(opts.volumes.iter().map(bind_mount));
+        spec.set_mounts(Some(mounts));
+    }
+    if !opts.tmpfs.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.extend(opts.tmpfs.iter().map(crate::lifecycle::Tmpfs::mount));
         spec.set_mounts(Some(mounts));
     }
 

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[macro_use]
@@ -21,24 +21,8 @@ use common::{assert_fails, is_root, ok, text, tmp};
 
 const BIN: &str = env!("CARGO_BIN_EXE_uvm-container");
 
-/// A busybox rootfs (plus GNU `ls` and its libraries), built once.
 fn rootfs() -> &'static Path {
-    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap();
-    ROOTFS.get_or_init(|| {
-        let dir = tmp().join("rootfs");
-        let out = Command::new(BIN)
-            .args(["mkrootfs", dir.to_str().unwrap(), "--with", "/bin/ls"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mkrootfs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
+    common::rootfs()
 }
 
 /// One test's runtime environment: state root and cgroup parent of its own.

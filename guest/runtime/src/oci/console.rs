@@ -44,12 +44,5 @@ pub fn attach(console: BorrowedFd) -> Result<()> {
     }
     // SAFETY: closing the descriptor opened above, duplicated already.
     unsafe { libc::close(slave) };
-    // SAFETY: TIOCSCTTY on our stdin (the terminal) with an integer argument.
-    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-        return Err(Error::io(
-            "making the terminal controlling",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    crate::tty::make_controlling()
 }

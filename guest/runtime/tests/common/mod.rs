@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// The directories a test's cgroup parent has under each hierarchy.
@@ -62,6 +63,7 @@ macro_rules! require_root {
 }
 
 /// The test's scratch directory (cargo's, under target/).
+#[allow(dead_code)] // not every test binary needs one
 pub fn tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
@@ -88,4 +90,26 @@ pub fn assert_fails(out: &Output, code: i32, needle: &str) {
     assert_eq!(out.status.code(), Some(code), "stderr: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
     assert!(err.contains(needle), "{needle:?} not in {err:?}");
+}
+
+/// A busybox rootfs (plus GNU `ls` and its libraries), built once per test
+/// binary by `uvm-container mkrootfs`.
+#[allow(dead_code)] // oci.rs makes bundles of its own
+pub fn rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap();
+    ROOTFS.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rootfs");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_uvm-container"))
+            .args(["mkrootfs", dir.to_str().unwrap(), "--with", "/bin/ls"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mkrootfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
 }
