@@ -2,8 +2,9 @@
 # Installs what uvm's build, tests and benchmarks need on a fresh Debian 12
 # machine (idempotent: quick when everything is there).
 set -euo pipefail
-# libseccomp-dev, libcap-ng-dev: what virtiofsd builds against.
-PKGS=(qemu-system-x86 busybox-static cpio kmod e2fsprogs file iproute2 nftables netbase python3 runc util-linux procps tmux librsvg2-bin libseccomp-dev libcap-ng-dev pkg-config)
+# libseccomp-dev, libcap-ng-dev: what virtiofsd builds against. containerd
+# (with ctr and runc's shim): the tests start one of their own for the shims.
+PKGS=(qemu-system-x86 busybox-static cpio kmod e2fsprogs file iproute2 nftables netbase python3 runc util-linux procps tmux librsvg2-bin libseccomp-dev libcap-ng-dev pkg-config containerd)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

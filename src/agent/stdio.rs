@@ -47,23 +47,36 @@ impl Attached {
     /// the vCPU thread, uvm's own messages) would wait with it, the guest
     /// frozen behind its console.
     pub fn pump(self) -> Pumps {
-        if let Some(mut s) = self.stdin {
+        let ours = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().ok().map(File::from);
+        self.pump_files(
+            ours(std::io::stdin().as_fd()),
+            ours(std::io::stdout().as_fd()),
+            ours(std::io::stderr().as_fd()),
+        )
+    }
+
+    /// The same with files of the caller's (containerd's FIFOs, for the
+    /// shim): `stdin` is copied to the process until its end, the process's
+    /// stdout and stderr to `stdout` and `stderr`, each closed once copied.
+    pub fn pump_files(
+        self,
+        stdin: Option<File>,
+        stdout: Option<File>,
+        stderr: Option<File>,
+    ) -> Pumps {
+        if let (Some(mut s), Some(mut from)) = (self.stdin, stdin) {
             // Not joined: a terminal's stdin may never end.
             std::thread::spawn(move || {
-                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut s);
+                let _ = std::io::copy(&mut from, &mut s);
                 let _ = s.shutdown(Shutdown::Write);
             });
         }
         let mut outputs = Vec::new();
-        for (stream, ours) in [
-            (self.stdout, std::io::stdout().as_fd().try_clone_to_owned()),
-            (self.stderr, std::io::stderr().as_fd().try_clone_to_owned()),
-        ] {
-            let Some(mut s) = stream else { continue };
-            outputs.push(std::thread::spawn(move || {
-                let mut out = File::from(ours?);
-                std::io::copy(&mut s, &mut out)
-            }));
+        for (stream, to) in [(self.stdout, stdout), (self.stderr, stderr)] {
+            let (Some(mut s), Some(mut out)) = (stream, to) else {
+                continue;
+            };
+            outputs.push(std::thread::spawn(move || std::io::copy(&mut s, &mut out)));
         }
         Pumps { outputs }
     }

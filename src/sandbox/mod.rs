@@ -588,37 +588,15 @@ impl Sandbox {
     /// Creates and starts a container in the sandbox; attached, returns its
     /// exit status once it ended (it stays, stopped, until removed).
     pub fn run(&self, c: &ContainerConfig, how: Attach) -> Result<i32, Error> {
-        check_container(c)?;
-        let a = self.agent()?;
-        let spec = container_spec(c)?;
-        share::add(&self.path("shared"), &c.id, &c.rootfs)?;
-        let meta = json!({
-            "id": c.id, "rootfs": c.rootfs, "hostname": c.hostname.clone().unwrap_or_else(|| c.id.clone()),
-            "command": c.process.args, "created": state::now(),
-            "detached": matches!(how, Attach::Detached),
-        });
-        let made = std::fs::write(self.container_meta(&c.id), meta.to_string())
-            .map_err(|e| {
-                Error::Io(
-                    format!("writing {}", self.container_meta(&c.id).display()),
-                    e,
-                )
-            })
-            .and_then(|()| {
-                let streams = match how {
-                    Attach::Terminal => Streams::ALL,
-                    Attach::Detached => Streams {
-                        stdin: false,
-                        stdout: true,
-                        stderr: true,
-                    },
-                };
-                a.create_container(&c.id, &spec, None, true, &[], streams)
-            });
-        if let Err(e) = made {
-            self.forget(&c.id);
-            return Err(e);
-        }
+        let streams = match how {
+            Attach::Terminal => Streams::ALL,
+            Attach::Detached => Streams {
+                stdin: false,
+                stdout: true,
+                stderr: true,
+            },
+        };
+        let a = self.create_container(c, streams, matches!(how, Attach::Detached))?;
         match how {
             Attach::Detached => {
                 let started = logs::start_pump(self, &c.id).and_then(|()| a.start_container(&c.id));
@@ -636,6 +614,43 @@ impl Sandbox {
                 let status = a.wait(&c.id, "")?;
                 pumps.finish()?;
                 Ok(status.status)
+            }
+        }
+    }
+
+    /// Makes a container in the sandbox, its PID 1 waiting to be started
+    /// (the agent's `start_container`): its root folder in the share, its
+    /// record beside the sandbox, the guest's container with the streams
+    /// `streams` names. On failure nothing of it is left. Returns the agent
+    /// it was made through.
+    pub fn create_container(
+        &self,
+        c: &ContainerConfig,
+        streams: Streams,
+        detached: bool,
+    ) -> Result<AgentClient, Error> {
+        check_container(c)?;
+        let a = self.agent()?;
+        let spec = container_spec(c)?;
+        share::add(&self.path("shared"), &c.id, &c.rootfs)?;
+        let meta = json!({
+            "id": c.id, "rootfs": c.rootfs, "hostname": c.hostname.clone().unwrap_or_else(|| c.id.clone()),
+            "command": c.process.args, "created": state::now(),
+            "detached": detached,
+        });
+        let made = std::fs::write(self.container_meta(&c.id), meta.to_string())
+            .map_err(|e| {
+                Error::Io(
+                    format!("writing {}", self.container_meta(&c.id).display()),
+                    e,
+                )
+            })
+            .and_then(|()| a.create_container(&c.id, &spec, None, true, &[], streams));
+        match made {
+            Ok(()) => Ok(a),
+            Err(e) => {
+                self.forget(&c.id);
+                Err(e)
             }
         }
     }

@@ -1,0 +1,640 @@
+//! The task API of one pod's shim: containerd's calls turned into uvm's
+//! sandbox library's (the pod's microVM) and its agent's (the containers).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use containerd_shim::api::{
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, DeleteResponse, Empty, KillRequest, PidsRequest, PidsResponse, ShutdownRequest,
+    StartRequest, StartResponse, StateRequest, StateResponse, Status, WaitRequest, WaitResponse,
+};
+use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::topics::TASK_EXIT_EVENT_TOPIC;
+use containerd_shim::protos::ttrpc::{self, Code, Status as RpcStatus};
+use containerd_shim::protos::types::task::ProcessInfo;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
+use log::{info, warn};
+use serde_json::Value;
+use uvm::agent::stdio::{Attached, Pumps};
+use uvm::agent::{ProcessSpec, Streams};
+use uvm::error::Error;
+use uvm::sandbox::{self, ContainerConfig, Sandbox, SandboxConfig};
+
+/// The pod's VM: small, as a pod's containers are; the agent and a few
+/// processes fit in it.
+const POD_VCPUS: u32 = 1;
+const POD_MEM: u64 = 256 << 20;
+
+/// One container (a task) of the pod.
+struct Ctr {
+    /// Its name in the sandbox (ids are cut to what a sandbox name holds).
+    name: String,
+    bundle: PathBuf,
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    status: Status,
+    exit: Option<(u32, Timestamp)>,
+    /// The copies between containerd's FIFOs and the guest's streams.
+    pumps: Option<(Attached, [Option<File>; 3])>,
+    /// A writer of our own on the stdin FIFO, so that its reader sees no
+    /// end before containerd's CloseIO (a FIFO's reader reads EOF whenever
+    /// no writer has it open, also before containerd's writer came).
+    stdin_keeper: Option<File>,
+    /// Whether the shim mounted the bundle's rootfs (containerd's mounts).
+    mounted: bool,
+}
+
+struct State {
+    /// The pod's sandbox, once its first container made it.
+    sandbox: Option<Sandbox>,
+    containers: HashMap<String, Ctr>,
+}
+
+pub struct Service {
+    namespace: String,
+    publisher: Arc<Mutex<RemotePublisher>>,
+    exit: Arc<ExitSignal>,
+    state: Arc<(Mutex<State>, Condvar)>,
+}
+
+fn rpc(code: Code, msg: impl std::fmt::Display) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(RpcStatus {
+        code: code.into(),
+        message: msg.to_string(),
+        ..Default::default()
+    })
+}
+
+fn failed(e: Error) -> ttrpc::Error {
+    rpc(Code::FAILED_PRECONDITION, e)
+}
+
+/// A sandbox or container name from a containerd id (at most 48 of its
+/// characters; containerd's ids are letters, digits, `_`, `.`, `-`).
+pub fn name_of(id: &str) -> String {
+    id.chars().take(48).collect()
+}
+
+/// What the bundle's OCI spec asks the container's process to be.
+fn container_config(id: &str, rootfs: &Path, spec: &Value) -> Result<ContainerConfig, String> {
+    let p = &spec["process"];
+    if p["terminal"].as_bool() == Some(true) {
+        return Err("terminals are not supported by the uvm shim yet (run without -t)".into());
+    }
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let id32 = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    let user = match (id32(&p["user"]["uid"]), id32(&p["user"]["gid"])) {
+        (Some(u), Some(g)) => Some((u, g)),
+        _ => None,
+    };
+    Ok(ContainerConfig {
+        id: name_of(id),
+        rootfs: rootfs.to_path_buf(),
+        hostname: spec["hostname"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .map(str::to_string),
+        process: ProcessSpec {
+            args: strings(&p["args"]),
+            env: strings(&p["env"]),
+            cwd: p["cwd"].as_str().map(str::to_string),
+            user,
+        },
+    })
+}
+
+/// Opens containerd's FIFO `path` for the shim's end without waiting for
+/// the other end (read and write: the open never blocks).
+fn open_fifo(path: &str) -> Result<Option<File>, String> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(Some)
+        .map_err(|e| format!("opening {path}: {e}"))
+}
+
+/// The stdin FIFO: a reader, and a writer of our own held until CloseIO.
+fn open_stdin(path: &str) -> Result<(Option<File>, Option<File>), String> {
+    if path.is_empty() {
+        return Ok((None, None));
+    }
+    let reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("opening {path}: {e}"))?;
+    let keeper = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("opening {path}: {e}"))?;
+    // Blocking reads from here on: the copy waits for data, not spins.
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor this function owns; no memory passed.
+    unsafe {
+        let fl = libc::fcntl(reader.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(reader.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+    Ok((Some(reader), Some(keeper)))
+}
+
+/// Mounts containerd's rootfs mounts on the bundle's `rootfs` folder
+/// (a snapshotter's bind or overlay mount). Done here, not with the
+/// shim crate's helper, which mounts in a child it waits for through the
+/// crate's reaper, which this shim runs without.
+fn mount_rootfs(req: &CreateTaskRequest, rootfs: &Path) -> Result<bool, String> {
+    use nix::mount::MsFlags;
+    if req.rootfs.is_empty() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(rootfs).map_err(|e| format!("creating {}: {e}", rootfs.display()))?;
+    for m in &req.rootfs {
+        let mut flags = MsFlags::empty();
+        let mut data = Vec::new();
+        for o in &m.options {
+            match o.as_str() {
+                "bind" => flags |= MsFlags::MS_BIND,
+                "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+                "ro" => flags |= MsFlags::MS_RDONLY,
+                "rw" => {}
+                "nosuid" => flags |= MsFlags::MS_NOSUID,
+                "nodev" => flags |= MsFlags::MS_NODEV,
+                "noexec" => flags |= MsFlags::MS_NOEXEC,
+                other => data.push(other),
+            }
+        }
+        let data = data.join(",");
+        let fstype = (!flags.contains(MsFlags::MS_BIND)).then_some(m.type_.as_str());
+        nix::mount::mount(
+            Some(m.source.as_str()),
+            rootfs,
+            fstype,
+            flags,
+            (!data.is_empty()).then_some(data.as_str()),
+        )
+        .map_err(|e| format!("mounting the rootfs ({} {}): {e}", m.type_, m.source))?;
+    }
+    Ok(true)
+}
+
+fn unmount_rootfs(bundle: &Path) {
+    let rootfs = bundle.join("rootfs");
+    if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
+        if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
+            warn!("unmounting {}: {e}", rootfs.display());
+        }
+    }
+}
+
+/// What a shim that died left of task `id` in `bundle` of pod `pod`: the
+/// pod's sandbox (when the task was the pod's own) and the rootfs mount.
+pub fn remove_leftovers(bundle: &Path, pod: &str, id: &str) {
+    if pod == id {
+        if let Err(e) = sandbox::remove(&name_of(pod)) {
+            info!("sandbox {pod}: {e}");
+        }
+    }
+    unmount_rootfs(bundle);
+}
+
+/// Reaps the sandbox's VMM (the shim's child) once it ends, so that no
+/// zombie of it is left under a long-lived shim.
+fn reap_vmm(pid: i32) {
+    std::thread::spawn(move || {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    });
+}
+
+impl Service {
+    pub fn new(namespace: String, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Service {
+        Service {
+            namespace,
+            publisher: Arc::new(Mutex::new(publisher)),
+            exit,
+            state: Arc::new((
+                Mutex::new(State {
+                    sandbox: None,
+                    containers: HashMap::new(),
+                }),
+                Condvar::new(),
+            )),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pod's sandbox, made by its first container.
+    fn sandbox(&self, pod: &str) -> Result<Sandbox, Error> {
+        if let Some(sb) = &self.lock().sandbox {
+            return Ok(sb.clone());
+        }
+        let cfg = SandboxConfig {
+            name: name_of(pod),
+            vcpus: POD_VCPUS,
+            mem: POD_MEM,
+            bridge: false,
+            publish: Vec::new(),
+        };
+        let sb = sandbox::create(&cfg)?;
+        if let sandbox::Status::Running(pid) = sb.status() {
+            reap_vmm(pid);
+        }
+        self.lock().sandbox = Some(sb.clone());
+        Ok(sb)
+    }
+
+    fn vmm_pid(&self) -> u32 {
+        match self.lock().sandbox.as_ref().map(Sandbox::status) {
+            Some(sandbox::Status::Running(pid)) => u32::try_from(pid).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    fn create_inner(&self, req: &CreateTaskRequest) -> Result<CreateTaskResponse, ttrpc::Error> {
+        if self.lock().containers.contains_key(&req.id) {
+            return Err(rpc(Code::ALREADY_EXISTS, format!("task {} exists", req.id)));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec: Value = std::fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_slice(&t).ok())
+            .ok_or_else(|| {
+                rpc(
+                    Code::INVALID_ARGUMENT,
+                    "the bundle has no readable config.json",
+                )
+            })?;
+        let rootfs = bundle.join("rootfs");
+        let c = container_config(&req.id, &rootfs, &spec)
+            .map_err(|e| rpc(Code::INVALID_ARGUMENT, e))?;
+        if req.terminal {
+            return Err(rpc(
+                Code::INVALID_ARGUMENT,
+                "terminals are not supported by the uvm shim yet",
+            ));
+        }
+        let mounted = mount_rootfs(req, &rootfs).map_err(|e| rpc(Code::INTERNAL, e))?;
+        let made = self.make_container(req, &c, &spec);
+        match made {
+            Ok(ctr) => {
+                let ctr = Ctr { mounted, ..ctr };
+                self.lock().containers.insert(req.id.clone(), ctr);
+                Ok(CreateTaskResponse {
+                    pid: self.vmm_pid(),
+                    ..Default::default()
+                })
+            }
+            Err(e) => {
+                if mounted {
+                    unmount_rootfs(&bundle);
+                }
+                // The pod's first container failing leaves no pod.
+                if self.lock().containers.is_empty() {
+                    if let Some(sb) = self.lock().sandbox.take() {
+                        let _ = sandbox::remove(sb.name());
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn make_container(
+        &self,
+        req: &CreateTaskRequest,
+        c: &ContainerConfig,
+        spec: &Value,
+    ) -> Result<Ctr, ttrpc::Error> {
+        let pod = spec["annotations"][crate::POD_ANNOTATION]
+            .as_str()
+            .unwrap_or(&req.id)
+            .to_string();
+        let sb = self.sandbox(&pod).map_err(failed)?;
+        let streams = Streams {
+            stdin: !req.stdin.is_empty(),
+            stdout: !req.stdout.is_empty(),
+            stderr: !req.stderr.is_empty(),
+        };
+        let a = sb.create_container(c, streams, false).map_err(failed)?;
+        let io = (|| -> Result<_, String> {
+            let (stdin, keeper) = open_stdin(&req.stdin)?;
+            let files = [stdin, open_fifo(&req.stdout)?, open_fifo(&req.stderr)?];
+            let attached = Attached::connect(&a, &c.id, "", streams).map_err(|e| e.to_string())?;
+            Ok((attached, files, keeper))
+        })();
+        let (attached, files, keeper) = match io {
+            Ok(io) => io,
+            Err(e) => {
+                let _ = sb.remove_container(&c.id, true);
+                return Err(rpc(Code::INTERNAL, e));
+            }
+        };
+        Ok(Ctr {
+            name: c.id.clone(),
+            bundle: PathBuf::from(&req.bundle),
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            status: Status::CREATED,
+            exit: None,
+            pumps: Some((attached, files)),
+            stdin_keeper: keeper,
+            mounted: false,
+        })
+    }
+
+    /// Waits in a thread of its own for the container's end: its output
+    /// copied out, its status recorded, containerd told.
+    fn watch(&self, id: String, name: String, pumps: Pumps) {
+        let state = self.state.clone();
+        let sb = self.lock().sandbox.clone();
+        let publisher = self.publisher.clone();
+        let namespace = self.namespace.clone();
+        let pid = self.vmm_pid();
+        std::thread::spawn(move || {
+            let status = sb
+                .as_ref()
+                .ok_or_else(|| Error::Usage("no sandbox".into()))
+                .and_then(|sb| sb.wait(&name));
+            if let Err(e) = pumps.finish() {
+                warn!("{id}: {e}");
+            }
+            let code = match status {
+                Ok(s) => u32::try_from(s).unwrap_or(255),
+                Err(e) => {
+                    warn!("{id}: waiting for it: {e}");
+                    255
+                }
+            };
+            let at = containerd_shim::util::timestamp().unwrap_or_default();
+            {
+                let (lock, cv) = &*state;
+                let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(c) = st.containers.get_mut(&id) {
+                    c.status = Status::STOPPED;
+                    c.exit = Some((code, at.clone()));
+                }
+                cv.notify_all();
+            }
+            if let Ok(p) = publisher.lock() {
+                let ev = TaskExit {
+                    container_id: id.clone(),
+                    id: id.clone(),
+                    pid,
+                    exit_status: code,
+                    exited_at: Some(at).into(),
+                    ..Default::default()
+                };
+                if let Err(e) = p.publish(
+                    Context::default(),
+                    TASK_EXIT_EVENT_TOPIC,
+                    &namespace,
+                    Box::new(ev),
+                ) {
+                    warn!("{id}: publishing its exit: {e}");
+                }
+            }
+        });
+    }
+
+    fn no_task(id: &str) -> ttrpc::Error {
+        rpc(Code::NOT_FOUND, format!("task {id} not found"))
+    }
+
+    fn exec_unsupported(exec_id: &str) -> TtrpcResult<()> {
+        if exec_id.is_empty() {
+            Ok(())
+        } else {
+            Err(rpc(
+                Code::UNIMPLEMENTED,
+                "exec is not supported by the uvm shim yet",
+            ))
+        }
+    }
+}
+
+impl Task for Service {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        info!("create {} in {}", req.id, req.bundle);
+        self.create_inner(&req)
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        Self::exec_unsupported(&req.exec_id)?;
+        let (name, pumps) = {
+            let mut st = self.lock();
+            let c = st
+                .containers
+                .get_mut(&req.id)
+                .ok_or_else(|| Self::no_task(&req.id))?;
+            if c.status != Status::CREATED {
+                return Err(rpc(
+                    Code::FAILED_PRECONDITION,
+                    format!("task {} is not created", req.id),
+                ));
+            }
+            (c.name.clone(), c.pumps.take())
+        };
+        let sb = self
+            .lock()
+            .sandbox
+            .clone()
+            .ok_or_else(|| Self::no_task(&req.id))?;
+        sb.agent()
+            .and_then(|a| a.start_container(&name))
+            .map_err(failed)?;
+        let pumps = pumps.map(|(a, [i, o, e])| a.pump_files(i, o, e));
+        if let Some(c) = self.lock().containers.get_mut(&req.id) {
+            c.status = Status::RUNNING;
+        }
+        if let Some(p) = pumps {
+            self.watch(req.id.clone(), name, p);
+        }
+        Ok(StartResponse {
+            pid: self.vmm_pid(),
+            ..Default::default()
+        })
+    }
+
+    fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        Self::exec_unsupported(&req.exec_id)?;
+        let pid = self.vmm_pid();
+        let st = self.lock();
+        let c = st
+            .containers
+            .get(&req.id)
+            .ok_or_else(|| Self::no_task(&req.id))?;
+        let mut r = StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.display().to_string(),
+            pid,
+            stdin: c.stdin.clone(),
+            stdout: c.stdout.clone(),
+            stderr: c.stderr.clone(),
+            ..Default::default()
+        };
+        r.status = c.status.into();
+        if let Some((code, at)) = &c.exit {
+            r.exit_status = *code;
+            r.exited_at = Some(at.clone()).into();
+        }
+        Ok(r)
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        Self::exec_unsupported(&req.exec_id)?;
+        let (lock, cv) = &*self.state;
+        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let c = st
+                .containers
+                .get(&req.id)
+                .ok_or_else(|| Self::no_task(&req.id))?;
+            if let Some((code, at)) = &c.exit {
+                return Ok(WaitResponse {
+                    exit_status: *code,
+                    exited_at: Some(at.clone()).into(),
+                    ..Default::default()
+                });
+            }
+            st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        Self::exec_unsupported(&req.exec_id)?;
+        let name = {
+            let st = self.lock();
+            let c = st
+                .containers
+                .get(&req.id)
+                .ok_or_else(|| Self::no_task(&req.id))?;
+            if c.status == Status::STOPPED {
+                return Err(rpc(
+                    Code::NOT_FOUND,
+                    format!("task {}: process already finished", req.id),
+                ));
+            }
+            c.name.clone()
+        };
+        let sb = self
+            .lock()
+            .sandbox
+            .clone()
+            .ok_or_else(|| Self::no_task(&req.id))?;
+        let sig =
+            i32::try_from(req.signal).map_err(|_| rpc(Code::INVALID_ARGUMENT, "bad signal"))?;
+        sb.kill(&name, sig, req.all).map_err(failed)?;
+        Ok(Empty::new())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        Self::exec_unsupported(&req.exec_id)?;
+        if let Some(c) = self.lock().containers.get_mut(&req.id) {
+            // Our writer goes; containerd's closing its own ends the copy.
+            c.stdin_keeper = None;
+        }
+        Ok(Empty::new())
+    }
+
+    fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        Self::exec_unsupported(&req.exec_id)?;
+        let pid = self.vmm_pid();
+        let c = {
+            let mut st = self.lock();
+            let c = st
+                .containers
+                .get(&req.id)
+                .ok_or_else(|| Self::no_task(&req.id))?;
+            if c.status == Status::RUNNING {
+                return Err(rpc(
+                    Code::FAILED_PRECONDITION,
+                    format!("task {} is running: kill it first", req.id),
+                ));
+            }
+            st.containers
+                .remove(&req.id)
+                .ok_or_else(|| Self::no_task(&req.id))?
+        };
+        let sb = self.lock().sandbox.clone();
+        if let Some(sb) = &sb {
+            if let Err(e) = sb.remove_container(&c.name, true) {
+                warn!("{}: removing it from the sandbox: {e}", req.id);
+            }
+        }
+        if c.mounted {
+            unmount_rootfs(&c.bundle);
+        }
+        // The pod goes with its last container: VMM, virtiofsd, socket,
+        // cgroup and folder.
+        if self.lock().containers.is_empty() {
+            if let Some(sb) = self.lock().sandbox.take() {
+                sandbox::remove(sb.name()).map_err(failed)?;
+            }
+        }
+        let (code, at) = c
+            .exit
+            .unwrap_or((0, containerd_shim::util::timestamp().unwrap_or_default()));
+        Ok(DeleteResponse {
+            pid,
+            exit_status: code,
+            exited_at: Some(at).into(),
+            ..Default::default()
+        })
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        if !self.lock().containers.contains_key(&req.id) {
+            return Err(Self::no_task(&req.id));
+        }
+        let mut r = PidsResponse::new();
+        r.processes.push(ProcessInfo {
+            pid: self.vmm_pid(),
+            ..Default::default()
+        });
+        Ok(r)
+    }
+
+    fn connect(&self, _ctx: &TtrpcContext, _req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: self.vmm_pid(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+        if !self.lock().containers.is_empty() {
+            return Ok(Empty::new());
+        }
+        if let Some(sb) = self.lock().sandbox.take() {
+            let _ = sandbox::remove(sb.name());
+        }
+        self.exit.signal();
+        Ok(Empty::new())
+    }
+}
