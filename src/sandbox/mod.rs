@@ -383,7 +383,7 @@ fn start_vmm(sb: &Sandbox, cfg: &SandboxConfig) -> Result<(), Error> {
             );
             // Stopped, not killed: the VMM then writes its devices' account
             // to the sandbox's log, which says where the guest got stuck.
-            stop_child(&mut child, STOP_TIMEOUT);
+            crate::vmm::shutdown::stop_child(&mut child, STOP_TIMEOUT);
             let account = crate::run::vm::tail(&sb.path("sandbox.log"), 12);
             if !account.is_empty() {
                 eprintln!("uvm sandbox: the VMM's account:\n{account}");
@@ -399,22 +399,6 @@ fn start_vmm(sb: &Sandbox, cfg: &SandboxConfig) -> Result<(), Error> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Asks `child` to stop (SIGTERM), kills it if it has not within `grace`,
-/// and reaps it.
-fn stop_child(child: &mut std::process::Child, grace: Duration) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Makes `cmd`'s process a session of its own: it outlives the command

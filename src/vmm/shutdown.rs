@@ -123,6 +123,22 @@ pub fn hard_deadline(timeout: Option<Duration>, seccomp: bool) -> Result<(), cra
     .map(drop)
 }
 
+/// Asks `child` to stop (SIGTERM), kills it if it has not within `grace`,
+/// and reaps it.
+pub(crate) fn stop_child(child: &mut std::process::Child, grace: Duration) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Each thread's name, the system call it is in and where it sleeps in
 /// the kernel, from /proc.
 pub(crate) fn thread_states() -> String {

@@ -203,21 +203,7 @@ impl Drop for Virtiofsd {
                  the guest's requests to that share failed with EIO from then on",
                 self.tag
             ),
-            _ => {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                let deadline = Instant::now() + Duration::from_secs(2);
-                while Instant::now() < deadline {
-                    if let Ok(Some(_)) = self.child.try_wait() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
+            _ => super::shutdown::stop_child(&mut self.child, Duration::from_secs(2)),
         }
         if let Some(dir) = self.socket.parent() {
             let _ = std::fs::remove_dir_all(dir);
