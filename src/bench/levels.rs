@@ -680,14 +680,16 @@ pub fn run(args: &LevelsArgs) -> Result<(Samples, String), Error> {
     }
     let total = targets.len() * (runs + 1);
     let mut done = 0;
+    let started = std::time::Instant::now();
     let mut step = |what: &str| {
         done += 1;
         let width = 30;
         let filled = done * width / total.max(1);
         eprintln!(
-            "uvm bench: [{}{}] {done}/{total} {what}",
+            "uvm bench: [{}{}] {done}/{total} {what} (at {:.0} s)",
             "#".repeat(filled),
-            ".".repeat(width - filled)
+            ".".repeat(width - filled),
+            started.elapsed().as_secs_f64()
         );
     };
     let sink = Sink::start()?;
