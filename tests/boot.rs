@@ -663,6 +663,83 @@ rm -rf $D
 "#,
     },
     Scripted {
+        name: "sandbox",
+        // uvm sandbox: one microVM holding three containers (the pod
+        // pattern) on uvm's bridge with a published port: web serves on
+        // the sandbox's network and fetch reaches it on localhost, each
+        // with its own PID 1 and hostname; exec, kill, wait, logs (and
+        // logs -f of one that ends), ps and inspect (JSON, in $B.out);
+        // refusals (a name in use, a container name in use, an unknown
+        // container); rm leaves no VMM, virtiofsd, log pump, tap,
+        // published port, lease, mount, cgroup or folder of it. A second
+        // sandbox, booted after, has its VMM SIGKILLed: uvm gc leaves
+        // nothing of it either, and then nothing of any sandbox is left.
+        script: r#"
+R=$(mktemp -d /dev/shm/uvm-sbx-root.XXXXXX)
+$UVM container mkrootfs $R >/dev/null
+SB="$UVM sandbox"
+# What is left of sandbox $1 (its port $2, tap $3, VMM pid $4).
+left() {
+  echo "vmm=$(pgrep -f -c "sandbox-vmm $1\$") pumps=$(pgrep -f -c "sandbox-log $1 ") virtiofsd=$(pgrep -f -c "sandbox/$1/shared") taps=$(ip -o link | grep -c "$3") ports=$(nft list map ip uvm ports 2>/dev/null | grep -c "$2") dir=$(ls -d /run/uvm/sandbox/$1 2>/dev/null | wc -l) mounts=$(grep -c "/run/uvm/sandbox/$1/" /proc/mounts) cgroups=$(find /sys/fs/cgroup -path "*uvm-sandbox/$1" -type d 2>/dev/null | wc -l) vfsdirs=$(ls -d /run/uvm/virtiofsd/$4-* 2>/dev/null | wc -l) leases=$(ls -d /run/uvm/containers/sandbox-$1 2>/dev/null | wc -l)"
+}
+tap_of() { $SB inspect $1 | grep '"tap"' | cut -d'"' -f4; }
+vmm_of() { $SB ls | awk -v n=$1 '$1 == n { print $3 }'; }
+{
+t0=$SECONDS
+echo "at create1 $((SECONDS - t0))" >&2
+timeout 180 $SB create pod1 --vcpus 2 --mem 512M --net bridge -p 18190:8080 >$B.create.out 2>$B.create.err; echo "create rc=$? $(cat $B.create.out $B.create.err)"
+echo "boot took $((SECONDS - t0)) s" >&2
+$SB create pod1 2>$B.dup.err; echo "dup rc=$? $(cat $B.dup.err)"
+echo "at web $((SECONDS - t0))" >&2
+$SB run pod1 --name web --rootfs $R -d -- sh -c 'echo index-from-$(hostname) > /tmp/index.html; echo web-started pid=$$; echo web-err >&2; exec httpd -f -p 8080 -h /tmp' > $B.web.id; echo "web rc=$? id=$(cat $B.web.id)"
+echo "at fetch $((SECONDS - t0))" >&2
+timeout 90 $SB run pod1 --name fetch --rootfs $R -- sh -c 'for i in $(seq 200); do wget -q -O - http://127.0.0.1:8080/index.html 2>/dev/null && break; sleep 0.2; done; echo "fetch pid=$$ host=$(hostname) procs=$(ps -o pid | wc -l)"; exit 3' </dev/null > $B.fetch.out 2>&1; echo "fetch rc=$? $(tr '\n' ' ' < $B.fetch.out)"
+$SB run pod1 --name sleeper --rootfs $R -d -- sh -c 'echo one; echo two >&2; exec sleep 1000' >/dev/null; echo "sleeper rc=$?"
+echo "at web $((SECONDS - t0))" >&2
+$SB run pod1 --name web --rootfs $R -- true </dev/null 2>$B.dupc.err; echo "dup-container rc=$? $(cat $B.dupc.err)"
+echo "at exec $((SECONDS - t0))" >&2
+timeout 60 $SB exec pod1 sleeper -- sh -c 'echo "exec host=$(hostname) init=$(cat /proc/1/comm) procs=$(ps -o pid | wc -l)"; echo exec-err >&2; exit 4' </dev/null > $B.exec.out 2> $B.exec.err; echo "exec rc=$? out=$(cat $B.exec.out) err=$(cat $B.exec.err)"
+echo "at hostfetch $((SECONDS - t0))" >&2
+echo "host-fetch $(for i in $(seq 60); do timeout 10 busybox wget -q -O - http://127.0.0.1:18190/index.html 2>/dev/null && break; sleep 0.5; done)"
+echo "logs $(timeout 10 $SB logs pod1 web | sort | tr '\n' ' ')"
+$SB ps pod1 | awk 'NR > 1 { print "ps", $1, $2 }'
+$SB kill pod1 sleeper; echo "kill rc=$?"
+timeout 30 $SB wait pod1 sleeper; echo "wait rc=$?"
+echo "at logsf $((SECONDS - t0))" >&2
+echo "logs-f $(timeout 30 $SB logs -f pod1 sleeper | sort | tr '\n' ' ')"
+$SB logs pod1 nosuch 2>$B.nolog.err; echo "no-log rc=$? $(cat $B.nolog.err)"
+$SB rm pod1 sleeper; echo "rm-container rc=$?"
+$SB ls | awk '$1 == "pod1" { print "ls", $1, $2, $5 }'
+$SB inspect pod1 > $B.out; echo "inspect rc=$?"
+# For a failure's report: the VMM's own words and the guest's last lines.
+tail -n 5 /run/uvm/sandbox/pod1/sandbox.log | sed 's/^/sandbox.log: /' >&2
+tail -n 30 /run/uvm/sandbox/pod1/console.log | sed 's/^/console: /' >&2
+tap1=$(grep '"tap"' $B.out | cut -d'"' -f4) vmm1=$(vmm_of pod1)
+echo "at rm1 $((SECONDS - t0))" >&2
+timeout 60 $SB rm pod1; echo "rm rc=$?"
+echo "after-rm $(left pod1 18190 $tap1 $vmm1)"
+# One VM at a time: two booting at once in the runner's software-CPU L1
+# is what wedged it.
+echo "at create2 $((SECONDS - t0))" >&2
+timeout 180 $SB create pod2 --net bridge -p 18191:8080 >/dev/null 2>$B.create2.err; echo "create2 rc=$? $(cat $B.create2.err)"
+$SB run pod2 --name w2 --rootfs $R -d -- sleep 1000 >/dev/null; echo "w2 rc=$?"
+tap2=$(tap_of pod2) vmm2=$(vmm_of pod2)
+echo "before-kill $(left pod2 18191 $tap2 $vmm2)"
+kill -9 $vmm2; sleep 0.5
+$SB ls | awk 'NR > 1 { print "ls2", $1, $2 }'
+$SB exec pod2 w2 -- true </dev/null 2>$B.dead.err; echo "dead rc=$? $(cat $B.dead.err)"
+echo "at gc $((SECONDS - t0))" >&2
+$UVM gc > $B.gc 2>&1; echo "gc rc=$? $(grep -c 'sandbox pod2' $B.gc)"
+echo "after-gc $(left pod2 18191 $tap2 $vmm2)"
+$SB inspect pod2 2>$B.gone.err; echo "gone rc=$? $(cat $B.gone.err)"
+echo "all-gone sandboxes=$(ls /run/uvm/sandbox 2>/dev/null | wc -l) virtiofsd=$(pgrep -c virtiofsd) taps=$(ip -o link | grep -c uvmt) cgroups=$(find /sys/fs/cgroup -path '*uvm-sandbox*' -type d 2>/dev/null | wc -l)"
+echo "case took $((SECONDS - t0)) s" >&2
+} > $B.host 2>$B.err
+echo 0 > $B.rc
+rm -rf $R
+"#,
+    },
+    Scripted {
         name: "run_volumes",
         // -v at the vm levels: the folder reaches the VM over virtio-fs,
         // at vm mounted where asked, at vm+container bound on into the
@@ -1643,6 +1720,117 @@ fn run_net_publishes_ports_at_both_vm_levels_on_every_host_address() {
     assert!(h.contains("killed vmdirs=1"), "{h}");
     assert!(
         h.contains("after-gc taps=0 ports=0 states=0 bridge=0 vmdirs=0"),
+        "{h}"
+    );
+}
+
+#[test]
+fn a_sandbox_holds_containers_that_share_its_network_and_leaves_nothing() {
+    let o = case("sandbox");
+    let h = &o.host;
+    assert_eq!(field(h, "create"), "rc=0 pod1", "{h}\n{}", o.stderr);
+    assert!(
+        h.contains("dup rc=125 uvm sandbox: a sandbox named pod1 exists (running)"),
+        "{h}"
+    );
+    assert_eq!(field(h, "web"), "rc=0 id=web", "{h}");
+    // Two containers, one network: fetch reached web's server on
+    // localhost; each has its own PID 1, hostname and processes.
+    // (procs: its shell, ps, and the shell's forks; the VM runs dozens.)
+    let procs = |line: &str| -> u32 {
+        line.split("procs=")
+            .nth(1)
+            .and_then(|p| p.split(' ').next()?.parse().ok())
+            .unwrap_or(99)
+    };
+    let fetch = field(h, "fetch");
+    assert!(
+        fetch.starts_with("rc=3 index-from-web fetch pid=1 host=fetch procs="),
+        "{h}"
+    );
+    assert!(procs(fetch) <= 10, "{h}");
+    assert_eq!(field(h, "sleeper"), "rc=0", "{h}");
+    assert!(
+        h.contains("dup-container rc=125 uvm sandbox: container web exists"),
+        "{h}"
+    );
+    // exec joins the container's namespaces: its hostname, its PID 1.
+    let exec = field(h, "exec");
+    assert!(
+        exec.starts_with("rc=4 out=exec host=sleeper init=sleep procs="),
+        "{h}"
+    );
+    assert!(procs(exec) <= 10 && exec.ends_with(" err=exec-err"), "{h}");
+    // The published port reaches web from the host.
+    assert_eq!(field(h, "host-fetch"), "index-from-web", "{h}");
+    // A detached container's stdout and stderr, followed to its end
+    // (sleeper's, once killed).
+    assert_eq!(field(h, "logs-f"), "one two", "{h}");
+    assert_eq!(field(h, "logs"), "web-err web-started pid=1", "{h}");
+    for (c, st) in [
+        ("fetch", "stopped"),
+        ("sleeper", "running"),
+        ("web", "running"),
+    ] {
+        assert!(h.contains(&format!("ps {c} {st}\n")), "{c} {st}: {h}");
+    }
+    assert_eq!(field(h, "kill"), "rc=0", "{h}");
+    assert_eq!(field(h, "wait"), "rc=137", "killed by SIGKILL: {h}");
+    assert!(
+        h.contains("no-log rc=125 uvm sandbox: no container nosuch in sandbox pod1"),
+        "{h}"
+    );
+    assert_eq!(field(h, "rm-container"), "rc=0", "{h}");
+    assert!(h.contains("ls pod1 running 2\n"), "{h}");
+    assert_eq!(field(h, "inspect"), "rc=0", "{h}");
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("inspect prints JSON");
+    assert_eq!(v["name"], "pod1", "{v}");
+    assert_eq!(v["status"], "running", "{v}");
+    assert_eq!(v["vcpus"], 2, "{v}");
+    assert_eq!(v["memory"], 512u64 << 20, "{v}");
+    assert!(
+        v["network"]["ip"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.88.")),
+        "{v}"
+    );
+    let containers = v["containers"].as_array().expect("containers");
+    let ids: Vec<&str> = containers.iter().filter_map(|c| c["id"].as_str()).collect();
+    assert_eq!(ids, ["fetch", "web"], "{v}");
+    let web = &containers[1];
+    assert_eq!(web["hostname"], "web", "{v}");
+    assert_eq!(web["status"], "running", "{v}");
+    assert!(web["pid"].as_i64().is_some_and(|p| p > 1), "{v}");
+    assert_eq!(containers[0]["status"], "stopped", "{v}");
+    // rm: nothing of the sandbox is left on the host.
+    assert_eq!(field(h, "rm"), "rc=0", "{h}");
+    let nothing =
+        "vmm=0 pumps=0 virtiofsd=0 taps=0 ports=0 dir=0 mounts=0 cgroups=0 vfsdirs=0 leases=0";
+    assert_eq!(field(h, "after-rm"), nothing, "{h}");
+    // SIGKILL of the VMM: the sandbox shows stopped, refuses work, and
+    // uvm gc removes all of it.
+    assert_eq!(field(h, "create2"), "rc=0", "{h}");
+    assert_eq!(field(h, "w2"), "rc=0", "{h}");
+    // (Before the kill, the same count sees every part of it; cgroups:
+    // one per hierarchy.)
+    let before = field(h, "before-kill");
+    assert!(
+        before.starts_with("vmm=1 pumps=1 virtiofsd=2 taps=1 ports=1 dir=1 mounts=2 cgroups=")
+            && !before.contains("cgroups=0")
+            && before.ends_with(" vfsdirs=1 leases=1"),
+        "{h}"
+    );
+    assert!(h.contains("ls2 pod2 stopped\n"), "{h}");
+    assert!(
+        h.contains(
+            "dead rc=125 uvm sandbox: sandbox pod2 is stopped (uvm sandbox rm pod2 removes it)"
+        ),
+        "{h}"
+    );
+    assert_eq!(field(h, "gc"), "rc=0 1", "{h}");
+    assert_eq!(field(h, "after-gc"), nothing, "{h}");
+    assert!(
+        h.contains("gone rc=125 uvm sandbox: no sandbox pod2"),
         "{h}"
     );
 }
