@@ -11,6 +11,7 @@ pub mod guest_image;
 pub mod jail;
 pub mod run;
 pub mod sandbox;
+pub mod stderr;
 pub mod vmm;
 
 /// When this process started, as near as it can tell: `main` marks it

@@ -51,7 +51,7 @@ fn boot(args: &BootArgs) -> Result<Outcome, Error> {
     // gave up before the workload could start (a bad root disk, say).
     if let (Some(_), Output::File(log)) = (&workload, &cfg.console) {
         if let Some(t) = uvm::agent::workload::failure_tail(&outcome, &shutdown, log) {
-            eprintln!("uvm: the guest's console ended with:\n{t}");
+            uvm::say!("uvm: the guest's console ended with:\n{t}");
         }
     }
     Ok(outcome)

@@ -388,6 +388,42 @@ run_uvm --mem 512M -- sh -c '
 "#,
     },
     Scripted {
+        name: "serialflood",
+        // A guest floods its console while nobody reads uvm's end of it (an
+        // 8 KiB pipe whose reader waits for uvm to exit): what does not fit
+        // is dropped, so the guest goes on and exits with its own status
+        // well within --timeout (a vCPU blocked in write(2) would hold it
+        // there, and uvm's own last lines on that pipe would hold uvm past
+        // it), and the pipe holds the console's start, nothing queued.
+        script: r#"
+python3 - "$UVM" "$B" > $B.host 2>&1 <<'PY'
+import fcntl, os, subprocess, sys, time
+r, w = os.pipe()
+fcntl.fcntl(w, 1031, 8192)  # F_SETPIPE_SZ
+flood = 'head -c 24000 /dev/zero | tr "\\0" x > /dev/console; echo flooded; exit 7'
+t0 = time.monotonic()
+with open(sys.argv[2] + ".out", "wb") as out:
+    p = subprocess.run([sys.argv[1], "boot", "--console", "--timeout", "150", "--", "sh", "-c", flood],
+                       stdin=subprocess.DEVNULL, stdout=out, stderr=w)
+took = time.monotonic() - t0
+os.close(w)
+# What the pipe holds now; not waiting for its end, which any process
+# that inherited uvm's stderr would hold back.
+os.set_blocking(r, False)
+console, end = b"", "open"
+try:
+    while chunk := os.read(r, 65536):
+        console += chunk
+    end = "eof"
+except BlockingIOError:
+    pass
+open(sys.argv[2] + ".console", "wb").write(console)
+print(f"flood rc={p.returncode} took={took:.0f}")
+print(f"console bytes={len(console)} ready={int(b'uvm-init: ready' in console)} pipe={end}")
+PY
+"#,
+    },
+    Scripted {
         name: "run_vm",
         // `uvm run` at the vm level: the default busybox root folder becomes
         // the guest's root disk; only the workload's lines reach stdout.
@@ -796,7 +832,7 @@ threads() {
 sample() {
   local tag=$1 pid i n name rest
   shift
-  $UVM boot --timeout 150 "$@" -- sh -c 'sleep 5' </dev/null >$B.$tag.out 2>$B.$tag.err &
+  $UVM boot --timeout 150 "$@" -- sh -c 'sleep 8' </dev/null >$B.$tag.out 2>$B.$tag.err &
   pid=$!
   # Once the command runs, the workload's client has threads of its own
   # (ttrpc's, then the stream copies), named after the "workload" thread.
@@ -1617,6 +1653,35 @@ fn run_verbose_shows_the_console_on_stderr_only() {
 }
 
 #[test]
+fn a_console_nobody_reads_drops_the_flood_and_the_guest_goes_on() {
+    let o = case("serialflood");
+    let h = &o.host;
+    // The guest's own status, before --timeout: its vCPU never waited on
+    // the full pipe, and neither did uvm's last lines.
+    let flood = field(h, "flood");
+    assert!(flood.starts_with("rc=7 took="), "{h}");
+    let took: u64 = flood
+        .rsplit('=')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(999);
+    assert!(took < 140, "{h}");
+    assert_eq!(o.stdout.trim(), "flooded", "{h}");
+    // The pipe's room and no more: the rest of the 24 000 bytes (and the
+    // kernel's log beyond the pipe) was dropped, not queued in the VMM;
+    // what got through is the console's start.
+    let bytes: usize = field(h, "console")
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bytes="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{h}"));
+    assert!((1024..=8192).contains(&bytes), "{h}");
+    assert!(h.contains("ready=1"), "{h}");
+    // Nothing of uvm's outlived it holding the pipe.
+    assert!(h.contains("pipe=eof"), "{h}");
+}
+
+#[test]
 fn run_timeout_ends_the_vm_with_124() {
     let o = case("run_timeout");
     assert_eq!(o.rc, 124, "{}", o.stderr);
@@ -2126,6 +2191,7 @@ fn every_vmm_thread_runs_under_one_seccomp_filter_unless_turned_off() {
             "event-loop",
             "signals",
             "deadline",
+            "console",
             "workload",
         ] {
             assert!(

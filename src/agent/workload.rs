@@ -99,7 +99,7 @@ fn run(uds: &Path, p: &ProcessSpec, shutdown: &Shutdown) -> Result<(), Error> {
             st.status
         }
         Err(Error::NoCommand { status, msg }) => {
-            eprintln!("uvm: {msg}");
+            crate::say!("uvm: {msg}");
             status
         }
         Err(e) => return Err(e),
@@ -251,7 +251,7 @@ mod tests {
         match status {
             Ok(s) => std::process::exit(i32::try_from(s).unwrap_or(99)),
             Err(_) => {
-                eprintln!(
+                crate::say!(
                     "no Shutdown request; the VM's outcome: {:?}",
                     shutdown.wait(Some(Duration::ZERO))
                 );

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use uvm_devices::legacy::{
-    i8042::I8042, power::AcpiPower, pvpanic::PvPanic, serial::SerialDevice, status::StatusPort,
+    console_ring, i8042::I8042, power::AcpiPower, pvpanic::PvPanic, serial::SerialDevice,
+    status::StatusPort,
 };
 
 use super::console::ConsoleInput;
@@ -15,6 +16,10 @@ use super::virtio::{DiskSpec, FsSpec, NetSpec, VsockSpec};
 use super::{boot, regs, Vm};
 use crate::acpi::{self, AcpiConfig, AcpiDevice};
 use crate::error::Error;
+
+/// Console bytes kept for a host that reads slower than the guest writes;
+/// beyond them, output is dropped (see console_ring).
+const CONSOLE_RING: usize = 256 << 10;
 
 /// What uvm always tells the kernel. The console is the first UART; a reset
 /// goes through the i8042 so it reaches the VMM; a panic resets at once so
@@ -92,9 +97,32 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
     let mut vm = Vm::new(cfg.mem_size, cfg.vcpus, !cfg.shares.is_empty())?;
 
     let sink = vm.event_sink();
+    // The vCPU copies the console into a ring; a thread of its own writes
+    // it out (see console_ring for why the vCPU never writes the host).
+    let (ring, drain, handle) = console_ring::ring(CONSOLE_RING);
+    let out = cfg.console.open()?;
+    super::seccomp::spawn(
+        "console",
+        super::seccomp::Role::Control,
+        cfg.seccomp,
+        move || {
+            drain.run(out);
+        },
+    )?;
+    let dropped = handle.clone();
+    vm.add_report(
+        "console".into(),
+        Box::new(move || {
+            format!(
+                "{} bytes dropped (the host did not take them)",
+                dropped.dropped()
+            )
+        }),
+    );
+    vm.set_console(handle);
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         vm.irq_line(SERIAL_IRQ)?,
-        cfg.console.open()?,
+        ring,
     )));
     vm.add_pio_device(serial.clone(), COM1, 8)?;
     let mut devices = vec![AcpiDevice::Serial {

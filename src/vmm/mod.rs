@@ -57,7 +57,13 @@ pub struct Vm {
     /// Whether the threads run under their seccomp filters (see
     /// [`seccomp`]); on unless turned off.
     seccomp: bool,
+    /// The console's ring, flushed to the host when the VM ends.
+    console: Option<uvm_devices::legacy::console_ring::RingHandle>,
 }
+
+/// How long the console's last bytes may take to reach a host that reads
+/// slowly, once the VM has ended; a host that does not read costs this.
+const CONSOLE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A device's one-line account, read when the VM has ended.
 pub type Report = Box<dyn Fn() -> String + Send>;
@@ -136,6 +142,7 @@ impl Vm {
             keep: Vec::new(),
             events,
             reports: Vec::new(),
+            console: None,
             verbose: false,
             seccomp: true,
         })
@@ -147,6 +154,11 @@ impl Vm {
     }
 
     /// Adds a device to the account given at the end with `verbose`.
+    /// The console ring whose last bytes go out before [`Vm::run`] returns.
+    pub fn set_console(&mut self, ring: uvm_devices::legacy::console_ring::RingHandle) {
+        self.console = Some(ring);
+    }
+
     pub fn add_report(&mut self, what: String, report: Report) {
         self.reports.push((what, report));
     }
@@ -325,10 +337,14 @@ impl Vm {
         if let Some(t) = event_loop {
             let _ = t.join();
         }
+        if let Some(ring) = &self.console {
+            ring.flush(CONSOLE_GRACE);
+            ring.close();
+        }
         if self.verbose {
             let start = crate::process_start();
             let ms = |t: Instant| t.saturating_duration_since(start).as_millis();
-            eprintln!(
+            crate::say!(
                 "uvm: timeline: vCPUs ran {} ms after the process started; the guest's init said ready {}",
                 ms(running_at),
                 match self.shutdown.ready_at() {
@@ -337,9 +353,9 @@ impl Vm {
                 }
             );
             for (what, report) in &self.reports {
-                eprintln!("uvm: {what}: {}", report());
+                crate::say!("uvm: {what}: {}", report());
             }
-            eprintln!(
+            crate::say!(
                 "uvm: unclaimed accesses: {} port I/O, {} MMIO",
                 handlers.pio.unhandled(),
                 handlers.mmio.unhandled()

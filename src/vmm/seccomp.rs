@@ -11,7 +11,7 @@
 //! - [`Role::EventLoop`]: the device worker, before its first epoll wait.
 //! - [`Role::Control`]: the thread that set the VM up, once the vCPU and
 //!   event-loop threads are running (so they do not inherit it), and the
-//!   threads around the VM (signals, deadline, the workload's client and
+//!   threads around the VM (signals, deadline, the console's drain, the workload's client and
 //!   its stdio copies, which inherit it or install it themselves).
 //!
 //! A system call no rule allows raises SIGSYS in the calling thread; uvm's

@@ -65,7 +65,7 @@ pub fn exit_status(result: Result<Outcome, crate::error::Error>) -> i32 {
         Err(e) => (EXIT_UVM_ERROR, Some(e.to_string())),
     };
     if let Some(m) = message {
-        eprintln!("uvm: {m}");
+        crate::say!("uvm: {m}");
     }
     code
 }
@@ -112,7 +112,7 @@ pub fn hard_deadline(timeout: Option<Duration>, seccomp: bool) -> Result<(), cra
         seccomp,
         move || {
             std::thread::sleep(t + STOP_GRACE);
-            eprintln!(
+            crate::say!(
                 "uvm: still running {} s past --timeout, so stopping hard; its threads: {}",
                 STOP_GRACE.as_secs(),
                 thread_states()

@@ -83,7 +83,7 @@ pub fn run(mut vcpu: VcpuFd, index: u32, h: ExitHandlers) {
         if let Some(outcome) = outcome {
             if matches!(outcome, Outcome::TripleFault) {
                 // The one clue to why: where the guest was and in what mode.
-                eprintln!("uvm: {}", triple_fault_state(&vcpu, index));
+                crate::say!("uvm: {}", triple_fault_state(&vcpu, index));
             }
             h.shutdown.report(outcome);
             return;

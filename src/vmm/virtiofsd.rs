@@ -198,7 +198,7 @@ impl Virtiofsd {
 impl Drop for Virtiofsd {
     fn drop(&mut self) {
         match self.child.try_wait() {
-            Ok(Some(status)) => eprintln!(
+            Ok(Some(status)) => crate::say!(
                 "uvm: virtiofsd for --fs tag {} ended while the VM ran ({status}); \
                  the guest's requests to that share failed with EIO from then on",
                 self.tag

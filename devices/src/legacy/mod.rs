@@ -5,6 +5,7 @@
 //! Devices that end or change the life of the VM report a [`GuestEvent`] to a
 //! [`EventSink`]; the VMM decides what each one means for the process.
 
+pub mod console_ring;
 pub mod i8042;
 pub mod power;
 pub mod pvpanic;
