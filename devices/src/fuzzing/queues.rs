@@ -29,6 +29,10 @@ pub fn virtqueue(data: &[u8]) {
     // Chains whose head is in the table: the ones add_used can give back.
     let mut givable = 0u64;
     let mut throttled = None;
+    // A driver may hand the device its own used ring as a buffer; what the
+    // device then writes there is the driver's doing, not a ring error.
+    let used_ring = USED..USED + 6 + 8 * u64::from(QSIZE);
+    let mut clobbered = false;
     let mut buf = [0u8; 256];
     serve_queue(&mut queue, &mem, &irq, &kick, |chain| {
         if throttle_at == Some(served) && throttled.is_none() {
@@ -48,6 +52,9 @@ pub fn virtqueue(data: &[u8]) {
         for d in &descs {
             let n = (d.len() as usize).min(buf.len());
             if d.is_write_only() {
+                let start = d.addr().0;
+                let end = start.saturating_add(n as u64);
+                clobbered |= start < used_ring.end && used_ring.start < end;
                 if mem.write_slice(&buf[..n], d.addr()).is_ok() {
                     written = written.saturating_add(n as u32);
                 }
@@ -67,6 +74,9 @@ pub fn virtqueue(data: &[u8]) {
             Served::Used(0)
         });
         assert_eq!(first, Some(head), "a throttled chain was not served first");
+    }
+    if clobbered {
+        return;
     }
     // The used ring is always in memory here, so every chain served whose
     // head is a real index is in it.

@@ -2,18 +2,29 @@
 //! the fuzzer and a stable test replaying its corpus call the same code.
 //! Not an API: nothing in uvm calls this module.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::spec::{self, RunOptions, Source};
 
+const BUNDLE_PREFIX: &str = "uvm-fuzz-bundle-";
+
 /// A bundle in /dev/shm (tmpfs: writing config.json costs no disk I/O)
-/// with an empty rootfs, made once per process; removed by nobody, as the
-/// fuzzer ends by signal as often as not, so it is named after the pid.
+/// with an empty rootfs, made once per process and named after its pid.
+/// The fuzzer ends by signal as often as not, so nothing removes it on the
+/// way out: each new one removes those whose process is gone instead.
 fn bundle() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = PathBuf::from(format!("/dev/shm/uvm-fuzz-bundle-{}", std::process::id()));
+        let shm = Path::new("/dev/shm");
+        for e in std::fs::read_dir(shm).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix(BUNDLE_PREFIX));
+            if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = shm.join(format!("{BUNDLE_PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(dir.join("rootfs")).expect("fuzz bundle");
         dir
     })
