@@ -9,7 +9,7 @@ RUNNER := tests/runner/kvm-runner
 # Whole jobs that may start over when L1 wedges (make run, make bench).
 RUNNER_AGAIN := tests/runner/kvm-runner-again
 
-.PHONY: all setup build guest lint test unit-test boot-test run bench clean
+.PHONY: all setup build guest lint test unit-test boot-test run bench fuzz clean
 
 all: build guest
 
@@ -62,6 +62,13 @@ bench: guest
 	resources/bench-container.sh
 	resources/bench-image.sh
 	resources/bench-container-guest.sh
+
+# Every cargo-fuzz target for FUZZ_TIME seconds each (nightly and cargo-fuzz,
+# installed if missing). Not part of `make test`: there the committed corpora
+# and regression inputs are replayed on stable (tests/fuzz_corpus.rs).
+FUZZ_TIME ?= 30
+fuzz:
+	resources/fuzz.sh --time $(FUZZ_TIME)
 
 clean:
 	$(CARGO) clean

@@ -7,6 +7,8 @@ pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guest_image;
 pub mod jail;
 pub mod run;

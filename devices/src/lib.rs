@@ -7,3 +7,5 @@ pub mod rate_limiter;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
+#[doc(hidden)]
+pub mod fuzzing;

@@ -43,6 +43,9 @@ pub mod state;
 pub mod tty;
 pub mod userns;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use error::{Error, Result};
 pub use runtime::{Container, ExecOptions, Exit, Runtime};
 pub use spec::{NetMode, PortMap, RunOptions, Source, Volume};
