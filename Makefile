@@ -51,13 +51,15 @@ run: guest
 	$(RUNNER_AGAIN) -- resources/demo.sh /tmp/uvm-demo
 
 # Boot time and VMM memory, then virtio disk and network throughput, uvm vs
-# QEMU microvm, same kernel and initramfs (and disk image, and tap).
+# QEMU microvm, same kernel and initramfs (and disk image, and tap); with
+# FIRECRACKER=PATH (a binary of your own), against Firecracker too.
+FC_FLAG := $(if $(FIRECRACKER),--firecracker $(FIRECRACKER))
 bench: guest
 	$(RUNNER_AGAIN) -- env UVM_CACHE_DIR=/dev/shm/uvm-cache $(UVM) bench --json /tmp/uvm-bench/levels.json --plot-dir /tmp/uvm-bench
 	@echo "plots: /tmp/uvm-bench/*.svg and *.png, samples: /tmp/uvm-bench/levels.json"
-	$(RUNNER_AGAIN) -- $(UVM) bench boot --runs 5 --json /tmp/uvm-bench-boot.json --plot /tmp/uvm-bench-boot.svg
+	$(RUNNER_AGAIN) -- $(UVM) bench boot --runs 5 $(FC_FLAG) --json /tmp/uvm-bench-boot.json --plot /tmp/uvm-bench-boot.svg
 	@echo "plot: /tmp/uvm-bench-boot.svg, samples: /tmp/uvm-bench-boot.json"
-	$(RUNNER_AGAIN) -- $(UVM) bench io --runs 1 --json /tmp/uvm-bench-io.json --plot /tmp/uvm-bench-io.svg
+	$(RUNNER_AGAIN) -- $(UVM) bench io --runs 1 $(FC_FLAG) --json /tmp/uvm-bench-io.json --plot /tmp/uvm-bench-io.svg
 	@echo "plot: /tmp/uvm-bench-io.svg, samples: /tmp/uvm-bench-io.json"
 	resources/bench-container.sh
 	resources/bench-image.sh

@@ -118,22 +118,9 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Boot time to the init's readiness line and VMM memory overhead, uvm vs QEMU microvm.
-    Boot {
-        /// Runs of each VMM (alternating)
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Guest memory
-        #[arg(long, default_value = "256M", value_parser = parse_size)]
-        mem: u64,
-        /// Also write the samples as JSON here
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Also draw the results as an SVG plot here
-        #[arg(long)]
-        plot: Option<PathBuf>,
-    },
-    /// virtio-blk and virtio-net throughput in the guest, uvm vs QEMU microvm (same kernel, image, tap).
+    /// Boot time to the init's readiness line and VMM memory overhead, uvm vs QEMU microvm (and Firecracker).
+    Boot(crate::bench::boot::BootArgs),
+    /// virtio-blk and virtio-net throughput in the guest, uvm vs QEMU microvm (and Firecracker; same kernel, image, tap).
     Io(crate::bench::io::IoArgs),
     /// vsock against TCP over virtio-net, virtio-fs against virtio-blk ext4, in one uvm guest.
     Channels(crate::bench::channels::ChannelsArgs),

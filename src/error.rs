@@ -44,6 +44,9 @@ pub enum Error {
     /// without seccomp, say).
     #[error("cannot install the {0} seccomp filter: {1} (--no-seccomp runs without filters)")]
     Seccomp(&'static str, seccompiler::Error),
+    /// `--firecracker PATH` that is not a Firecracker binary the bench can run.
+    #[error("--firecracker {}: {why}", path.display())]
+    Firecracker { path: PathBuf, why: String },
     /// A flag or value on uvm's command line that cannot be used.
     #[error("{0}")]
     Usage(String),

@@ -75,35 +75,9 @@ fn main() {
         Command::Image(args) => uvm_runtime::images::cli::main(args, None),
         Command::Oci(args) => uvm_runtime::oci::cli::main(args),
         Command::Bench(BenchArgs {
-            command:
-                Some(BenchCommand::Boot {
-                    runs,
-                    mem,
-                    json,
-                    plot,
-                }),
+            command: Some(BenchCommand::Boot(args)),
             ..
-        }) => {
-            let bench =
-                uvm::bench::default_paths().map(|(kernel, initrd)| uvm::bench::boot::BootBench {
-                    runs,
-                    mem,
-                    kernel,
-                    initrd,
-                    json,
-                    plot,
-                });
-            match bench.and_then(|b| b.run()) {
-                Ok(table) => {
-                    print!("{table}");
-                    0
-                }
-                Err(e) => {
-                    eprintln!("uvm bench: {e}");
-                    EXIT_UVM_ERROR
-                }
-            }
-        }
+        }) => uvm::bench::boot::main(&args),
         Command::Bench(BenchArgs {
             command: Some(BenchCommand::Io(args)),
             ..

@@ -570,3 +570,33 @@ fn sandbox_sizes_are_checked_before_kvm() {
     );
     assert!(!std::path::Path::new("/run/uvm/sandbox/uvm-test-p").exists());
 }
+
+#[test]
+fn bench_refuses_a_firecracker_that_is_not_one_before_anything_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    let not_executable = std::env::temp_dir().join(format!("uvm-test-fc-{}", std::process::id()));
+    std::fs::write(&not_executable, "#!/bin/sh\necho Firecracker v1.0.0\n").unwrap();
+    std::fs::set_permissions(&not_executable, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let not_executable = not_executable.to_str().unwrap().to_string();
+    let cases = [
+        ("/nonexistent/firecracker", "No such file or directory"),
+        ("/tmp", "not a file"),
+        (not_executable.as_str(), "not executable"),
+        // Runs, exits 0, prints nothing.
+        ("/bin/true", "not Firecracker"),
+        // Runs, exits 0, prints its own version.
+        ("/bin/echo", "not Firecracker"),
+    ];
+    for bench in ["boot", "io"] {
+        for (path, why) in cases {
+            assert_one_line_error(
+                &["bench", bench, "--firecracker", path],
+                125,
+                &format!("uvm bench {bench}: --firecracker {path}: "),
+            );
+            let (_, _, stderr) = uvm(&["bench", bench, "--firecracker", path]);
+            assert!(stderr.contains(why), "{bench} {path}: {stderr:?}");
+        }
+    }
+    let _ = std::fs::remove_file(&not_executable);
+}

@@ -1,8 +1,8 @@
-//! `uvm bench boot`: uvm against QEMU's microvm booting the same kernel and
-//! initramfs, alternating, in one process: time from process start to the
-//! guest init's readiness line and where it went, and the VMM's resident
-//! memory outside guest RAM at that moment. Reported side by side, with
-//! ratios.
+//! `uvm bench boot`: uvm against QEMU's microvm (and Firecracker, with
+//! `--firecracker PATH`) booting the same kernel and initramfs, alternating,
+//! in one process: time from process start to the guest init's readiness
+//! line and where it went, and the VMM's resident memory outside guest RAM
+//! at that moment. Reported side by side, with ratios.
 //!
 //! The phases come from two clocks. The host's says when the process
 //! started and when the readiness line came; the guest's (CLOCK_BOOTTIME,
@@ -17,8 +17,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use super::{median, qemu_microvm, rss_outside_guest_ram, svg_plot, write_plot};
+use super::firecracker::{self, Firecracker};
+use super::{
+    median, p90, qemu_microvm, reference_cmdline, rss_outside_guest_ram, svg_plot, vmm_heading,
+    write_plot, Vmm,
+};
 use crate::error::Error;
+use crate::vmm::linux::DEFAULT_CMDLINE;
+use crate::vmm::memory::parse_size;
+use crate::vmm::shutdown::EXIT_UVM_ERROR;
 
 const READY: &str = "uvm-init: ready after ";
 const TIMELINE: &str = "uvm: timeline: vCPUs ran ";
@@ -30,6 +37,7 @@ pub struct BootBench {
     pub mem: u64,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    pub firecracker: Option<Firecracker>,
     pub json: Option<PathBuf>,
     pub plot: Option<PathBuf>,
 }
@@ -103,7 +111,7 @@ impl Sample {
     }
 }
 
-/// Starts `cmd`, reads its console from stdout (QEMU) or stderr (uvm, whose
+/// Starts `cmd`, reads its console from stdout (the references) or stderr (uvm, whose
 /// `--verbose` puts the console there and its timeline after it) until the
 /// readiness line, samples memory, and then either reads on to the end for
 /// the timeline (`to_end`) or stops the VMM.
@@ -164,7 +172,17 @@ fn measure(mut cmd: Command, mem: u64, from_stderr: bool) -> Result<Sample, Erro
     })
 }
 
-fn medians(samples: &[Sample]) -> ([Option<f64>; 6], f64, f64) {
+/// Medians of the phases, and median and p90 of the totals.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    phases: [Option<f64>; 6],
+    ready: f64,
+    ready_p90: f64,
+    mem: f64,
+    mem_p90: f64,
+}
+
+fn summary(samples: &[Sample]) -> Summary {
     let mut phases = [None; 6];
     for (i, p) in phases.iter_mut().enumerate() {
         let v: Vec<f64> = samples.iter().filter_map(|s| s.phases()[i]).collect();
@@ -172,58 +190,61 @@ fn medians(samples: &[Sample]) -> ([Option<f64>; 6], f64, f64) {
             *p = Some(median(v));
         }
     }
-    let ready = median(samples.iter().map(|s| s.ready).collect());
-    let mem = median(samples.iter().map(Sample::overhead_mib).collect());
-    (phases, ready, mem)
+    let ready: Vec<f64> = samples.iter().map(|s| s.ready).collect();
+    let mem: Vec<f64> = samples.iter().map(Sample::overhead_mib).collect();
+    Summary {
+        phases,
+        ready: median(ready.clone()),
+        ready_p90: p90(ready),
+        mem: median(mem.clone()),
+        mem_p90: p90(mem),
+    }
 }
 
-/// The table: each phase and the totals, uvm beside QEMU, with ratios where
-/// both sides measured the phase.
-pub fn table(runs: usize, mem: u64, u: &[Sample], q: &[Sample]) -> String {
-    let (up, ut, um) = medians(u);
-    let (qp, qt, qm) = medians(q);
-    let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+/// What one VMM measured, in the order the bench ran them (uvm first).
+pub type Side<'a> = (Vmm, &'a [Sample]);
+
+/// The table: each phase and the totals (median, then p90), uvm beside
+/// each reference, with uvm's ratio to each where both measured it.
+pub fn table(runs: usize, mem: u64, sides: &[Side<'_>]) -> String {
+    let sums: Vec<Summary> = sides.iter().map(|(_, s)| summary(s)).collect();
+    let cell =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".to_string(),
     };
     let mut out = format!(
-        "boot to init readiness, {runs} runs each (medians), {} MiB guest, same kernel and initramfs\n",
+        "boot to init readiness, {runs} runs each (medians; p90 below the totals), {} MiB guest, same kernel and initramfs\n",
         mem >> 20
     );
-    out.push_str(&format!(
-        "{:<38} {:>10} {:>14} {:>10}\n",
-        "seconds", "uvm", "qemu microvm", "uvm/qemu"
-    ));
+    let vmms: Vec<Vmm> = sides.iter().map(|(v, _)| *v).collect();
+    out.push_str(&vmm_heading("seconds", 38, &vmms));
+    let mut row = |name: &str, digits: usize, value: &dyn Fn(&Summary) -> Option<f64>| {
+        out.push_str(&format!("{name:<38}"));
+        for s in &sums {
+            out.push_str(&format!(" {:>13}", cell(value(s), digits)));
+        }
+        for s in &sums[1..] {
+            out.push_str(&format!(" {:>16}", ratio(value(&sums[0]), value(s))));
+        }
+        out.push('\n');
+    };
     for (i, name) in PHASES.iter().enumerate() {
-        out.push_str(&format!(
-            "{:<38} {:>10} {:>14} {:>10}\n",
-            name,
-            cell(up[i]),
-            cell(qp[i]),
-            ratio(up[i], qp[i])
-        ));
+        row(name, 3, &|s| s.phases[i]);
     }
-    out.push_str(&format!(
-        "{:<38} {:>10.3} {:>14.3} {:>10.2}\n",
-        "total: process start to ready",
-        ut,
-        qt,
-        ut / qt
-    ));
-    out.push_str(&format!(
-        "{:<38} {:>10.1} {:>14.1} {:>10.2}\n",
-        "VMM memory outside guest RAM (MiB)",
-        um,
-        qm,
-        um / qm
-    ));
+    row("total: process start to ready", 3, &|s| Some(s.ready));
+    row("  p90", 3, &|s| Some(s.ready_p90));
+    row("VMM memory outside guest RAM (MiB)", 1, &|s| Some(s.mem));
+    row("  p90", 1, &|s| Some(s.mem_p90));
     out
 }
 
-/// Every sample with its phases, for plots and comparisons across runs.
-pub fn json(runs: usize, mem: u64, u: &[Sample], q: &[Sample]) -> serde_json::Value {
+/// Every sample with its phases, the medians and p90s, and uvm's ratios
+/// to each reference, for plots and comparisons across runs.
+pub fn json(runs: usize, mem: u64, sides: &[Side<'_>]) -> serde_json::Value {
     let side = |s: &[Sample]| {
+        let sum = summary(s);
         serde_json::json!({
             "ready_s": s.iter().map(|x| x.ready).collect::<Vec<_>>(),
             "overhead_mib": s.iter().map(Sample::overhead_mib).collect::<Vec<_>>(),
@@ -231,20 +252,75 @@ pub fn json(runs: usize, mem: u64, u: &[Sample], q: &[Sample]) -> serde_json::Va
                 PHASES.iter().zip(x.phases()).map(|(k, v)| (k.trim().to_string(), serde_json::json!(v)))
                     .collect::<serde_json::Map<_, _>>()
             }).collect::<Vec<_>>(),
+            "median": { "ready_s": sum.ready, "overhead_mib": sum.mem },
+            "p90": { "ready_s": sum.ready_p90, "overhead_mib": sum.mem_p90 },
         })
     };
-    let (_, ut, um) = medians(u);
-    let (_, qt, qm) = medians(q);
-    serde_json::json!({
-        "runs": runs,
-        "mem_mib": mem >> 20,
-        "uvm": side(u),
-        "qemu_microvm": side(q),
-        "ratio": { "ready": ut / qt, "overhead": um / qm },
-    })
+    let mut v = serde_json::json!({ "runs": runs, "mem_mib": mem >> 20 });
+    let u = summary(sides[0].1);
+    let mut ratios = serde_json::Map::new();
+    for (vmm, samples) in sides {
+        v[vmm.key()] = side(samples);
+        if *vmm != Vmm::Uvm {
+            let r = summary(samples);
+            ratios.insert(
+                vmm.key().to_string(),
+                serde_json::json!({ "ready": u.ready / r.ready, "overhead": u.mem / r.mem }),
+            );
+        }
+    }
+    v["ratio"] = ratios.into();
+    v
+}
+
+const USAGE_EXIT: &str = "\
+Exit status: 0 when every run of every VMM reached the init's ready line;
+125 otherwise (no usable KVM, no default guest, a bad --firecracker, a
+guest that never became ready).";
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = USAGE_EXIT)]
+pub struct BootArgs {
+    /// Runs of each VMM (alternating)
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Guest memory
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub mem: u64,
+    /// Also race this Firecracker binary (one you built or installed; none ships with uvm)
+    #[arg(long, value_name = "PATH")]
+    pub firecracker: Option<PathBuf>,
+    /// Also write the samples as JSON here
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also draw the results as an SVG plot here
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 impl BootBench {
+    /// Checks what the user gave before anything starts.
+    pub fn new(args: &BootArgs) -> Result<BootBench, Error> {
+        if args.runs == 0 {
+            return Err(Error::Usage("--runs 0: nothing to measure".into()));
+        }
+        let firecracker = args
+            .firecracker
+            .as_deref()
+            .map(firecracker::check)
+            .transpose()?;
+        let (kernel, initrd) = super::default_paths()?;
+        Ok(BootBench {
+            runs: args.runs,
+            mem: args.mem,
+            kernel,
+            initrd,
+            firecracker,
+            json: args.json.clone(),
+            plot: args.plot.clone(),
+        })
+    }
+
     fn uvm(&self) -> Result<Command, Error> {
         let exe = std::env::current_exe().map_err(|e| Error::Io("locating uvm".into(), e))?;
         let mut c = Command::new(exe);
@@ -268,53 +344,100 @@ impl BootBench {
         )
     }
 
+    /// Firecracker's VM: uvm's kernel command line, no devices.
+    fn firecracker_config(&self) -> firecracker::VmConfig {
+        firecracker::VmConfig {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            boot_args: reference_cmdline(DEFAULT_CMDLINE, &["true".into()], ""),
+            mem: self.mem,
+            vcpus: 1,
+            disk: None,
+            tap: None,
+        }
+    }
+
     pub fn run(&self) -> Result<String, Error> {
-        let (mut u, mut q) = (vec![], vec![]);
+        let prepared = match &self.firecracker {
+            Some(fc) => {
+                eprintln!(
+                    "bench boot: racing {} ({})",
+                    fc.version,
+                    fc.binary.display()
+                );
+                Some(fc.prepare(&self.firecracker_config())?)
+            }
+            None => None,
+        };
+        let mut sides: Vec<(Vmm, Vec<Sample>)> = [Vmm::Uvm, Vmm::Firecracker, Vmm::Qemu]
+            .into_iter()
+            .filter(|v| *v != Vmm::Firecracker || prepared.is_some())
+            .map(|v| (v, vec![]))
+            .collect();
         for i in 0..self.runs {
             eprintln!("bench boot: run {}/{}", i + 1, self.runs);
-            u.push(measure(self.uvm()?, self.mem, true)?);
-            q.push(measure(self.qemu(), self.mem, false)?);
+            for (vmm, samples) in sides.iter_mut() {
+                let cmd = match (*vmm, &prepared) {
+                    (Vmm::Uvm, _) => self.uvm()?,
+                    (Vmm::Firecracker, Some(p)) => p.command(),
+                    _ => self.qemu(),
+                };
+                samples.push(measure(cmd, self.mem, *vmm == Vmm::Uvm)?);
+            }
         }
+        let sides: Vec<Side<'_>> = sides.iter().map(|(v, s)| (*v, s.as_slice())).collect();
         if let Some(path) = &self.plot {
-            let of = |s: &[Sample], f: fn(&Sample) -> f64| s.iter().map(f).collect::<Vec<_>>();
+            let of = |f: fn(&Sample) -> f64| -> Vec<(&str, Vec<f64>)> {
+                sides
+                    .iter()
+                    .map(|(v, s)| (v.name(), s.iter().map(f).collect()))
+                    .collect()
+            };
+            let names: Vec<&str> = sides.iter().map(|(v, _)| v.name()).collect();
             let svg = svg_plot(
                 &format!(
-                    "uvm vs QEMU microvm: same kernel and initramfs, {} MiB, {} runs",
+                    "{}: same kernel and initramfs, {} MiB, {} runs",
+                    names.join(" vs "),
                     self.mem >> 20,
                     self.runs
                 ),
                 &[
-                    (
-                        "boot to init ready (s)",
-                        [
-                            ("uvm", of(&u, |s| s.ready)),
-                            ("qemu microvm", of(&q, |s| s.ready)),
-                        ],
-                    ),
+                    ("boot to init ready (s)", of(|s| s.ready)),
                     (
                         "process start to the guest's clock (s)",
-                        [
-                            ("uvm", of(&u, |s| s.ready - s.guest.ready)),
-                            ("qemu microvm", of(&q, |s| s.ready - s.guest.ready)),
-                        ],
+                        of(|s| s.ready - s.guest.ready),
                     ),
                     (
                         "VMM memory outside guest RAM (MiB)",
-                        [
-                            ("uvm", of(&u, Sample::overhead_mib)),
-                            ("qemu microvm", of(&q, Sample::overhead_mib)),
-                        ],
+                        of(Sample::overhead_mib),
                     ),
                 ],
             );
             write_plot(path, &svg)?;
         }
         if let Some(path) = &self.json {
-            let v = json(self.runs, self.mem, &u, &q);
+            let mut v = json(self.runs, self.mem, &sides);
+            if let Some(fc) = &self.firecracker {
+                v["firecracker_version"] = fc.version.clone().into();
+            }
             std::fs::write(path, format!("{v}\n"))
                 .map_err(|e| Error::Io(path.display().to_string(), e))?;
         }
-        Ok(table(self.runs, self.mem, &u, &q))
+        Ok(table(self.runs, self.mem, &sides))
+    }
+}
+
+/// `uvm bench boot`: prints the table, or the error; the exit status.
+pub fn main(args: &BootArgs) -> i32 {
+    match BootBench::new(args).and_then(|b| b.run()) {
+        Ok(table) => {
+            print!("{table}");
+            0
+        }
+        Err(e) => {
+            eprintln!("uvm bench boot: {e}");
+            EXIT_UVM_ERROR
+        }
     }
 }
 
@@ -349,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn phases_add_up_and_the_table_compares_what_both_measured() {
+    fn phases_add_up_and_the_table_compares_uvm_with_each_reference() {
         let guest = ReadyLine {
             ready: 2.0,
             init_start: 1.5,
@@ -378,23 +501,74 @@ mod tests {
             guest,
             setup: None,
         };
-        let t = table(1, 256 << 20, &[u], &[q]);
+        let f = Sample {
+            ready: 4.0,
+            overhead_kib: 4 << 10,
+            guest,
+            setup: None,
+        };
+        let sides = [
+            (Vmm::Uvm, &[u][..]),
+            (Vmm::Firecracker, &[f][..]),
+            (Vmm::Qemu, &[q][..]),
+        ];
+        let t = table(1, 256 << 20, &sides);
+        let lines: Vec<&str> = t.lines().collect();
+        fn words(l: &str) -> Vec<&str> {
+            l.split_whitespace().rev().take(5).collect()
+        }
         assert!(
-            t.contains(
-                "process start to first KVM_RUN              0.250              -          -"
-            ),
+            lines[1].ends_with("uvm   firecracker  qemu microvm  uvm/firecracker         uvm/qemu"),
             "{t}"
         );
-        assert!(t.contains("process start to the guest's clock"), "{t}");
-        let total = t.lines().find(|l| l.starts_with("total")).unwrap();
-        assert!(total.ends_with("0.50"), "{t}");
-        let mem = t.lines().find(|l| l.starts_with("VMM memory")).unwrap();
-        assert!(mem.ends_with("0.05"), "{t}");
-        let j = json(1, 256 << 20, &[u], &[q]);
+        let setup = lines
+            .iter()
+            .find(|l| l.starts_with("process start to first KVM_RUN"))
+            .unwrap();
+        assert_eq!(words(setup), ["-", "-", "-", "-", "0.250"], "{t}");
+        let clock = lines
+            .iter()
+            .find(|l| l.starts_with("process start to the guest's clock"))
+            .unwrap();
+        // 1.0 s for uvm, 2.0 for Firecracker, 4.0 for QEMU.
+        assert_eq!(
+            words(clock),
+            ["0.25", "0.50", "4.000", "2.000", "1.000"],
+            "{t}"
+        );
+        let total = lines.iter().position(|l| l.starts_with("total")).unwrap();
+        assert_eq!(
+            words(lines[total]),
+            ["0.50", "0.75", "6.000", "4.000", "3.000"],
+            "{t}"
+        );
+        assert!(lines[total + 1].starts_with("  p90"), "{t}");
+        let mem = lines
+            .iter()
+            .position(|l| l.starts_with("VMM memory"))
+            .unwrap();
+        assert_eq!(
+            words(lines[mem]),
+            ["0.05", "0.50", "40.0", "4.0", "2.0"],
+            "{t}"
+        );
+        assert!(lines[mem + 1].starts_with("  p90"), "{t}");
+        // Without Firecracker, its columns are not there.
+        let two = table(1, 256 << 20, &[sides[0], sides[2]]);
+        assert!(!two.contains("firecracker"), "{two}");
+        let total = two.lines().find(|l| l.starts_with("total")).unwrap();
+        assert!(total.ends_with("0.50"), "{two}");
+
+        let j = json(1, 256 << 20, &sides);
         assert_eq!(j["uvm"]["phases"][0]["init: start to ready"], 0.5);
         assert_eq!(
             j["qemu_microvm"]["phases"][0]["process start to first KVM_RUN"],
             serde_json::Value::Null
         );
+        assert_eq!(j["firecracker"]["ready_s"][0], 4.0);
+        assert_eq!(j["firecracker"]["median"]["overhead_mib"], 4.0);
+        assert_eq!(j["uvm"]["p90"]["ready_s"], 3.0);
+        assert_eq!(j["ratio"]["firecracker"]["ready"], 0.75);
+        assert_eq!(j["ratio"]["qemu_microvm"]["overhead"], 0.05);
     }
 }

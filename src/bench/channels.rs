@@ -674,7 +674,7 @@ fn plot(args: &ChannelsArgs, samples: &[Sample]) -> String {
         .map(|&p| {
             let [a, b] = p.sides();
             let values = |side: usize| samples.iter().map(|s| s[p.index()][side]).collect();
-            (p.label(), [(a, values(0)), (b, values(1))])
+            (p.label(), vec![(a, values(0)), (b, values(1))])
         })
         .collect();
     svg_plot(

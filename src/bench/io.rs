@@ -1,7 +1,8 @@
 //! `uvm bench io`: the virtio devices' throughput, uvm against QEMU's
-//! microvm machine (its virtio-mmio blk and net) booting the same kernel and
-//! initramfs, on the same raw disk image and a tap made the same way, one
-//! after the other in one process.
+//! microvm machine (its virtio-mmio blk and net), and against Firecracker
+//! with `--firecracker PATH`, booting the same kernel and initramfs, on the
+//! same raw disk image and a tap made the same way, one after the other in
+//! one process.
 //!
 //! In the guest, busybox `dd` with O_DIRECT writes and then reads the whole
 //! disk, timed by the guest itself (`/proc/uptime`, 10 ms resolution) and
@@ -15,9 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::bench::firecracker::{self, Firecracker, Prepared, VmConfig};
 use crate::bench::guest::{connect_tcp, json_number, number, pull, push, GuestRun, TapGuard};
-use crate::bench::{median, qemu_microvm, svg_plot, Panel};
+use crate::bench::{
+    median, p90, qemu_microvm, reference_cmdline, svg_plot, vmm_heading, Panel, Vmm,
+};
 use crate::error::Error;
+use crate::vmm::linux::DEFAULT_CMDLINE;
 use crate::vmm::memory::parse_size;
 use crate::vmm::shutdown::EXIT_UVM_ERROR;
 
@@ -31,10 +36,11 @@ const PORT_TO_GUEST: u16 = 5002;
 const PORT_FROM_GUEST: u16 = 5003;
 
 const USAGE_EXIT: &str = "\
-Exit status: 0 when every run of both VMMs completed; 1 when a run failed
+Exit status: 0 when every run of every VMM completed; 1 when a run failed
 (a VM crashed, hung, or moved the wrong number of bytes: the last console
 lines are shown); 125 when the environment cannot run the bench (no usable
-KVM, no QEMU, no permission to make a tap, bad sizes).";
+KVM, no QEMU, a --firecracker that is not Firecracker, no permission to
+make a tap, bad sizes).";
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = USAGE_EXIT)]
@@ -42,10 +48,10 @@ pub struct IoArgs {
     /// Runs of each VMM (alternating)
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
-    /// Guest memory (both VMMs)
+    /// Guest memory (every VMM)
     #[arg(long, default_value = "512M", value_parser = parse_size)]
     pub mem: u64,
-    /// vCPUs (both VMMs)
+    /// vCPUs (every VMM)
     #[arg(long, default_value_t = 1)]
     pub vcpus: u32,
     /// Size of the raw disk image, written then read whole (a multiple of 1M)
@@ -66,6 +72,9 @@ pub struct IoArgs {
     /// Also draw the results as an SVG plot here (one panel per metric)
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Also race this Firecracker binary (one you built or installed; none ships with uvm)
+    #[arg(long, value_name = "PATH")]
+    pub firecracker: Option<PathBuf>,
 }
 
 /// What went wrong: the environment (exit 125) or a run (exit 1).
@@ -216,25 +225,43 @@ fn medians(samples: &[Sample]) -> Sample {
     METRICS.map(|m| median(samples.iter().map(|s| s[m.index()]).collect()))
 }
 
-/// The side-by-side table: medians of each VMM and their ratio per metric.
-pub fn table(header: &str, uvm: &[Sample], qemu: &[Sample]) -> String {
-    let (u, q) = (medians(uvm), medians(qemu));
+fn p90s(samples: &[Sample]) -> Sample {
+    METRICS.map(|m| p90(samples.iter().map(|s| s[m.index()]).collect()))
+}
+
+/// What one VMM measured (uvm first, then the references).
+pub type Side<'a> = (Vmm, &'a [Sample]);
+
+/// The side-by-side table: per metric the medians of each VMM and uvm's
+/// ratio to each reference, then the same for the p90s.
+pub fn table(header: &str, sides: &[Side<'_>]) -> String {
+    let med: Vec<Sample> = sides.iter().map(|(_, s)| medians(s)).collect();
+    let p9: Vec<Sample> = sides.iter().map(|(_, s)| p90s(s)).collect();
     let mut out = String::from(header);
-    out.push_str(&format!(
-        "{:<24} {:>10} {:>14} {:>12}\n",
-        "", "uvm", "qemu microvm", "uvm / qemu"
-    ));
+    let vmms: Vec<Vmm> = sides.iter().map(|(v, _)| *v).collect();
+    out.push_str(&vmm_heading("", 24, &vmms));
     for m in METRICS {
         let i = m.index();
-        out.push_str(&format!(
-            "{:<24} {:>10.2} {:>14.2} {:>12.2}\n",
-            m.label(),
-            u[i],
-            q[i],
-            ratio(u[i], q[i])
-        ));
+        for (label, values) in [(m.label(), &med), ("  p90", &p9)] {
+            out.push_str(&format!("{label:<24}"));
+            for v in values.iter() {
+                out.push_str(&format!(" {:>13.2}", v[i]));
+            }
+            for v in &values[1..] {
+                out.push_str(&format!(" {:>16.2}", ratio(values[0][i], v[i])));
+            }
+            out.push('\n');
+        }
     }
     out
+}
+
+fn json_metrics(values: &[f64], one: impl Fn(f64) -> String) -> String {
+    let metrics: Vec<String> = METRICS
+        .iter()
+        .map(|m| format!("\"{}\":{}", m.key(), one(values[m.index()])))
+        .collect();
+    format!("{{{}}}", metrics.join(","))
 }
 
 fn json_samples(samples: &[Sample]) -> String {
@@ -248,46 +275,61 @@ fn json_samples(samples: &[Sample]) -> String {
     format!("{{{}}}", metrics.join(","))
 }
 
-/// The samples, the settings and the ratios of the medians, as JSON.
-pub fn json(args: &IoArgs, uvm: &[Sample], qemu: &[Sample]) -> String {
-    let (u, q) = (medians(uvm), medians(qemu));
-    let ratios: Vec<String> = METRICS
+/// The samples, the settings, the medians and p90s, and uvm's ratio to
+/// each reference (of the medians), as JSON.
+pub fn json(args: &IoArgs, sides: &[Side<'_>], firecracker: Option<&str>) -> String {
+    let u = medians(sides[0].1);
+    let per_side = |f: &dyn Fn(&[Sample]) -> String| -> String {
+        let v: Vec<String> = sides
+            .iter()
+            .map(|(vmm, s)| format!("\"{}\":{}", vmm.key(), f(s)))
+            .collect();
+        v.join(",")
+    };
+    let ratios: Vec<String> = sides[1..]
         .iter()
-        .map(|m| {
-            format!(
-                "\"{}\":{}",
-                m.key(),
-                json_number(ratio(u[m.index()], q[m.index()]))
-            )
+        .map(|(vmm, s)| {
+            let r = medians(s);
+            let values = METRICS.map(|m| ratio(u[m.index()], r[m.index()]));
+            format!("\"{}\":{}", vmm.key(), json_metrics(&values, json_number))
         })
         .collect();
+    let version = firecracker.map_or(String::new(), |v| {
+        format!(",\"firecracker_version\":{}", serde_json::Value::from(v))
+    });
     format!(
-        "{{\"runs\":{},\"mem_mib\":{},\"vcpus\":{},\"disk_mib\":{},\"net_mib\":{},\"unit\":\"MB/s (10^6 bytes/s)\",\"uvm\":{},\"qemu_microvm\":{},\"ratio\":{{{}}}}}\n",
+        "{{\"runs\":{},\"mem_mib\":{},\"vcpus\":{},\"disk_mib\":{},\"net_mib\":{},\"unit\":\"MB/s (10^6 bytes/s)\"{version},{},\"median\":{{{}}},\"p90\":{{{}}},\"ratio\":{{{}}}}}\n",
         args.runs,
         args.mem >> 20,
         args.vcpus,
         args.disk_size >> 20,
         args.net_size >> 20,
-        json_samples(uvm),
-        json_samples(qemu),
+        per_side(&json_samples),
+        per_side(&|s| json_metrics(&medians(s), json_number)),
+        per_side(&|s| json_metrics(&p90s(s), json_number)),
         ratios.join(",")
     )
 }
 
-fn plot(args: &IoArgs, uvm: &[Sample], qemu: &[Sample]) -> String {
+fn plot(args: &IoArgs, sides: &[Side<'_>]) -> String {
     let values = |s: &[Sample], m: Metric| s.iter().map(|x| x[m.index()]).collect::<Vec<_>>();
     let panels: Vec<Panel<'_>> = METRICS
         .iter()
         .map(|&m| {
             (
                 m.label(),
-                [("uvm", values(uvm, m)), ("qemu microvm", values(qemu, m))],
+                sides
+                    .iter()
+                    .map(|(v, s)| (v.name(), values(s, m)))
+                    .collect(),
             )
         })
         .collect();
+    let names: Vec<&str> = sides.iter().map(|(v, _)| v.name()).collect();
     svg_plot(
         &format!(
-            "virtio I/O, uvm vs QEMU microvm: {} MiB disk (O_DIRECT dd), {} MiB each way over TCP, {} run(s)",
+            "virtio I/O, {}: {} MiB disk (O_DIRECT dd), {} MiB each way over TCP, {} run(s)",
+            names.join(" vs "),
             args.disk_size >> 20,
             args.net_size >> 20,
             args.runs
@@ -343,23 +385,10 @@ impl Drop for ImageGuard {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Vmm {
-    Uvm,
-    Qemu,
-}
-
-impl fmt::Display for Vmm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Vmm::Uvm => "uvm",
-            Vmm::Qemu => "qemu microvm",
-        })
-    }
-}
-
 struct IoBench<'a> {
     args: &'a IoArgs,
+    /// Firecracker's config, written once: every run gets the same tap name.
+    firecracker: Option<Prepared>,
     kernel: PathBuf,
     initrd: PathBuf,
     image: PathBuf,
@@ -395,6 +424,19 @@ impl IoBench<'_> {
         Ok(c)
     }
 
+    /// Firecracker's VM: uvm's kernel command line and the same disk and tap.
+    fn firecracker_config(&self) -> VmConfig {
+        VmConfig {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            boot_args: reference_cmdline(DEFAULT_CMDLINE, &self.argv(), IP_PARAM),
+            mem: self.args.mem,
+            vcpus: self.args.vcpus,
+            disk: Some(self.image.clone()),
+            tap: Some((self.tap.clone(), MAC.to_string())),
+        }
+    }
+
     fn qemu(&self) -> Command {
         let mut c = qemu_microvm(
             &self.kernel,
@@ -423,9 +465,10 @@ impl IoBench<'_> {
     /// Boots one VM on a fresh tap and runs the guest's side of the bench.
     fn run_vm(&self, vmm: Vmm, label: &str) -> Result<Sample, BenchError> {
         let _tap = TapGuard::create(&self.tap, HOST_CIDR).map_err(BenchError::Environment)?;
-        let cmd = match vmm {
-            Vmm::Uvm => self.uvm()?,
-            Vmm::Qemu => self.qemu(),
+        let cmd = match (vmm, &self.firecracker) {
+            (Vmm::Uvm, _) => self.uvm()?,
+            (Vmm::Firecracker, Some(fc)) => fc.command(),
+            _ => self.qemu(),
         };
         let args = self.args;
         let deadline = Instant::now() + Duration::from_secs(args.timeout);
@@ -504,8 +547,9 @@ impl IoBench<'_> {
     }
 }
 
-/// Refuses at once what cannot work, with the reason on one line.
-fn preflight(args: &IoArgs) -> Result<(), BenchError> {
+/// Refuses at once what cannot work, with the reason on one line; the
+/// Firecracker to race, if asked for.
+fn preflight(args: &IoArgs) -> Result<Option<Firecracker>, BenchError> {
     let env = |m: String| Err(BenchError::Environment(m));
     if args.runs == 0 {
         return env("--runs 0: nothing to measure".into());
@@ -522,6 +566,11 @@ fn preflight(args: &IoArgs) -> Result<(), BenchError> {
     if args.timeout == 0 {
         return env("--timeout 0: no time to run".into());
     }
+    let firecracker = args
+        .firecracker
+        .as_deref()
+        .map(firecracker::check)
+        .transpose()?;
     crate::check::ensure_can_boot_linux()?;
     match Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -541,16 +590,17 @@ fn preflight(args: &IoArgs) -> Result<(), BenchError> {
             ))
         }
     }
-    Ok(())
+    Ok(firecracker)
 }
 
 /// Runs the bench; the table on success.
 pub fn run(args: &IoArgs) -> Result<String, BenchError> {
-    preflight(args)?;
+    let firecracker = preflight(args)?;
     let (kernel, initrd) = crate::bench::default_paths()?;
     let pid = std::process::id();
-    let bench = IoBench {
+    let mut bench = IoBench {
         args,
+        firecracker: None,
         kernel,
         initrd,
         image: args.dir.join(format!("uvm-bench-io-{pid}.img")),
@@ -562,35 +612,43 @@ pub fn run(args: &IoArgs) -> Result<String, BenchError> {
         bench.image.display()
     );
     let _image = ImageGuard::create(&bench.image, args.disk_size)?;
-    let (mut u, mut q) = (vec![], vec![]);
+    if let Some(fc) = &firecracker {
+        eprintln!("bench io: racing {} ({})", fc.version, fc.binary.display());
+        bench.firecracker = Some(fc.prepare(&bench.firecracker_config())?);
+    }
+    let mut sides: Vec<(Vmm, Vec<Sample>)> = [Vmm::Uvm, Vmm::Firecracker, Vmm::Qemu]
+        .into_iter()
+        .filter(|v| *v != Vmm::Firecracker || firecracker.is_some())
+        .map(|v| (v, vec![]))
+        .collect();
     for i in 1..=args.runs {
-        for vmm in [Vmm::Uvm, Vmm::Qemu] {
+        for (vmm, samples) in sides.iter_mut() {
             let label = format!("run {i}/{} {vmm}", args.runs);
             eprintln!("bench io: {label}: booting (tap {})", bench.tap);
-            let sample = bench.run_vm(vmm, &label)?;
-            match vmm {
-                Vmm::Uvm => u.push(sample),
-                Vmm::Qemu => q.push(sample),
-            }
+            samples.push(bench.run_vm(*vmm, &label)?);
         }
     }
+    let sides: Vec<Side<'_>> = sides.iter().map(|(v, s)| (*v, s.as_slice())).collect();
+    let names: Vec<&str> = sides.iter().map(|(v, _)| v.name()).collect();
     let header = format!(
-        "virtio I/O, uvm vs QEMU microvm, {} run(s) each (medians), {} MiB guest, {} vCPU(s)\n\
+        "virtio I/O, {}, {} run(s) each (medians, p90 below), {} MiB guest, {} vCPU(s)\n\
          disk: {} MiB raw image, dd bs=1M O_DIRECT, timed in the guest; \
          net: {} MiB each way over TCP on a tap, timed on the host; MB = 10^6 bytes\n",
+        names.join(" vs "),
         args.runs,
         args.mem >> 20,
         args.vcpus,
         args.disk_size >> 20,
         args.net_size >> 20
     );
-    let out = table(&header, &u, &q);
+    let out = table(&header, &sides);
     if let Some(path) = &args.plot {
-        std::fs::write(path, plot(args, &u, &q))
+        std::fs::write(path, plot(args, &sides))
             .map_err(|e| BenchError::Environment(format!("{}: {e}", path.display())))?;
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, json(args, &u, &q))
+        let version = firecracker.as_ref().map(|f| f.version.as_str());
+        std::fs::write(path, json(args, &sides, version))
             .map_err(|e| BenchError::Environment(format!("{}: {e}", path.display())))?;
     }
     Ok(out)
@@ -629,6 +687,7 @@ mod tests {
             timeout: 900,
             json: None,
             plot: None,
+            firecracker: None,
         }
     }
 
@@ -699,35 +758,57 @@ mod tests {
     }
 
     #[test]
-    fn table_has_one_row_per_metric_with_medians_and_ratio() {
+    fn table_has_rows_per_metric_with_medians_p90s_and_ratios() {
         let u = [[10.0, 20.0, 30.0, 1.0], [12.0, 22.0, 34.0, 3.0]];
+        let f = [[5.0, 40.0, 60.0, 2.0], [5.0, 40.0, 60.0, 2.0]];
         let q = [[20.0, 10.0, 30.0, 4.0], [20.0, 10.0, 30.0, 4.0]];
-        let t = table("header\n", &u, &q);
+        let sides = [
+            (Vmm::Uvm, &u[..]),
+            (Vmm::Firecracker, &f[..]),
+            (Vmm::Qemu, &q[..]),
+        ];
+        let t = table("header\n", &sides);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 6, "{t}");
+        assert_eq!(lines.len(), 2 + 4 * 2, "{t}");
         assert_eq!(lines[0], "header");
-        assert!(lines[1].contains("uvm") && lines[1].contains("qemu microvm"));
+        assert!(
+            lines[1].ends_with("uvm   firecracker  qemu microvm  uvm/firecracker         uvm/qemu"),
+            "{t}"
+        );
         let row = |i: usize| {
             lines[i]
                 .split_whitespace()
                 .rev()
-                .take(3)
+                .take(5)
                 .collect::<Vec<_>>()
         };
         assert!(lines[2].starts_with("disk write (MB/s)"));
-        assert_eq!(row(2), ["0.55", "20.00", "11.00"]);
-        assert_eq!(row(3), ["2.10", "10.00", "21.00"]);
-        assert_eq!(row(4), ["1.07", "30.00", "32.00"]);
-        assert!(lines[5].starts_with("net guest->host (MB/s)"));
-        assert_eq!(row(5), ["0.50", "4.00", "2.00"]);
+        assert_eq!(row(2), ["0.55", "2.20", "20.00", "5.00", "11.00"]);
+        assert!(lines[3].starts_with("  p90"));
+        assert_eq!(row(3), ["0.60", "2.40", "20.00", "5.00", "12.00"]);
+        assert_eq!(row(4), ["2.10", "0.53", "10.00", "40.00", "21.00"]);
+        assert_eq!(row(6), ["1.07", "0.53", "30.00", "60.00", "32.00"]);
+        assert!(lines[8].starts_with("net guest->host (MB/s)"));
+        assert_eq!(row(8), ["0.50", "1.00", "4.00", "2.00", "2.00"]);
+        assert_eq!(row(9), ["0.75", "1.50", "4.00", "2.00", "3.00"]);
+        // Without Firecracker: uvm, QEMU and one ratio.
+        let two = table("", &[sides[0], sides[2]]);
+        assert!(!two.contains("firecracker"), "{two}");
+        assert_eq!(two.lines().nth(1).unwrap().split_whitespace().count(), 6);
     }
 
     #[test]
     fn json_holds_samples_and_ratios() {
         let a = args();
         let u = [[10.0, 20.0, 30.0, 1.0], [12.0, 22.0, 34.0, f64::NAN]];
+        let f = [[5.0, 40.0, 60.0, 2.0], [5.0, 40.0, 60.0, 2.0]];
         let q = [[20.0, 10.0, 30.0, 4.0], [20.0, 10.0, 30.0, 4.0]];
-        let j = json(&a, &u, &q);
+        let sides = [
+            (Vmm::Uvm, &u[..]),
+            (Vmm::Firecracker, &f[..]),
+            (Vmm::Qemu, &q[..]),
+        ];
+        let j = json(&a, &sides, Some("Firecracker v1.17.0-dev"));
         assert!(
             j.starts_with(
                 "{\"runs\":2,\"mem_mib\":512,\"vcpus\":1,\"disk_mib\":256,\"net_mib\":128,"
@@ -735,18 +816,25 @@ mod tests {
             "{j}"
         );
         assert!(j.contains("\"uvm\":{\"disk_write\":[10.000,12.000],\"disk_read\":[20.000,22.000],\"net_to_guest\":[30.000,34.000],\"net_from_guest\":[1.000,null]}"), "{j}");
+        let v: serde_json::Value = serde_json::from_str(&j).expect("valid JSON");
+        assert_eq!(v["firecracker_version"], "Firecracker v1.17.0-dev");
+        assert_eq!(v["firecracker"]["disk_read"][1], 40.0);
+        assert_eq!(v["median"]["uvm"]["disk_write"], 11.0);
+        assert_eq!(v["p90"]["uvm"]["disk_write"], 12.0);
+        assert_eq!(v["ratio"]["qemu_microvm"]["disk_write"], 0.55);
+        assert_eq!(v["ratio"]["qemu_microvm"]["disk_read"], 2.1);
+        assert_eq!(v["ratio"]["firecracker"]["disk_write"], 2.2);
+        assert_eq!(v["ratio"]["firecracker"]["net_to_guest"], 0.533);
+        let without: serde_json::Value =
+            serde_json::from_str(&json(&a, &[sides[0], sides[2]], None)).unwrap();
         assert!(
-            j.contains(
-                "\"ratio\":{\"disk_write\":0.550,\"disk_read\":2.100,\"net_to_guest\":1.067,"
-            ),
-            "{j}"
+            without.get("firecracker").is_none() && without.get("firecracker_version").is_none()
         );
-        assert_eq!(j.matches('{').count(), j.matches('}').count());
-        let svg = plot(&a, &u, &q);
+        let svg = plot(&a, &sides);
         assert_eq!(
             svg.matches("<rect").count(),
-            1 + 8,
-            "background and 2 bars x 4 panels"
+            1 + 12,
+            "background and 3 bars x 4 panels"
         );
     }
 
@@ -782,6 +870,7 @@ mod tests {
         let a = args();
         let b = IoBench {
             args: &a,
+            firecracker: None,
             kernel: "/k".into(),
             initrd: "/i".into(),
             image: "/tmp/x.img".into(),
@@ -814,6 +903,24 @@ mod tests {
         assert!(us.contains(&format!("--net tap=uvmbio1,mac={MAC}")));
         assert!(us.contains(&format!("--cmdline {IP_PARAM}")));
         assert_eq!(u[u.len() - 3..u.len() - 1], ["sh", "-c"]);
+        // Firecracker: uvm's command line, the same image, tap and MAC.
+        let f = b.firecracker_config().json();
+        assert_eq!(f["boot-source"]["kernel_image_path"], "/k");
+        assert_eq!(f["boot-source"]["initrd_path"], "/i");
+        let args = f["boot-source"]["boot_args"].as_str().unwrap();
+        assert!(
+            args.starts_with(DEFAULT_CMDLINE) && args.ends_with(IP_PARAM),
+            "{args}"
+        );
+        assert!(
+            args.contains(&uvm_protocol::encode_command(&b.argv())),
+            "{args}"
+        );
+        assert_eq!(f["drives"][0]["path_on_host"], "/tmp/x.img");
+        assert_eq!(f["network-interfaces"][0]["host_dev_name"], "uvmbio1");
+        assert_eq!(f["network-interfaces"][0]["guest_mac"], MAC);
+        assert_eq!(f["machine-config"]["mem_size_mib"], 512);
+        assert_eq!(f["machine-config"]["vcpu_count"], 1);
     }
 
     #[test]
@@ -824,5 +931,15 @@ mod tests {
         let mut a = args();
         a.runs = 0;
         assert!(matches!(preflight(&a), Err(BenchError::Environment(_))));
+        // A Firecracker that is not one is refused before KVM is looked at.
+        let mut a = args();
+        a.firecracker = Some("/bin/true".into());
+        match preflight(&a) {
+            Err(BenchError::Environment(m)) => assert!(
+                m.starts_with("--firecracker /bin/true: not Firecracker"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

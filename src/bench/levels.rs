@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::median;
 use super::net::{bridge_gateway, QemuTap, RuncNet, Sink};
+use super::{median, p90};
 use crate::error::Error;
 use crate::guest_image;
 use crate::run::{self, probe::probe_rootfs, Isolation};
@@ -650,21 +650,6 @@ fn one_target(
     Ok(m)
 }
 
-/// The 90th percentile (nearest rank).
-pub fn p90(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let i = ((v.len() as f64 * 0.9).ceil() as usize).clamp(1, v.len()) - 1;
-    v[i]
-}
-
 pub fn run(args: &LevelsArgs) -> Result<(Samples, String), Error> {
     let levels = args.select.levels();
     let runs = args.runs.unwrap_or(if args.quick { 2 } else { 10 }).max(1);
@@ -872,16 +857,6 @@ mod tests {
         assert_eq!(m[&Metric::Net], 812.5);
         assert_eq!(m.len(), 8);
         assert!(parse_lines("disk garbage\nexits 1 2\n").is_empty());
-    }
-
-    #[test]
-    fn percentiles() {
-        assert_eq!(
-            p90(vec![5.0, 1.0, 3.0, 2.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0]),
-            9.0
-        );
-        assert_eq!(p90(vec![2.0]), 2.0);
-        assert!(p90(vec![]).is_nan());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::error::Error;
 
 pub mod boot;
 pub mod channels;
+pub mod firecracker;
 pub mod guest;
 pub mod io;
 pub mod levels;
@@ -39,6 +40,16 @@ pub fn rss_outside_guest_ram(smaps: &str, mem: u64) -> u64 {
         }
     }
     total
+}
+
+/// The 90th percentile by nearest rank: the smallest sample that at least
+/// 90% of the samples do not exceed (of 3 runs, the largest).
+pub(crate) fn p90(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n => v[(n * 9).div_ceil(10) - 1],
+    }
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
@@ -80,31 +91,98 @@ pub(crate) fn qemu_microvm(
         .arg(initrd)
         .args([
             "-append",
-            format!(
-                "console=ttyS0 reboot=k panic=-1 quiet {} {extra}",
-                uvm_protocol::encode_command(argv)
-            )
-            .trim_end(),
+            &reference_cmdline("console=ttyS0 reboot=k panic=-1 quiet", argv, extra),
         ]);
     c
 }
 
-/// Two side-by-side bar panels (ready time, memory overhead), one bar per
-/// VMM at its median, each run as a dot: an SVG any browser shows.
-/// One panel of a plot: its label and two (name, samples) bars.
-pub type Panel<'a> = (&'a str, [(&'a str, Vec<f64>); 2]);
+/// A reference VMM's kernel command line: `base`, then `argv` for uvm's
+/// init (which runs it as `uvm boot -- ARGV` would), then `extra`.
+pub(crate) fn reference_cmdline(base: &str, argv: &[String], extra: &str) -> String {
+    format!("{base} {} {extra}", uvm_protocol::encode_command(argv))
+        .trim_end()
+        .to_string()
+}
 
+/// The VMMs the boot and I/O benches race, in the order of their columns
+/// and of each round of runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vmm {
+    Uvm,
+    Firecracker,
+    Qemu,
+}
+
+impl Vmm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Vmm::Uvm => "uvm",
+            Vmm::Firecracker => "firecracker",
+            Vmm::Qemu => "qemu microvm",
+        }
+    }
+
+    /// Its key in the benches' JSON.
+    pub fn key(self) -> &'static str {
+        match self {
+            Vmm::Uvm => "uvm",
+            Vmm::Firecracker => "firecracker",
+            Vmm::Qemu => "qemu_microvm",
+        }
+    }
+
+    /// The heading of uvm's ratio to it.
+    pub fn ratio_name(self) -> &'static str {
+        match self {
+            Vmm::Uvm => "uvm/uvm",
+            Vmm::Firecracker => "uvm/firecracker",
+            Vmm::Qemu => "uvm/qemu",
+        }
+    }
+}
+
+/// The heading row of a bench table: `first` in a column `width` wide, then
+/// a column per VMM and one per reference for uvm's ratio to it.
+pub(crate) fn vmm_heading(first: &str, width: usize, vmms: &[Vmm]) -> String {
+    let mut out = format!("{first:<width$}");
+    for vmm in vmms {
+        out.push_str(&format!(" {:>13}", vmm.name()));
+    }
+    for vmm in vmms.iter().skip(1) {
+        out.push_str(&format!(" {:>16}", vmm.ratio_name()));
+    }
+    out.push('\n');
+    out
+}
+
+impl std::fmt::Display for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One panel of a plot: its label and its (name, samples) bars, uvm's first.
+pub type Panel<'a> = (&'a str, Vec<(&'a str, Vec<f64>)>);
+
+/// Side-by-side bar panels, one bar per VMM at its median (uvm's in blue,
+/// the references in greys), each run as a dot: an SVG any browser shows.
 pub fn svg_plot(title: &str, panels: &[Panel<'_>]) -> String {
-    const W: f64 = 320.0;
     const H: f64 = 240.0;
+    let bars = panels
+        .iter()
+        .map(|(_, b)| b.len())
+        .max()
+        .unwrap_or(2)
+        .max(2);
+    let w = 60.0 + 130.0 * bars as f64;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"20\" font-size=\"14\">{title}</text>\n",
-        W * panels.len() as f64,
+        w * panels.len() as f64,
         H + 40.0
     );
     for (p, (label, bars)) in panels.iter().enumerate() {
-        let x0 = W * p as f64;
+        let x0 = w * p as f64;
         let max = bars
             .iter()
             .flat_map(|(_, v)| v.iter().copied())
@@ -119,11 +197,11 @@ pub fn svg_plot(title: &str, panels: &[Panel<'_>]) -> String {
             "<line x1=\"{a}\" y1=\"{b}\" x2=\"{c}\" y2=\"{b}\" stroke=\"black\"/>\n",
             a = x0 + 20.0,
             b = H,
-            c = x0 + W - 20.0
+            c = x0 + w - 20.0
         ));
         for (i, (name, values)) in bars.iter().enumerate() {
             let bx = x0 + 50.0 + 130.0 * i as f64;
-            let color = if i == 0 { "#3b7dd8" } else { "#999999" };
+            let color = ["#3b7dd8", "#999999", "#cccccc"][i.min(2)];
             svg.push_str(&bar(bx, name, values, color, H, &y));
         }
     }
@@ -230,9 +308,33 @@ Rss:                1200 kB
         assert_eq!(rss_outside_guest_ram(smaps, 256 << 20), 2000);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
-        let svg = svg_plot("t", &[("a", [("uvm", vec![1.0, 2.0]), ("q", vec![4.0])])]);
+        assert_eq!(p90(vec![3.0, 1.0, 2.0]), 3.0);
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(p90(ten.clone()), 9.0);
+        assert_eq!(p90(ten.into_iter().chain([11.0]).collect()), 10.0);
+        assert!(p90(vec![]).is_nan());
+        let svg = svg_plot(
+            "t",
+            &[("a", vec![("uvm", vec![1.0, 2.0]), ("q", vec![4.0])])],
+        );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert_eq!(svg.matches("<rect").count(), 3, "background and two bars");
         assert_eq!(svg.matches("<circle").count(), 3, "one dot per run");
+        let three = svg_plot(
+            "t",
+            &[(
+                "a",
+                vec![("uvm", vec![1.0]), ("fc", vec![2.0]), ("q", vec![4.0])],
+            )],
+        );
+        assert_eq!(
+            three.matches("<rect").count(),
+            4,
+            "background and three bars"
+        );
+        assert!(
+            three.contains("#cccccc"),
+            "the second reference has its own grey"
+        );
     }
 }
