@@ -1561,6 +1561,13 @@ fn resource_controls_on_cgroup_v2_inside_a_guest() {
     assert_eq!(o.rc, 0, "{}", o.stderr);
     let out = &o.stdout;
     assert!(!out.contains("failed"), "{out}");
+    // The runtime enabled the controllers it needed (the guest's init
+    // enables none).
+    let subtree: Vec<&str> = field(out, "subtree").split(' ').collect();
+    assert!(
+        subtree.contains(&"cpu") && subtree.contains(&"cpuset"),
+        "{subtree:?}"
+    );
     assert_eq!(
         field(out, "files"),
         "20 80 0 0",
