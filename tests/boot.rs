@@ -424,6 +424,78 @@ PY
 "#,
     },
     Scripted {
+        name: "resources_v2",
+        // The runtime's resource controls on the guest's cgroup v2, in one
+        // guest with two vCPUs: two busy loops pinned to CPU 0 with weights
+        // 20 and 80 (their cgroups' cpu.stat usage over the same window),
+        // a write limit on the guest's virtio disk (an ext4 made here,
+        // mounted in the guest, a folder of it the container's volume),
+        // pause and resume of a counter, an image built and imported in
+        // the guest, and an unknown CPU refused. The shell reads files with
+        // builtins where it can: a fork costs tens of milliseconds here.
+        script: r#"
+mkfs.ext4 -q -F $B.img 64M
+run_uvm --vcpus 2 --mem 512M --disk $B.img -- sh -c '
+  R=/tmp/rootfs
+  uvm-container mkrootfs $R >/dev/null || echo mkrootfs-failed
+  for w in 20 80; do
+    uvm-container run -d --name w$w --rootfs $R --net none --cpuset-cpus 0 --cpu-weight $w -- sh -c "grep Cpus_allowed_list /proc/self/status; taskset -p 1; while :; do :; done" >/dev/null || echo "run-d w$w failed"
+  done
+  cg() { uvm-container inspect $1 | sed -n "s|.*\"path\": \"\(uvm/.*\)\".*|/sys/fs/cgroup/\1|p"; }
+  l=$(cg w20); h=$(cg w80)
+  echo "subtree $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+  echo "files $(cat $l/cpu.weight $h/cpu.weight $l/cpuset.cpus $h/cpuset.cpus | tr "\n" " ")"
+  usage() {
+    while read -r k v; do [ "$k" = usage_usec ] && break; done < $l/cpu.stat; L=$v
+    while read -r k v; do [ "$k" = usage_usec ] && break; done < $h/cpu.stat; H=$v
+  }
+  sleep 0.5
+  read a _ < /proc/uptime; usage; l0=$L; h0=$H
+  sleep 3
+  usage; read b _ < /proc/uptime
+  echo "cpu low=$((L - l0)) high=$((H - h0))"
+  echo "cpu-window $a $b"
+  echo "inside-low $(uvm-container logs w20 | tr "\t\n" "  ")"
+  echo "inside-high $(uvm-container logs w80 | tr "\t\n" "  ")"
+  uvm-container rm -f w20; uvm-container rm -f w80
+  mkdir -p /mnt/d && mount /dev/vda /mnt/d && mkdir /mnt/d/w || echo mount-failed
+  echo "vda $(cat /sys/block/vda/dev)"
+  dd_in() {
+    tag=$1; shift
+    uvm-container run --rootfs $R --net none -v /mnt/d/w:/disk "$@" -- sh -c "echo io.max \$(cat /sys/fs/cgroup/io.max 2>/dev/null); read a _ < /proc/uptime; dd if=/dev/zero of=/disk/f bs=64k count=32 oflag=direct 2>/dev/null || echo dd-failed; read b _ < /proc/uptime; echo time \$a \$b; rm /disk/f" | sed "s/^/$tag /"
+  }
+  dd_in free
+  dd_in limited --device-write-bps /dev/vda:1m
+  mkdir /tmp/cnt
+  uvm-container run -d --name tick --rootfs $R --net none -v /tmp/cnt:/out -- sh -c "i=0; while :; do i=\$((i+1)); echo \$i > /out/n.tmp; mv /out/n.tmp /out/n; sleep 0.05; done" >/dev/null || echo run-d-tick-failed
+  count() { N=0; read -r N 2>/dev/null < /tmp/cnt/n; }
+  past() { for i in $(seq 100); do count; [ "$N" -gt $1 ] && return 0; sleep 0.1; done; return 1; }
+  status() { uvm-container ps | awk "\$1 == \"tick\" { print \$4 }"; }
+  past 2 || echo counter-not-running
+  uvm-container pause tick; echo "pause rc=$?"
+  echo "ps-paused $(status)"
+  count; n0=$N; sleep 1; count; n1=$N
+  uvm-container resume tick; echo "resume rc=$?"
+  echo "ps-resumed $(status)"
+  past $n1 && echo counter-went-on
+  echo "counter $n0 $n1 $N"
+  uvm-container rm -f tick
+  mkdir -p $R/srv/app /tmp/img && echo layer-file > $R/srv/app/marker
+  cd /tmp/img && tar -C $R -cf layer.tar .
+  d=$(sha256sum layer.tar); d=${d%% *}; mkdir $d; mv layer.tar $d/
+  printf "{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{\"Env\":[\"PATH=/bin:/sbin\",\"GREETING=hello-from-image\"],\"WorkingDir\":\"/srv/app\",\"Cmd\":[\"sh\",\"-c\",\"echo image \$GREETING \$(pwd) \$(cat marker)\"]},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"sha256:%s\"]}}" $d > config.json
+  c=$(sha256sum config.json); c=${c%% *}; mv config.json $c.json
+  printf "[{\"Config\":\"%s.json\",\"RepoTags\":[\"guestimg:1\"],\"Layers\":[\"%s/layer.tar\"]}]" $c $d > manifest.json
+  tar -cf /tmp/img.tar manifest.json $c.json $d && cd /
+  uvm-container image import /tmp/img.tar >/dev/null; echo "import rc=$?"
+  uvm-container run --image guestimg:1 --net none; echo "image-run rc=$?"
+  uvm-container run --rootfs $R --net none --cpuset-cpus 7 -- true 2>/tmp/bad.err; echo "bad-cpuset rc=$? lines=$(wc -l < /tmp/bad.err) $(cat /tmp/bad.err)"
+  echo "left cgroups=$(find /sys/fs/cgroup/uvm -mindepth 1 -type d 2>/dev/null | wc -l) containers=$(ls /run/uvm/containers | wc -l) overlays=$(grep -c overlay /proc/mounts)"
+  read t _ < /proc/uptime; echo "guest-uptime $t"'
+rm -f $B.img
+"#,
+    },
+    Scripted {
         name: "run_vm",
         // `uvm run` at the vm level: the default busybox root folder becomes
         // the guest's root disk; only the workload's lines reach stdout.
@@ -1589,6 +1661,109 @@ fn network_patterns_inside_a_guest() {
     assert_eq!(field(out, "fw"), "80=eighty 81=", "81 dropped: {out}");
     assert_eq!(field(out, "pod"), "eightyone eth0 lo", "{out}");
     assert_eq!(field(out, "left"), "netns=0 veths=0 containers=0");
+}
+
+/// The runtime's resource controls on cgroup v2 inside a guest: CPU
+/// weights 20/80 split a shared CPU 20/80, the cpuset holds, a write bps
+/// limit on the guest's disk holds the rate, pause stops a counter and
+/// resume lets it go on, an image imported in the guest runs with its
+/// config, and an unknown CPU is one line.
+#[test]
+fn resource_controls_on_cgroup_v2_inside_a_guest() {
+    let o = case("resources_v2");
+    assert_eq!(o.rc, 0, "{}", o.stderr);
+    let out = &o.stdout;
+    assert!(!out.contains("failed"), "{out}");
+    // The runtime enabled the controllers it needed (the guest's init
+    // enables none).
+    let subtree: Vec<&str> = field(out, "subtree").split(' ').collect();
+    assert!(
+        subtree.contains(&"cpu") && subtree.contains(&"cpuset"),
+        "{subtree:?}"
+    );
+    assert_eq!(
+        field(out, "files"),
+        "20 80 0 0",
+        "cpu.weight and cpuset.cpus"
+    );
+    let usage = |key: &str| -> f64 {
+        field(out, "cpu")
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {key}= in the cpu line: {out}"))
+            / 1e6
+    };
+    let (low, high) = (usage("low"), usage("high"));
+    let wall = uptime_span(out, "cpu-window");
+    let low_pct = 100.0 * low / (low + high);
+    let split = format!(
+        "weights 20/80 on CPU 0: {low:.3} s / {high:.3} s of CPU in {wall:.2} s: \
+         {low_pct:.1}% / {:.1}%",
+        100.0 - low_pct
+    );
+    eprintln!("{split}");
+    assert!((low_pct - 20.0).abs() <= 8.0, "{split}");
+    // Pinned: together never more than the one CPU (and busy on it).
+    assert!(
+        low + high <= wall * 1.05,
+        "{low} + {high} CPU s in {wall} s"
+    );
+    assert!(low + high >= wall * 0.5, "{low} + {high} CPU s in {wall} s");
+    for side in ["inside-low", "inside-high"] {
+        assert_eq!(
+            field(out, side),
+            "Cpus_allowed_list: 0 pid 1's current affinity mask: 1",
+            "{out}"
+        );
+    }
+    // The write limit lands in io.max for the disk's numbers, and the
+    // rate of 2 MiB of O_DIRECT writes is within 25% of it.
+    let vda = field(out, "vda");
+    let io_max = field(out, "limited io.max");
+    assert!(
+        io_max.starts_with(&format!("{vda} ")) && io_max.contains("wbps=1048576"),
+        "{io_max} (vda {vda})"
+    );
+    assert!(out.contains("\nfree io.max\n"), "no limit asked: {out}");
+    let limited = uptime_span(out, "limited time");
+    let free = uptime_span(out, "free time");
+    let rates = format!(
+        "/dev/vda: 2 MiB of O_DIRECT writes in {free:.2} s unlimited ({:.2} MiB/s), \
+         {limited:.2} s at 1 MiB/s ({:.2} MiB/s)",
+        2.0 / free,
+        2.0 / limited
+    );
+    eprintln!("{rates}");
+    assert!((0.75..=1.25).contains(&(2.0 / limited)), "{rates}");
+    assert!(free * 2.0 < limited, "{rates}");
+    // Pause: the counter stands still and ps says so; resume: it goes on.
+    assert_eq!(field(out, "pause"), "rc=0", "{out}");
+    assert_eq!(field(out, "ps-paused"), "paused", "{out}");
+    assert_eq!(field(out, "resume"), "rc=0", "{out}");
+    assert_eq!(field(out, "ps-resumed"), "running", "{out}");
+    let n: Vec<u64> = field(out, "counter")
+        .split(' ')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert!(
+        n[0] > 2 && n[0] == n[1],
+        "the counter moved while paused: {n:?}"
+    );
+    assert!(n[2] > n[1], "the counter did not go on after resume: {n:?}");
+    assert!(out.contains("\ncounter-went-on\n"), "{out}");
+    // An image imported in the guest: its Env, WorkingDir and Cmd apply.
+    assert_eq!(field(out, "import"), "rc=0", "{}", o.stderr);
+    assert_eq!(field(out, "image"), "hello-from-image /srv/app layer-file");
+    assert_eq!(field(out, "image-run"), "rc=0");
+    // An unknown CPU: one line, status 125.
+    let bad = field(out, "bad-cpuset");
+    assert!(
+        bad.starts_with("rc=125 lines=1 ") && bad.contains("CPU 7 is not online (online: 0-1)"),
+        "{bad}"
+    );
+    assert_eq!(field(out, "left"), "cgroups=0 containers=0 overlays=0");
+    eprintln!("guest uptime at the end: {} s", field(out, "guest-uptime"));
 }
 
 /// The workload's lines at a vm level: exactly what it printed.
