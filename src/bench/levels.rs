@@ -140,7 +140,7 @@ pub type Samples = BTreeMap<Target, BTreeMap<Metric, Vec<f64>>>;
 /// `sink`: where the host's TCP sink answers this target.
 fn workload_script(quick: bool, in_vm: bool, sink: (Ipv4Addr, u16)) -> String {
     let (calls, loops, mib, net_mib) = if quick {
-        (200_000, 20_000_000, 16, 32)
+        (100_000, 10_000_000, 8, 8)
     } else {
         (2_000_000, 200_000_000, 64, 256)
     };
@@ -154,7 +154,7 @@ fn workload_script(quick: bool, in_vm: bool, sink: (Ipv4Addr, u16)) -> String {
     if in_vm {
         s.push_str(&format!(
             "; echo exits $(uvm-probe exits {})",
-            if quick { 2000 } else { 20000 }
+            if quick { 1000 } else { 20000 }
         ));
     }
     s
