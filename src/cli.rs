@@ -457,6 +457,15 @@ pub fn sandbox_main(args: &SandboxArgs) -> i32 {
 
 fn sandbox(cmd: &SandboxCommand) -> Result<i32, Error> {
     use crate::sandbox::{self as sb, Attach, Sandbox};
+    if matches!(
+        cmd,
+        SandboxCommand::Ps { .. }
+            | SandboxCommand::Logs { .. }
+            | SandboxCommand::Ls
+            | SandboxCommand::Inspect { .. }
+    ) {
+        uvm_runtime::quiet_on_closed_stdout();
+    }
     match cmd {
         SandboxCommand::Create {
             name,

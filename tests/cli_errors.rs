@@ -600,3 +600,38 @@ fn bench_refuses_a_firecracker_that_is_not_one_before_anything_starts() {
     }
     let _ = std::fs::remove_file(&not_executable);
 }
+
+/// Listings whose reader went away (`| head`) end quietly, as `ls` does:
+/// no panic message from println! on EPIPE.
+#[test]
+fn listings_to_a_reader_that_went_away_end_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = std::env::temp_dir().join(format!("uvm-epipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = dir.to_str().unwrap();
+    let store = dir.join("images");
+    let cases: [&[&str]; 3] = [
+        &["container", "--root", root, "ps"],
+        &["image", "--store", store.to_str().unwrap(), "ls"],
+        &["oci", "--root", root, "features"],
+    ];
+    for args in cases {
+        let (r, w) = std::io::pipe().unwrap();
+        // The read end is gone before uvm writes: its first write fails.
+        drop(r);
+        let out = Command::new(env!("CARGO_BIN_EXE_uvm"))
+            .args(args)
+            .stdout(w)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

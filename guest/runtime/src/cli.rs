@@ -667,6 +667,16 @@ fn dispatch(args: ContainerArgs) -> Result<i32> {
         }
         rt.hierarchy = Some(super::cgroups::Hierarchy::V2 { root });
     }
+    if matches!(
+        args.command,
+        ContainerCommand::Ps { .. }
+            | ContainerCommand::Stats { .. }
+            | ContainerCommand::Logs { .. }
+            | ContainerCommand::Inspect { .. }
+            | ContainerCommand::Gc
+    ) {
+        crate::quiet_on_closed_stdout();
+    }
     match args.command {
         ContainerCommand::Run(a) => cmd_run(&rt, *a),
         ContainerCommand::Exec(a) => {

@@ -49,3 +49,15 @@ pub mod fuzzing;
 pub use error::{Error, Result};
 pub use runtime::{Container, ExecOptions, Exit, Runtime};
 pub use spec::{NetMode, PortMap, RunOptions, Source, Volume};
+
+/// For commands that only print (listings, inspect, logs): a reader that
+/// goes away (`| head`) ends the process quietly, as it ends `ls` or
+/// `cat`, instead of `println!` panicking on EPIPE (Rust ignores SIGPIPE).
+/// Never for commands that keep pipes or sockets of their own (run, exec,
+/// the VMM), where EPIPE is an error to handle.
+pub fn quiet_on_closed_stdout() {
+    // SAFETY: restoring a signal's default disposition installs no handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

@@ -74,6 +74,12 @@ fn print_table(images: &[Record]) {
 
 fn dispatch(args: ImageArgs, containers: &Paths) -> Result<i32> {
     let store = Store::new(args.store.unwrap_or_else(default_store));
+    if matches!(
+        args.command,
+        ImageCommand::Ls { .. } | ImageCommand::Inspect { .. }
+    ) {
+        crate::quiet_on_closed_stdout();
+    }
     match args.command {
         ImageCommand::Import { path, name } => {
             for r in store.import(&path, name.as_deref())? {

@@ -520,6 +520,12 @@ fn dispatch(args: OciArgs, log: &Log) -> Result<i32> {
     }
     let mut rt = Runtime::new(Paths::new(&args.root));
     rt.cgroup_parent = args.cgroup_parent;
+    if matches!(
+        args.command,
+        OciCommand::State { .. } | OciCommand::Ps { .. } | OciCommand::Features
+    ) {
+        crate::quiet_on_closed_stdout();
+    }
     match args.command {
         OciCommand::Create(a) => create(&rt, &a).map(|_| 0),
         OciCommand::Start { id } => start(&rt, &id, log).map(|()| 0),
