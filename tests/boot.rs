@@ -352,7 +352,9 @@ run_uvm --mem 512M -- sh -c '
   uvm-container mkrootfs /tmp/rootfs >/dev/null || echo mkrootfs-failed
   uvm-container run --rootfs /tmp/rootfs --name fw --allow-in 80 -- sh -c "nc -ll -p 80 -e echo eighty & nc -ll -p 81 -e echo eightyone & wait" >/tmp/fw.out 2>&1 &
   for i in $(seq 150); do ip=$(uvm-container ps | awk "\$1==\"fw\" && \$5!=\"-\" {print \$5}"); [ -n "$ip" ] && [ -e /run/netns/fw ] && break; sleep 0.2; done
-  echo "registered $(nsenter --net=/run/netns/fw ip -4 -o addr show eth0 | grep -o "inet $ip/")"
+  # The name can be bound a moment before eth0 has its address.
+  for i in $(seq 50); do reg=$(nsenter --net=/run/netns/fw ip -4 -o addr show eth0 | grep -o "inet $ip/") && break; sleep 0.2; done
+  echo "registered $reg"
   echo "table $(nsenter --net=/run/netns/fw nft list table inet uvm_firewall | grep -c "policy drop")"
   for i in $(seq 50); do r80=$(nc -w 3 $ip 80) && [ -n "$r80" ] && break; sleep 0.2; done
   r81=$(nc -w 3 $ip 81 2>/dev/null)

@@ -101,14 +101,6 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
     // it out (see console_ring for why the vCPU never writes the host).
     let (ring, drain, handle) = console_ring::ring(CONSOLE_RING);
     let out = cfg.console.open()?;
-    super::seccomp::spawn(
-        "console",
-        super::seccomp::Role::Control,
-        cfg.seccomp,
-        move || {
-            drain.run(out);
-        },
-    )?;
     let dropped = handle.clone();
     vm.add_report(
         "console".into(),
@@ -119,7 +111,7 @@ pub fn build(cfg: &LinuxVmConfig) -> Result<Vm, Error> {
             )
         }),
     );
-    vm.set_console(handle);
+    vm.set_console(handle, Box::new(move || drain.run(out)));
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         vm.irq_line(SERIAL_IRQ)?,
         ring,

@@ -59,6 +59,10 @@ pub struct Vm {
     seccomp: bool,
     /// The console's ring, flushed to the host when the VM ends.
     console: Option<uvm_devices::legacy::console_ring::RingHandle>,
+    /// The console thread's work, started by [`Vm::run`]: not earlier, so
+    /// that a jail's drop of privileges (which glibc replays on every
+    /// thread) happens before it exists under its filter.
+    console_drain: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// How long the console's last bytes may take to reach a host that reads
@@ -143,6 +147,7 @@ impl Vm {
             events,
             reports: Vec::new(),
             console: None,
+            console_drain: None,
             verbose: false,
             seccomp: true,
         })
@@ -155,8 +160,13 @@ impl Vm {
 
     /// Adds a device to the account given at the end with `verbose`.
     /// The console ring whose last bytes go out before [`Vm::run`] returns.
-    pub fn set_console(&mut self, ring: uvm_devices::legacy::console_ring::RingHandle) {
+    pub fn set_console(
+        &mut self,
+        ring: uvm_devices::legacy::console_ring::RingHandle,
+        drain: Box<dyn FnOnce() + Send>,
+    ) {
         self.console = Some(ring);
+        self.console_drain = Some(drain);
     }
 
     pub fn add_report(&mut self, what: String, report: Report) {
@@ -283,8 +293,14 @@ impl Vm {
         let seccomp = self.seccomp;
         let mut threads = Vec::with_capacity(self.vcpus.len());
         let mut failed = None;
+        if let Some(drain) = self.console_drain {
+            failed = seccomp::spawn("console", seccomp::Role::Control, seccomp, drain).err();
+        }
         let running_at = Instant::now();
         for (i, fd) in (0u32..).zip(self.vcpus) {
+            if failed.is_some() {
+                break;
+            }
             let h = handlers.clone();
             let name = format!("vcpu{i}");
             match seccomp::spawn(&name, seccomp::Role::Vcpu, seccomp, move || {
