@@ -16,8 +16,11 @@ all: build guest
 setup:
 	@resources/setup.sh
 
+# The whole workspace, as the tests build it: the same feature set, so the
+# test build reuses every crate of this one (building only the root package
+# resolved other features, and the test build compiled 126 crates again).
 build: setup
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked --workspace
 
 guest: build
 	@resources/build-guest.sh

@@ -7,6 +7,8 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 
+use uvm_protocol::relay::relay;
+
 use super::{AgentClient, Stream, Streams};
 use crate::error::Error;
 
@@ -67,7 +69,7 @@ impl Attached {
         if let (Some(mut s), Some(mut from)) = (self.stdin, stdin) {
             // Not joined: a terminal's stdin may never end.
             std::thread::spawn(move || {
-                let _ = std::io::copy(&mut from, &mut s);
+                let _ = relay(&mut from, &mut s);
                 let _ = s.shutdown(Shutdown::Write);
             });
         }
@@ -76,7 +78,7 @@ impl Attached {
             let (Some(mut s), Some(mut out)) = (stream, to) else {
                 continue;
             };
-            outputs.push(std::thread::spawn(move || std::io::copy(&mut s, &mut out)));
+            outputs.push(std::thread::spawn(move || relay(&mut s, &mut out)));
         }
         Pumps { outputs }
     }

@@ -213,17 +213,7 @@ mod tests {
             .all(|(i, b)| *b == b'a' + u8::try_from(i % 26).unwrap()));
     }
 
-    /// A host that takes everything at once.
-    struct Keep(Arc<Mutex<Vec<u8>>>);
-    impl Write for Keep {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::legacy::KeepAll as Keep;
 
     #[test]
     fn a_reading_host_gets_every_byte_in_order() {

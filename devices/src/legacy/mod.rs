@@ -39,3 +39,20 @@ pub(crate) fn recording_sink() -> (EventSink, Arc<std::sync::Mutex<Vec<GuestEven
     let s = seen.clone();
     (Arc::new(move |e| s.lock().unwrap().push(e)), seen)
 }
+
+/// A host end that takes every byte at once and keeps them, for tests of
+/// what devices write out.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct KeepAll(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl std::io::Write for KeepAll {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

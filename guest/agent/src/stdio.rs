@@ -12,6 +12,7 @@ use nix::sys::socket::{
     accept, bind, socket, AddressFamily, Backlog, Shutdown, SockFlag, SockType, VsockAddr,
 };
 use uvm_agent_api::{Stream, StreamHeader, MAX_HEADER};
+use uvm_protocol::relay::relay;
 
 use crate::service::Agent;
 use crate::AgentError;
@@ -120,11 +121,11 @@ fn serve(agent: &Agent, conn: OwnedFd) {
     let mut pipe = std::fs::File::from(pipe);
     match h.stream {
         Stream::Stdin => {
-            let _ = std::io::copy(&mut conn, &mut pipe);
+            let _ = relay(&mut conn, &mut pipe);
             // Dropping the pipe's write end is the process's EOF.
         }
         Stream::Stdout | Stream::Stderr => {
-            let _ = std::io::copy(&mut pipe, &mut conn);
+            let _ = relay(&mut pipe, &mut conn);
             let _ = nix::sys::socket::shutdown(conn.as_raw_fd(), Shutdown::Write);
         }
     }

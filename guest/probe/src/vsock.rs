@@ -7,6 +7,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Instant;
 
+use uvm_protocol::relay::relay;
+
 use nix::sys::socket::{
     accept, bind, connect, listen, shutdown, socket, AddressFamily, Backlog, Shutdown, SockFlag,
     SockType, VsockAddr,
@@ -54,7 +56,7 @@ pub fn recv(port: u32) -> Result<(), String> {
     let mut c = accept_one(&l)?;
     let out = io::stdout();
     let mut out = out.lock();
-    io::copy(&mut c, &mut out).map_err(|e| format!("receiving: {e}"))?;
+    relay(&mut c, &mut out).map_err(|e| format!("receiving: {e}"))?;
     Ok(())
 }
 
@@ -63,13 +65,13 @@ pub fn recv(port: u32) -> Result<(), String> {
 pub fn send(cid: u32, port: u32) -> Result<(), String> {
     let mut c = connect_to(cid, port).map_err(|e| format!("connecting to {cid}:{port}: {e}"))?;
     let t = Instant::now();
-    let n = io::copy(&mut io::stdin().lock(), &mut c).map_err(|e| format!("sending: {e}"))?;
+    let n = relay(&mut io::stdin().lock(), &mut c).map_err(|e| format!("sending: {e}"))?;
     shutdown(std::os::fd::AsRawFd::as_raw_fd(&c), Shutdown::Write)
         .map_err(|e| format!("shutdown: {e}"))?;
     #[allow(clippy::cast_precision_loss)]
     let mbs = n as f64 / 1e6 / t.elapsed().as_secs_f64();
     eprintln!("vsock-send: {n} bytes, {mbs:.1} MB/s");
-    io::copy(&mut c, &mut io::stdout().lock()).map_err(|e| format!("reading the answer: {e}"))?;
+    relay(&mut c, &mut io::stdout().lock()).map_err(|e| format!("reading the answer: {e}"))?;
     Ok(())
 }
 

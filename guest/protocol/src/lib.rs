@@ -1,6 +1,9 @@
 //! The contract between the VMM and uvm's init: how the command to run
 //! travels in (the kernel command line) and how its status travels out
-//! (a 32-bit write to an I/O port).
+//! (a 32-bit write to an I/O port); and, in [`relay`], how bytes move
+//! between a process's pipe and a stream socket on either side.
+
+pub mod relay;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
