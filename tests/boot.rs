@@ -666,8 +666,15 @@ uvm_probe --json $B.host
         // uvm bench --quick at all four levels with both references: the
         // table, JSON with every metric, one SVG per metric.
         script: r#"
-rm -rf $B.plots
-$UVM bench --quick --runs 1 --json $B.host --plot-dir $B.plots </dev/null >$B.out 2>$B.err; echo $? >$B.rc
+bench() { rm -rf $B.plots; $UVM bench --quick --runs 1 --json $B.host --plot-dir $B.plots </dev/null >$B.out 2>$B.err; echo $? >$B.rc; }
+bench
+# A guest of the bench that triple-faulted (under nested SVM in QEMU's
+# software CPU; the crash itself is other cases' subject) costs one more
+# run, which the session lists.
+if [ "$(cat $B.rc)" != 0 ] && grep -q triple-faulted $B.err; then
+  echo "boot-tests: $B: a guest of the bench triple-faulted; running it once more" | tee -a $(dirname $B)/retried >&2
+  bench
+fi
 ls $B.plots >> $B.out
 for f in $B.plots/*.svg; do [ -s $f ] && grep -q '<rect' $f && echo "plot-ok $(basename $f)" >> $B.out; done
 for f in $B.plots/*.png; do [ "$(head -c 4 $f | tail -c 3)" = PNG ] && echo "png-ok $(basename $f)" >> $B.out; done

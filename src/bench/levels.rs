@@ -304,11 +304,25 @@ fn time_run_within(
     if !status.success() {
         return Err(Error::Usage(format!(
             "bench: {what} failed ({status}): {}",
-            err.lines().last().unwrap_or("").trim()
+            stderr_tail(&err)
         )));
     }
     Ok((took, out.replace('\r', "")))
 }
+
+/// The last lines of a failed run's stderr: for a VM, why it ended (a
+/// timeout, a triple fault) comes before the console's tail.
+fn stderr_tail(err: &str) -> String {
+    let lines: Vec<&str> = err
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(STDERR_TAIL)..].join("\n  ")
+}
+
+/// Lines of a failed run's stderr shown with its error.
+const STDERR_TAIL: usize = 12;
 
 fn time_run(cmd: Command, what: &str) -> Result<(Duration, String), Error> {
     time_run_within(cmd, what, RUN_LIMIT)
@@ -359,7 +373,7 @@ fn measure_run(
         }
         return Err(Error::Usage(format!(
             "bench: {what} failed ({status}): {}",
-            err.lines().last().unwrap_or("").trim()
+            stderr_tail(&err)
         )));
     }
     let mut m = parse_lines(&text.replace('\r', ""));
@@ -837,6 +851,23 @@ pub fn main(args: &LevelsArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_shows_why_the_vm_ended_and_the_consoles_tail() {
+        let mut err = String::from("uvm run: the guest triple-faulted (CPU shutdown)\n");
+        err.push_str("uvm run: the guest's console ended with:\n\n");
+        for i in 0..5 {
+            err.push_str(&format!("console line {i}\n"));
+        }
+        let t = stderr_tail(&err);
+        assert!(t.starts_with("uvm run: the guest triple-faulted"), "{t}");
+        assert!(t.ends_with("console line 4"), "{t}");
+        assert!(!t.contains("\n  \n"), "blank lines are left out: {t}");
+        let long: String = (0..40).map(|i| format!("l{i}\n")).collect();
+        let t = stderr_tail(&long);
+        assert_eq!(t.lines().count(), STDERR_TAIL);
+        assert!(t.starts_with("l28") && t.ends_with("l39"), "{t}");
+    }
 
     #[test]
     fn workload_lines_parse() {
