@@ -55,7 +55,9 @@ run: guest
 
 # Boot time and VMM memory, then virtio disk and network throughput, uvm vs
 # QEMU microvm, same kernel and initramfs (and disk image, and tap); with
-# FIRECRACKER=PATH (a binary of your own), against Firecracker too.
+# FIRECRACKER=PATH (a binary of your own), against Firecracker too; then
+# uvm's channels against the devices they stand in for (vsock vs TCP,
+# virtio-fs vs virtio-blk) in one guest; then the container benches.
 FC_FLAG := $(if $(FIRECRACKER),--firecracker $(FIRECRACKER))
 bench: guest
 	$(RUNNER_AGAIN) -- env UVM_CACHE_DIR=/dev/shm/uvm-cache $(UVM) bench --json /tmp/uvm-bench/levels.json --plot-dir /tmp/uvm-bench
@@ -64,6 +66,8 @@ bench: guest
 	@echo "plot: /tmp/uvm-bench-boot.svg, samples: /tmp/uvm-bench-boot.json"
 	$(RUNNER_AGAIN) -- $(UVM) bench io --runs 1 $(FC_FLAG) --json /tmp/uvm-bench-io.json --plot /tmp/uvm-bench-io.svg
 	@echo "plot: /tmp/uvm-bench-io.svg, samples: /tmp/uvm-bench-io.json"
+	$(RUNNER_AGAIN) -- env UVM_CACHE_DIR=/dev/shm/uvm-cache $(UVM) bench channels --json /tmp/uvm-bench-channels.json --plot /tmp/uvm-bench-channels.svg
+	@echo "plot: /tmp/uvm-bench-channels.svg, samples: /tmp/uvm-bench-channels.json"
 	resources/bench-container.sh
 	resources/bench-image.sh
 	resources/bench-container-guest.sh
