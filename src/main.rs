@@ -58,6 +58,7 @@ fn boot(args: &BootArgs) -> Result<Outcome, Error> {
 }
 
 fn main() {
+    uvm_protocol::abort_on_panic();
     use uvm_runtime::oci::cli::{invoked_as_runtime, OciCli};
     uvm::process_start();
     // Installed as `uvm-runc` (a link), uvm is an OCI runtime for callers

@@ -96,9 +96,9 @@ impl Bus {
     }
 }
 
-/// A device whose lock was poisoned panicked while handling an access; with
-/// `panic = "abort"` that cannot happen in the VMM, and in tests the data is
-/// still the device's own, so carrying on is the right answer.
+/// A device whose lock was poisoned panicked while handling an access: in
+/// the VMM that cannot happen (uvm's binaries abort at any panic), and in
+/// tests the data is still the device's own, so carrying on is right.
 fn lock(dev: &Shared) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
     dev.lock().unwrap_or_else(|e| e.into_inner())
 }

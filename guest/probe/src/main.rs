@@ -674,6 +674,7 @@ fn net(addr: &str, port: &str, mib: usize) -> Result<f64, String> {
 }
 
 fn main() {
+    uvm_protocol::abort_on_panic();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let count = |s: Option<&String>| s.and_then(|n| n.parse::<u64>().ok()).unwrap_or(1_000_000);
     match args.first().map(String::as_str) {

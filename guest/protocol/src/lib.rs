@@ -213,3 +213,17 @@ mod tests {
         assert_eq!(param("ipx=1", "ip"), None);
     }
 }
+
+/// Makes a panic on any thread end the whole process (after the usual
+/// message), as `panic = "abort"` would: a VMM, agent or init with one
+/// thread dead and the rest running is worse than none. Called first in
+/// every binary's `main`. Not set in the release profile, because the test
+/// build (whose harness needs unwinding) would then compile every crate a
+/// second time.
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}

@@ -86,6 +86,7 @@ impl Shim for UvmShim {
 }
 
 fn main() {
+    uvm_protocol::abort_on_panic();
     // The sandbox's VMM is this binary again (uvm's library starts
     // `current_exe sandbox-vmm NAME`), so the shim needs no uvm on PATH.
     let args: Vec<String> = std::env::args().collect();

@@ -13,6 +13,7 @@ struct ContainerCli {
 }
 
 fn main() {
+    uvm_protocol::abort_on_panic();
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let name = std::path::Path::new(&argv0)
         .file_name()

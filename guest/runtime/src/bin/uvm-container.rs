@@ -13,6 +13,7 @@ struct Cli {
 }
 
 fn main() {
+    uvm_protocol::abort_on_panic();
     use uvm_runtime::oci::cli::{invoked_as_runtime, OciCli};
     if std::env::args_os()
         .next()
