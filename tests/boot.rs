@@ -1103,7 +1103,9 @@ echo 0 > $B.rc
         // io.containerd.uvm.v2: the shim boots the pod's sandbox, the
         // container prints the guest's kernel release; ctr task ls says
         // RUNNING, ctr task kill (TERM, which the workload turns into exit
-        // 3) ends it and ctr run exits 3; once ctr run deleted the task
+        // 3) ends it and ctr run exits 3 (before that, ctr task exec runs
+        // processes in it: streams, statuses, exec ids used again, a kill
+        // by exec id); once ctr run deleted the task
         // and ctr container rm the container, no sandbox, VMM, virtiofsd,
         // shim or mount is left.
         script: r#"
@@ -1124,6 +1126,18 @@ for i in $(seq 400); do grep -q release $S/run.out 2>/dev/null && break; sleep 0
 echo "started after $((SECONDS - t0)) s" >&2
 ct() { timeout 60 ctr -a $S/c/containerd.sock -n uvm-test "$@"; }
 ct task ls | awk '$1 == "p1" { print "task", $1, $3 }'
+# Execs in the running task: all three streams and a status of their own;
+# the same exec id again once ctr deleted the first; a long one killed by
+# its exec id (ctr task exec's status is then 128+9).
+echo exec-stdin | ct task exec --exec-id e1 p1 sh -c 'read l; echo "exec-out $(uname -r) $l"; echo exec-err >&2; exit 4' >$S/exec.out 2>$S/exec.err
+echo "exec rc $?"
+sed 's/^/exec-stdout /' $S/exec.out; sed 's/^/exec-stderr /' $S/exec.err
+ct task exec --exec-id e1 p1 sh -c 'exit 5' </dev/null; echo "exec-again rc $?"
+ct task exec --exec-id e2 p1 sleep 1000 </dev/null >/dev/null 2>&1 &
+ex=$!
+for i in $(seq 60); do ct task kill --exec-id e2 -s KILL p1 2>/dev/null && break; sleep 0.5; done
+wait $ex; echo "exec-killed rc $?"
+ct task kill --exec-id nope p1 2>&1 | tail -n 1 | sed 's/^/exec-unknown /'
 ct task kill p1; echo "kill rc=$?"
 # Bounded, and what a stuck ctr waits on if it does not end.
 for i in $(seq 120); do kill -0 $run 2>/dev/null || break; sleep 0.5; done
@@ -2385,6 +2399,20 @@ fn containerd_runs_a_pod_in_a_uvm_sandbox_through_the_shim() {
     );
     assert!(
         h.contains("task p1 RUNNING\nkill rc=0\n"),
+        "{h}\n{}",
+        o.stderr
+    );
+    assert_eq!(field(h, "exec rc"), "4", "{h}\n{}", o.stderr);
+    assert_eq!(
+        field(h, "exec-stdout"),
+        format!("exec-out {release} exec-stdin"),
+        "the exec ran in the guest and had its stdin: {h}"
+    );
+    assert_eq!(field(h, "exec-stderr"), "exec-err", "{h}");
+    assert_eq!(field(h, "exec-again rc"), "5", "{h}\n{}", o.stderr);
+    assert_eq!(field(h, "exec-killed rc"), "137", "{h}\n{}", o.stderr);
+    assert!(
+        field(h, "exec-unknown").contains("not found"),
         "{h}\n{}",
         o.stderr
     );

@@ -310,6 +310,14 @@ impl AgentClient {
             .map_err(|e| agent_err("closing stdin", e))
     }
 
+    /// Forgets an exec that has ended (refused while it runs).
+    pub fn remove_process(&self, container: &str, exec_id: &str) -> Result<(), Error> {
+        self.client
+            .remove_process(ctx(), &Self::process_ref(container, exec_id))
+            .map(drop)
+            .map_err(|e| agent_err(&format!("removing {container}/{exec_id}"), e))
+    }
+
     pub fn remove_container(&self, id: &str, force: bool) -> Result<(), Error> {
         let mut req = agent::RemoveContainerRequest::new();
         req.container_id = id.into();

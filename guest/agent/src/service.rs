@@ -471,6 +471,26 @@ impl Agent {
         Ok(())
     }
 
+    fn remove_process(&self, cid: &str, eid: &str) -> Result<()> {
+        if eid.is_empty() {
+            return Err(AgentError::Invalid(format!(
+                "the own process of container {cid:?} goes with the container"
+            )));
+        }
+        let key = (cid.to_string(), eid.to_string());
+        let mut g = self.lock();
+        match g.procs.get(&key) {
+            None => Err(AgentError::NotFound(format!("no process {cid:?}/{eid:?}"))),
+            Some(Proc { exit: None, .. }) => Err(AgentError::State(format!(
+                "process {cid:?}/{eid:?} is running: signal it first"
+            ))),
+            Some(_) => {
+                g.procs.remove(&key);
+                Ok(())
+            }
+        }
+    }
+
     /// Removes a container: refused while it runs unless `force` (then
     /// killed); its cgroup, overlay, state, bundle and storages go.
     pub fn remove(&self, id: &str, force: bool) -> Result<()> {
@@ -645,6 +665,11 @@ impl AgentService for Agent {
             .map(|()| Empty::new())
             .map_err(Into::into)
     }
+    fn remove_process(&self, _: &ttrpc::TtrpcContext, req: ProcessRef) -> TResult<Empty> {
+        self.remove_process(&req.container_id, &req.exec_id)
+            .map(|()| Empty::new())
+            .map_err(Into::into)
+    }
     fn remove_container(
         &self,
         _: &ttrpc::TtrpcContext,
@@ -768,5 +793,27 @@ mod tests {
         let kind = uvm_runtime::process::wait_exit(Pid::from_raw(pid)).unwrap();
         a.exited(pid, kind);
         assert_eq!(a.wait("", "e1").unwrap(), ExitKind::Code(3));
+        // Ended, it can be forgotten, and its id used again.
+        assert!(matches!(
+            a.remove_process("", ""),
+            Err(AgentError::Invalid(_))
+        ));
+        assert!(matches!(
+            a.remove_process("", "e2"),
+            Err(AgentError::NotFound(_))
+        ));
+        a.remove_process("", "e1").unwrap();
+        assert!(matches!(a.wait("", "e1"), Err(AgentError::NotFound(_))));
+        ex.process.mut_or_insert_default().args = vec!["sleep".into(), "100".into()];
+        a.exec(&ex).unwrap();
+        assert!(
+            matches!(a.remove_process("", "e1"), Err(AgentError::State(_))),
+            "a running exec stays"
+        );
+        let pid = a.lock().procs[&(String::new(), "e1".to_string())].pid;
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        let kind = uvm_runtime::process::wait_exit(Pid::from_raw(pid)).unwrap();
+        a.exited(pid, kind);
+        a.remove_process("", "e1").unwrap();
     }
 }

@@ -9,12 +9,16 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use containerd_shim::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, DeleteResponse, Empty, KillRequest, PidsRequest, PidsResponse, ShutdownRequest,
-    StartRequest, StartResponse, StateRequest, StateResponse, Status, WaitRequest, WaitResponse,
+    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest,
+    PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
+    StateResponse, Status, WaitRequest, WaitResponse,
 };
-use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::events::task::{TaskExecAdded, TaskExecStarted, TaskExit};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::topics::TASK_EXIT_EVENT_TOPIC;
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::topics::{
+    TASK_EXEC_ADDED_EVENT_TOPIC, TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC,
+};
 use containerd_shim::protos::ttrpc::{self, Code, Status as RpcStatus};
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
@@ -31,24 +35,75 @@ use uvm::sandbox::{self, ContainerConfig, Sandbox, SandboxConfig};
 const POD_VCPUS: u32 = 1;
 const POD_MEM: u64 = 256 << 20;
 
-/// One container (a task) of the pod.
-struct Ctr {
-    /// Its name in the sandbox (ids are cut to what a sandbox name holds).
-    name: String,
-    bundle: PathBuf,
+/// One process of a task: the container's own, or one of its execs.
+struct Proc {
     stdin: String,
     stdout: String,
     stderr: String,
     status: Status,
     exit: Option<(u32, Timestamp)>,
-    /// The copies between containerd's FIFOs and the guest's streams.
-    pumps: Option<(Attached, [Option<File>; 3])>,
+    /// containerd's FIFOs, opened at create (or exec): the shim's ends.
+    files: Option<[Option<File>; 3]>,
+    /// The guest's streams, attached before the process may write much.
+    attached: Option<Attached>,
     /// A writer of our own on the stdin FIFO, so that its reader sees no
     /// end before containerd's CloseIO (a FIFO's reader reads EOF whenever
     /// no writer has it open, also before containerd's writer came).
     stdin_keeper: Option<File>,
+    /// An exec's process, which its start runs (the agent runs an exec as
+    /// it is made; containerd makes it first and starts it later).
+    spec: Option<ProcessSpec>,
+}
+
+impl Proc {
+    fn streams(&self) -> Streams {
+        Streams {
+            stdin: !self.stdin.is_empty(),
+            stdout: !self.stdout.is_empty(),
+            stderr: !self.stderr.is_empty(),
+        }
+    }
+}
+
+/// containerd's FIFOs of a process: its stdin reader and keeper, its
+/// stdout and stderr writers.
+fn open_stdio(
+    stdin: &str,
+    stdout: &str,
+    stderr: &str,
+) -> Result<([Option<File>; 3], Option<File>), String> {
+    let (reader, keeper) = open_stdin(stdin)?;
+    Ok(([reader, open_fifo(stdout)?, open_fifo(stderr)?], keeper))
+}
+
+/// One container (a task) of the pod.
+struct Ctr {
+    /// Its name in the sandbox (ids are cut to what a sandbox name holds).
+    name: String,
+    bundle: PathBuf,
+    /// Its own process (containerd's exec id "").
+    init: Proc,
+    execs: HashMap<String, Proc>,
     /// Whether the shim mounted the bundle's rootfs (containerd's mounts).
     mounted: bool,
+}
+
+impl Ctr {
+    fn proc(&self, exec_id: &str) -> Option<&Proc> {
+        if exec_id.is_empty() {
+            Some(&self.init)
+        } else {
+            self.execs.get(exec_id)
+        }
+    }
+
+    fn proc_mut(&mut self, exec_id: &str) -> Option<&mut Proc> {
+        if exec_id.is_empty() {
+            Some(&mut self.init)
+        } else {
+            self.execs.get_mut(exec_id)
+        }
+    }
 }
 
 struct State {
@@ -84,7 +139,19 @@ pub fn name_of(id: &str) -> String {
 
 /// What the bundle's OCI spec asks the container's process to be.
 fn container_config(id: &str, rootfs: &Path, spec: &Value) -> Result<ContainerConfig, String> {
-    let p = &spec["process"];
+    Ok(ContainerConfig {
+        id: name_of(id),
+        rootfs: rootfs.to_path_buf(),
+        hostname: spec["hostname"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .map(str::to_string),
+        process: process_spec(&spec["process"])?,
+    })
+}
+
+/// An OCI process (a bundle's, or an exec's spec) as the agent runs it.
+fn process_spec(p: &Value) -> Result<ProcessSpec, String> {
     if p["terminal"].as_bool() == Some(true) {
         return Err("terminals are not supported by the uvm shim yet (run without -t)".into());
     }
@@ -102,19 +169,15 @@ fn container_config(id: &str, rootfs: &Path, spec: &Value) -> Result<ContainerCo
         (Some(u), Some(g)) => Some((u, g)),
         _ => None,
     };
-    Ok(ContainerConfig {
-        id: name_of(id),
-        rootfs: rootfs.to_path_buf(),
-        hostname: spec["hostname"]
-            .as_str()
-            .filter(|h| !h.is_empty())
-            .map(str::to_string),
-        process: ProcessSpec {
-            args: strings(&p["args"]),
-            env: strings(&p["env"]),
-            cwd: p["cwd"].as_str().map(str::to_string),
-            user,
-        },
+    let args = strings(&p["args"]);
+    if args.first().is_none_or(String::is_empty) {
+        return Err("the process has no args".into());
+    }
+    Ok(ProcessSpec {
+        args,
+        env: strings(&p["env"]),
+        cwd: p["cwd"].as_str().map(str::to_string),
+        user,
     })
 }
 
@@ -330,42 +393,56 @@ impl Service {
             .unwrap_or(&req.id)
             .to_string();
         let sb = self.sandbox(&pod).map_err(failed)?;
-        let streams = Streams {
-            stdin: !req.stdin.is_empty(),
-            stdout: !req.stdout.is_empty(),
-            stderr: !req.stderr.is_empty(),
-        };
-        let a = sb.create_container(c, streams, false).map_err(failed)?;
-        let io = (|| -> Result<_, String> {
-            let (stdin, keeper) = open_stdin(&req.stdin)?;
-            let files = [stdin, open_fifo(&req.stdout)?, open_fifo(&req.stderr)?];
-            let attached = Attached::connect(&a, &c.id, "", streams).map_err(|e| e.to_string())?;
-            Ok((attached, files, keeper))
-        })();
-        let (attached, files, keeper) = match io {
-            Ok(io) => io,
-            Err(e) => {
-                let _ = sb.remove_container(&c.id, true);
-                return Err(rpc(Code::INTERNAL, e));
-            }
-        };
-        Ok(Ctr {
-            name: c.id.clone(),
-            bundle: PathBuf::from(&req.bundle),
+        let mut init = Proc {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             status: Status::CREATED,
             exit: None,
-            pumps: Some((attached, files)),
-            stdin_keeper: keeper,
+            files: None,
+            attached: None,
+            stdin_keeper: None,
+            spec: None,
+        };
+        let streams = init.streams();
+        let a = sb.create_container(c, streams, false).map_err(failed)?;
+        let io = (|| -> Result<_, String> {
+            let (files, keeper) = open_stdio(&req.stdin, &req.stdout, &req.stderr)?;
+            let attached = Attached::connect(&a, &c.id, "", streams).map_err(|e| e.to_string())?;
+            Ok((attached, files, keeper))
+        })();
+        match io {
+            Ok((attached, files, keeper)) => {
+                init.attached = Some(attached);
+                init.files = Some(files);
+                init.stdin_keeper = keeper;
+            }
+            Err(e) => {
+                let _ = sb.remove_container(&c.id, true);
+                return Err(rpc(Code::INTERNAL, e));
+            }
+        }
+        Ok(Ctr {
+            name: c.id.clone(),
+            bundle: PathBuf::from(&req.bundle),
+            init,
+            execs: HashMap::new(),
             mounted: false,
         })
     }
 
-    /// Waits in a thread of its own for the container's end: its output
-    /// copied out, its status recorded, containerd told.
-    fn watch(&self, id: String, name: String, pumps: Pumps) {
+    fn publish(&self, topic: &str, ev: Box<dyn MessageDyn>) {
+        if let Ok(p) = self.publisher.lock() {
+            if let Err(e) = p.publish(Context::default(), topic, &self.namespace, ev) {
+                warn!("publishing {topic}: {e}");
+            }
+        }
+    }
+
+    /// Waits in a thread of its own for the end of process `exec_id` of
+    /// task `id`: its output copied out, its status recorded, containerd
+    /// told.
+    fn watch(&self, id: String, exec_id: String, name: String, pumps: Pumps) {
         let state = self.state.clone();
         let sb = self.lock().sandbox.clone();
         let publisher = self.publisher.clone();
@@ -375,14 +452,15 @@ impl Service {
             let status = sb
                 .as_ref()
                 .ok_or_else(|| Error::Usage("no sandbox".into()))
-                .and_then(|sb| sb.wait(&name));
+                .and_then(|sb| sb.agent())
+                .and_then(|a| a.wait(&name, &exec_id));
             if let Err(e) = pumps.finish() {
-                warn!("{id}: {e}");
+                warn!("{id}/{exec_id}: {e}");
             }
             let code = match status {
-                Ok(s) => u32::try_from(s).unwrap_or(255),
+                Ok(s) => u32::try_from(s.status).unwrap_or(255),
                 Err(e) => {
-                    warn!("{id}: waiting for it: {e}");
+                    warn!("{id}/{exec_id}: waiting for it: {e}");
                     255
                 }
             };
@@ -390,16 +468,26 @@ impl Service {
             {
                 let (lock, cv) = &*state;
                 let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(c) = st.containers.get_mut(&id) {
-                    c.status = Status::STOPPED;
-                    c.exit = Some((code, at.clone()));
+                if let Some(p) = st
+                    .containers
+                    .get_mut(&id)
+                    .and_then(|c| c.proc_mut(&exec_id))
+                {
+                    p.status = Status::STOPPED;
+                    p.exit = Some((code, at.clone()));
+                    // containerd's readers have had everything.
+                    p.stdin_keeper = None;
                 }
                 cv.notify_all();
             }
             if let Ok(p) = publisher.lock() {
                 let ev = TaskExit {
                     container_id: id.clone(),
-                    id: id.clone(),
+                    id: if exec_id.is_empty() {
+                        id.clone()
+                    } else {
+                        exec_id.clone()
+                    },
                     pid,
                     exit_status: code,
                     exited_at: Some(at).into(),
@@ -411,7 +499,7 @@ impl Service {
                     &namespace,
                     Box::new(ev),
                 ) {
-                    warn!("{id}: publishing its exit: {e}");
+                    warn!("{id}/{exec_id}: publishing its exit: {e}");
                 }
             }
         });
@@ -421,15 +509,91 @@ impl Service {
         rpc(Code::NOT_FOUND, format!("task {id} not found"))
     }
 
-    fn exec_unsupported(exec_id: &str) -> TtrpcResult<()> {
+    fn no_process(id: &str, exec_id: &str) -> ttrpc::Error {
         if exec_id.is_empty() {
-            Ok(())
+            Self::no_task(id)
         } else {
-            Err(rpc(
-                Code::UNIMPLEMENTED,
-                "exec is not supported by the uvm shim yet",
-            ))
+            rpc(
+                Code::NOT_FOUND,
+                format!("process {exec_id} of task {id} not found"),
+            )
         }
+    }
+
+    fn sandbox_of(&self, id: &str) -> Result<Sandbox, ttrpc::Error> {
+        self.lock().sandbox.clone().ok_or_else(|| Self::no_task(id))
+    }
+
+    /// Starts an exec: the agent runs it, its streams are attached and
+    /// copied, and its end is watched.
+    fn start_exec(&self, id: &str, exec_id: &str) -> Result<(), ttrpc::Error> {
+        let (name, spec, streams, files) = {
+            let mut st = self.lock();
+            let c = st.containers.get_mut(id).ok_or_else(|| Self::no_task(id))?;
+            if c.init.status != Status::RUNNING {
+                return Err(rpc(
+                    Code::FAILED_PRECONDITION,
+                    format!("task {id} is not running"),
+                ));
+            }
+            let name = c.name.clone();
+            let p = c
+                .execs
+                .get_mut(exec_id)
+                .ok_or_else(|| Self::no_process(id, exec_id))?;
+            if p.status != Status::CREATED {
+                return Err(rpc(
+                    Code::FAILED_PRECONDITION,
+                    format!("process {exec_id} of task {id} is not created"),
+                ));
+            }
+            let spec = p.spec.take().ok_or_else(|| Self::no_process(id, exec_id))?;
+            (name, spec, p.streams(), p.files.take())
+        };
+        let a = self.sandbox_of(id)?.agent().map_err(failed)?;
+        let started = a
+            .exec(&name, exec_id, &spec, streams)
+            .and_then(|()| Attached::connect(&a, &name, exec_id, streams));
+        let attached = match started {
+            Ok(at) => at,
+            Err(e) => {
+                // The process may have run: it goes, so the id can be had again.
+                let _ = a.signal(&name, exec_id, libc::SIGKILL, false);
+                if let Some(p) = self
+                    .lock()
+                    .containers
+                    .get_mut(id)
+                    .and_then(|c| c.execs.get_mut(exec_id))
+                {
+                    p.status = Status::STOPPED;
+                    p.exit = Some((255, containerd_shim::util::timestamp().unwrap_or_default()));
+                    p.stdin_keeper = None;
+                }
+                self.state.1.notify_all();
+                return Err(failed(e));
+            }
+        };
+        let [i, o, e] = files.unwrap_or_default();
+        let pumps = attached.pump_files(i, o, e);
+        if let Some(p) = self
+            .lock()
+            .containers
+            .get_mut(id)
+            .and_then(|c| c.execs.get_mut(exec_id))
+        {
+            p.status = Status::RUNNING;
+        }
+        self.watch(id.to_string(), exec_id.to_string(), name, pumps);
+        self.publish(
+            TASK_EXEC_STARTED_EVENT_TOPIC,
+            Box::new(TaskExecStarted {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                pid: self.vmm_pid(),
+                ..Default::default()
+            }),
+        );
+        Ok(())
     }
 }
 
@@ -444,35 +608,41 @@ impl Task for Service {
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        Self::exec_unsupported(&req.exec_id)?;
-        let (name, pumps) = {
+        if !req.exec_id.is_empty() {
+            info!("start exec {} of {}", req.exec_id, req.id);
+            self.start_exec(&req.id, &req.exec_id)?;
+            return Ok(StartResponse {
+                pid: self.vmm_pid(),
+                ..Default::default()
+            });
+        }
+        let (name, attached, files) = {
             let mut st = self.lock();
             let c = st
                 .containers
                 .get_mut(&req.id)
                 .ok_or_else(|| Self::no_task(&req.id))?;
-            if c.status != Status::CREATED {
+            if c.init.status != Status::CREATED {
                 return Err(rpc(
                     Code::FAILED_PRECONDITION,
                     format!("task {} is not created", req.id),
                 ));
             }
-            (c.name.clone(), c.pumps.take())
+            (c.name.clone(), c.init.attached.take(), c.init.files.take())
         };
-        let sb = self
-            .lock()
-            .sandbox
-            .clone()
-            .ok_or_else(|| Self::no_task(&req.id))?;
+        let sb = self.sandbox_of(&req.id)?;
         sb.agent()
             .and_then(|a| a.start_container(&name))
             .map_err(failed)?;
-        let pumps = pumps.map(|(a, [i, o, e])| a.pump_files(i, o, e));
+        let pumps = attached.map(|a| {
+            let [i, o, e] = files.unwrap_or_default();
+            a.pump_files(i, o, e)
+        });
         if let Some(c) = self.lock().containers.get_mut(&req.id) {
-            c.status = Status::RUNNING;
+            c.init.status = Status::RUNNING;
         }
         if let Some(p) = pumps {
-            self.watch(req.id.clone(), name, p);
+            self.watch(req.id.clone(), String::new(), name, p);
         }
         Ok(StartResponse {
             pid: self.vmm_pid(),
@@ -480,25 +650,121 @@ impl Task for Service {
         })
     }
 
+    fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        info!("exec {} in {}", req.exec_id, req.id);
+        if req.exec_id.is_empty() || !uvm_agent_api::valid_id(&req.exec_id) {
+            return Err(rpc(
+                Code::INVALID_ARGUMENT,
+                format!("exec id {:?}: letters, digits, '_', '.', '-'", req.exec_id),
+            ));
+        }
+        if req.terminal {
+            return Err(rpc(
+                Code::INVALID_ARGUMENT,
+                "terminals are not supported by the uvm shim yet (exec without -t)",
+            ));
+        }
+        let spec: Value = req
+            .spec
+            .as_ref()
+            .and_then(|any| serde_json::from_slice(&any.value).ok())
+            .ok_or_else(|| {
+                rpc(
+                    Code::INVALID_ARGUMENT,
+                    "the exec has no readable process spec",
+                )
+            })?;
+        let spec = process_spec(&spec).map_err(|e| rpc(Code::INVALID_ARGUMENT, e))?;
+        {
+            let st = self.lock();
+            let c = st
+                .containers
+                .get(&req.id)
+                .ok_or_else(|| Self::no_task(&req.id))?;
+            if c.execs.contains_key(&req.exec_id) {
+                return Err(rpc(
+                    Code::ALREADY_EXISTS,
+                    format!("process {} of task {} exists", req.exec_id, req.id),
+                ));
+            }
+            if c.init.status != Status::RUNNING {
+                return Err(rpc(
+                    Code::FAILED_PRECONDITION,
+                    format!("task {} is not running", req.id),
+                ));
+            }
+        }
+        // containerd's FIFOs, opened here as at create: its writer of
+        // stdin may come before Start.
+        let (files, keeper) =
+            open_stdio(&req.stdin, &req.stdout, &req.stderr).map_err(|e| rpc(Code::INTERNAL, e))?;
+        let p = Proc {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            status: Status::CREATED,
+            exit: None,
+            files: Some(files),
+            attached: None,
+            stdin_keeper: keeper,
+            spec: Some(spec),
+        };
+        self.lock()
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| Self::no_task(&req.id))?
+            .execs
+            .insert(req.exec_id.clone(), p);
+        self.publish(
+            TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(Empty::new())
+    }
+
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        // No process of this shim has a terminal (create and exec refuse
+        // one), so there is none to resize.
+        let st = self.lock();
+        st.containers
+            .get(&req.id)
+            .and_then(|c| c.proc(&req.exec_id))
+            .ok_or_else(|| Self::no_process(&req.id, &req.exec_id))?;
+        Err(rpc(
+            Code::FAILED_PRECONDITION,
+            format!(
+                "process {:?} of task {} has no terminal",
+                req.exec_id, req.id
+            ),
+        ))
+    }
+
     fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        Self::exec_unsupported(&req.exec_id)?;
         let pid = self.vmm_pid();
         let st = self.lock();
         let c = st
             .containers
             .get(&req.id)
             .ok_or_else(|| Self::no_task(&req.id))?;
+        let p = c
+            .proc(&req.exec_id)
+            .ok_or_else(|| Self::no_process(&req.id, &req.exec_id))?;
         let mut r = StateResponse {
             id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
             bundle: c.bundle.display().to_string(),
             pid,
-            stdin: c.stdin.clone(),
-            stdout: c.stdout.clone(),
-            stderr: c.stderr.clone(),
+            stdin: p.stdin.clone(),
+            stdout: p.stdout.clone(),
+            stderr: p.stderr.clone(),
             ..Default::default()
         };
-        r.status = c.status.into();
-        if let Some((code, at)) = &c.exit {
+        r.status = p.status.into();
+        if let Some((code, at)) = &p.exit {
             r.exit_status = *code;
             r.exited_at = Some(at.clone()).into();
         }
@@ -506,15 +772,15 @@ impl Task for Service {
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        Self::exec_unsupported(&req.exec_id)?;
         let (lock, cv) = &*self.state;
         let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let c = st
+            let p = st
                 .containers
                 .get(&req.id)
-                .ok_or_else(|| Self::no_task(&req.id))?;
-            if let Some((code, at)) = &c.exit {
+                .and_then(|c| c.proc(&req.exec_id))
+                .ok_or_else(|| Self::no_process(&req.id, &req.exec_id))?;
+            if let Some((code, at)) = &p.exit {
                 return Ok(WaitResponse {
                     exit_status: *code,
                     exited_at: Some(at.clone()).into(),
@@ -526,51 +792,112 @@ impl Task for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        Self::exec_unsupported(&req.exec_id)?;
         let name = {
             let st = self.lock();
             let c = st
                 .containers
                 .get(&req.id)
                 .ok_or_else(|| Self::no_task(&req.id))?;
-            if c.status == Status::STOPPED {
-                return Err(rpc(
-                    Code::NOT_FOUND,
-                    format!("task {}: process already finished", req.id),
-                ));
+            let p = c
+                .proc(&req.exec_id)
+                .ok_or_else(|| Self::no_process(&req.id, &req.exec_id))?;
+            // A created container's PID 1 waits in the guest and can be
+            // signalled; a created exec is not in the guest yet.
+            match p.status {
+                Status::STOPPED => {
+                    return Err(rpc(
+                        Code::NOT_FOUND,
+                        format!(
+                            "process {:?} of task {}: already finished",
+                            req.exec_id, req.id
+                        ),
+                    ))
+                }
+                Status::CREATED if !req.exec_id.is_empty() => {
+                    return Err(rpc(
+                        Code::FAILED_PRECONDITION,
+                        format!("process {} of task {} is not started", req.exec_id, req.id),
+                    ))
+                }
+                _ => {}
             }
             c.name.clone()
         };
-        let sb = self
-            .lock()
-            .sandbox
-            .clone()
-            .ok_or_else(|| Self::no_task(&req.id))?;
         let sig =
             i32::try_from(req.signal).map_err(|_| rpc(Code::INVALID_ARGUMENT, "bad signal"))?;
-        sb.kill(&name, sig, req.all).map_err(failed)?;
+        let a = self.sandbox_of(&req.id)?.agent().map_err(failed)?;
+        // All the container's processes: only for its own process, as runc.
+        let all = req.all && req.exec_id.is_empty();
+        a.signal(&name, &req.exec_id, sig, all).map_err(failed)?;
         Ok(Empty::new())
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
-        Self::exec_unsupported(&req.exec_id)?;
-        if let Some(c) = self.lock().containers.get_mut(&req.id) {
+        if let Some(p) = self
+            .lock()
+            .containers
+            .get_mut(&req.id)
+            .and_then(|c| c.proc_mut(&req.exec_id))
+        {
             // Our writer goes; containerd's closing its own ends the copy.
-            c.stdin_keeper = None;
+            p.stdin_keeper = None;
         }
         Ok(Empty::new())
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        Self::exec_unsupported(&req.exec_id)?;
         let pid = self.vmm_pid();
+        if !req.exec_id.is_empty() {
+            let (name, p) = {
+                let mut st = self.lock();
+                let c = st
+                    .containers
+                    .get_mut(&req.id)
+                    .ok_or_else(|| Self::no_task(&req.id))?;
+                let p = c
+                    .execs
+                    .get(&req.exec_id)
+                    .ok_or_else(|| Self::no_process(&req.id, &req.exec_id))?;
+                if p.status == Status::RUNNING {
+                    return Err(rpc(
+                        Code::FAILED_PRECONDITION,
+                        format!(
+                            "process {} of task {} is running: kill it first",
+                            req.exec_id, req.id
+                        ),
+                    ));
+                }
+                let p = c
+                    .execs
+                    .remove(&req.exec_id)
+                    .ok_or_else(|| Self::no_process(&req.id, &req.exec_id))?;
+                (c.name.clone(), p)
+            };
+            // Never started, the agent has no record of it.
+            if p.exit.is_some() {
+                if let Some(Ok(a)) = self.lock().sandbox.as_ref().map(Sandbox::agent) {
+                    if let Err(e) = a.remove_process(&name, &req.exec_id) {
+                        warn!("{}/{}: {e}", req.id, req.exec_id);
+                    }
+                }
+            }
+            let (code, at) = p
+                .exit
+                .unwrap_or((0, containerd_shim::util::timestamp().unwrap_or_default()));
+            return Ok(DeleteResponse {
+                pid,
+                exit_status: code,
+                exited_at: Some(at).into(),
+                ..Default::default()
+            });
+        }
         let c = {
             let mut st = self.lock();
             let c = st
                 .containers
                 .get(&req.id)
                 .ok_or_else(|| Self::no_task(&req.id))?;
-            if c.status == Status::RUNNING {
+            if c.init.status == Status::RUNNING {
                 return Err(rpc(
                     Code::FAILED_PRECONDITION,
                     format!("task {} is running: kill it first", req.id),
@@ -597,6 +924,7 @@ impl Task for Service {
             }
         }
         let (code, at) = c
+            .init
             .exit
             .unwrap_or((0, containerd_shim::util::timestamp().unwrap_or_default()));
         Ok(DeleteResponse {
