@@ -147,6 +147,20 @@ pub fn param<'a>(cmdline: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
 }
 
+/// Makes a panic on any thread end the whole process (after the usual
+/// message), as `panic = "abort"` would: a VMM, agent or init with one
+/// thread dead and the rest running is worse than none. Called first in
+/// every binary's `main`. Not set in the release profile, because the test
+/// build (whose harness needs unwinding) would then compile every crate a
+/// second time.
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,18 +226,4 @@ mod tests {
         assert_eq!(param("a=1 ip=10.0.0.2::10.0.0.1 ip=x", "ip"), Some("x"));
         assert_eq!(param("ipx=1", "ip"), None);
     }
-}
-
-/// Makes a panic on any thread end the whole process (after the usual
-/// message), as `panic = "abort"` would: a VMM, agent or init with one
-/// thread dead and the rest running is worse than none. Called first in
-/// every binary's `main`. Not set in the release profile, because the test
-/// build (whose harness needs unwinding) would then compile every crate a
-/// second time.
-pub fn abort_on_panic() {
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        std::process::abort();
-    }));
 }
