@@ -22,7 +22,8 @@ mkdir -p "$J"
 dd if=/dev/zero of=$W/disk bs=1M count=1 status=none
 uvms() {
     local p n=0
-    for p in /proc/[0-9]*; do [ "$(readlink $p/exe 2>/dev/null)" = "$UVM" ] && n=$((n + 1)); done
+    # Builtins only (-ef: the same file); a readlink per process is slow in L1.
+    for p in /proc/[0-9]*; do [ $p/exe -ef "$UVM" ] && n=$((n + 1)); done
     echo $n
 }
 start=$SECONDS
