@@ -1107,7 +1107,7 @@ echo 0 > $B.rc
         // RUNNING, ctr task kill (TERM, which the workload turns into exit
         // 3) ends it and ctr run exits 3 (before that, ctr task exec runs
         // processes in it: streams, statuses, exec ids used again, a kill
-        // by exec id); once ctr run deleted the task
+        // by exec id; pause, resume and metrics); once ctr run deleted the task
         // and ctr container rm the container, no sandbox, VMM, virtiofsd,
         // shim or mount is left.
         script: r#"
@@ -1140,6 +1140,15 @@ ex=$!
 for i in $(seq 60); do ct task kill --exec-id e2 -s KILL p1 2>/dev/null && break; sleep 0.5; done
 wait $ex; echo "exec-killed rc $?"
 ct task kill --exec-id nope p1 2>&1 | tail -n 1 | sed 's/^/exec-unknown /'
+# Pause (the guest's cgroup freezer): ctr task ls says PAUSED and an exec
+# is refused; resume; then the container's cgroup counters as metrics.
+ct task pause p1; echo "pause rc $?"
+ct task ls | awk '$1 == "p1" { print "paused-state", $3 }'
+ct task exec --exec-id e3 p1 true </dev/null 2>&1 | tail -n 1 | sed 's/^/exec-paused /'
+ct task resume p1; echo "resume rc $?"
+ct task ls | awk '$1 == "p1" { print "resumed-state", $3 }'
+ct task metrics p1 >$S/metrics 2>&1; echo "metrics rc $?"
+awk '$1 ~ /^(pids.current|memory.usage_in_bytes|cpuacct.usage)$/ { print "metric", $1, $2 }' $S/metrics
 ct task kill p1; echo "kill rc=$?"
 # Bounded, and what a stuck ctr waits on if it does not end.
 for i in $(seq 120); do kill -0 $run 2>/dev/null || break; sleep 0.5; done
@@ -2415,6 +2424,17 @@ fn containerd_runs_a_pod_in_a_uvm_sandbox_through_the_shim() {
         "{h}\n{}",
         o.stderr
     );
+    assert_eq!(field(h, "pause rc"), "0", "{h}\n{}", o.stderr);
+    assert_eq!(field(h, "paused-state"), "PAUSED", "{h}");
+    assert!(field(h, "exec-paused").contains("paused"), "{h}");
+    assert_eq!(field(h, "resume rc"), "0", "{h}\n{}", o.stderr);
+    assert_eq!(field(h, "resumed-state"), "RUNNING", "{h}");
+    assert_eq!(field(h, "metrics rc"), "0", "{h}\n{}", o.stderr);
+    let metric = |k: &str| -> u64 { field(h, &format!("metric {k}")).parse().unwrap_or(0) };
+    // The container's shell and its sleep, at least; memory and CPU used.
+    assert!(metric("pids.current") >= 2, "{h}");
+    assert!(metric("memory.usage_in_bytes") > 0, "{h}");
+    assert!(metric("cpuacct.usage") > 0, "{h}");
     assert!(!h.contains("after p1"), "ctr run deleted its task: {h}");
     assert!(h.contains("rm rc=0\n"), "{h}\n{}", o.stderr);
     assert!(

@@ -310,6 +310,34 @@ impl AgentClient {
             .map_err(|e| agent_err("closing stdin", e))
     }
 
+    fn container_ref(id: &str) -> agent::ContainerRef {
+        let mut r = agent::ContainerRef::new();
+        r.container_id = id.into();
+        r
+    }
+
+    /// Freezes every process of a running container.
+    pub fn pause_container(&self, id: &str) -> Result<(), Error> {
+        self.client
+            .pause_container(ctx(), &Self::container_ref(id))
+            .map(drop)
+            .map_err(|e| agent_err(&format!("pausing container {id}"), e))
+    }
+
+    pub fn resume_container(&self, id: &str) -> Result<(), Error> {
+        self.client
+            .resume_container(ctx(), &Self::container_ref(id))
+            .map(drop)
+            .map_err(|e| agent_err(&format!("resuming container {id}"), e))
+    }
+
+    /// A running container's cgroup counters.
+    pub fn container_stats(&self, id: &str) -> Result<agent::ContainerStats, Error> {
+        self.client
+            .stats_container(ctx(), &Self::container_ref(id))
+            .map_err(|e| agent_err(&format!("stats of container {id}"), e))
+    }
+
     /// Forgets an exec that has ended (refused while it runs).
     pub fn remove_process(&self, container: &str, exec_id: &str) -> Result<(), Error> {
         self.client

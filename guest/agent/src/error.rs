@@ -44,6 +44,9 @@ impl From<AgentError> for ttrpc::Error {
             AgentError::Runtime(uvm_runtime::Error::NotExecutable { .. }) => {
                 Code::PERMISSION_DENIED
             }
+            AgentError::Runtime(
+                uvm_runtime::Error::AlreadyPaused(_) | uvm_runtime::Error::NotPaused(_),
+            ) => Code::FAILED_PRECONDITION,
             AgentError::NoCommand { found: false, .. } => Code::NOT_FOUND,
             AgentError::NoCommand { found: true, .. } => Code::PERMISSION_DENIED,
             AgentError::Runtime(_) => Code::UNKNOWN,

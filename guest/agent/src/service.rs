@@ -12,9 +12,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 use uvm_agent_api::agent::{
-    CheckResponse, ContainerInfo, CreateContainerRequest, Empty, ExecProcessRequest,
-    ListContainersResponse, ProcessRef, RemoveContainerRequest, ShutdownRequest,
-    SignalProcessRequest, StartContainerRequest, Stdio as StdioReq, WaitProcessResponse,
+    CheckResponse, ContainerInfo, ContainerRef, ContainerStats, CreateContainerRequest, Empty,
+    ExecProcessRequest, ListContainersResponse, ProcessRef, RemoveContainerRequest,
+    ShutdownRequest, SignalProcessRequest, StartContainerRequest, Stdio as StdioReq,
+    WaitProcessResponse,
 };
 use uvm_agent_api::{agent_ttrpc::AgentService, ttrpc, valid_id, Stream, StreamHeader};
 use uvm_runtime::process::{ExitKind, Stdio};
@@ -536,6 +537,44 @@ impl Agent {
         Ok(())
     }
 
+    /// The container must be the agent's: the runtime's other containers
+    /// (`uvm-container` run by hand in the guest) are not the host's to touch.
+    fn known(&self, id: &str) -> Result<()> {
+        if self.lock().containers.contains_key(id) {
+            Ok(())
+        } else {
+            Err(AgentError::NotFound(format!("no container {id}")))
+        }
+    }
+
+    // Not under the agent's lock: a freeze waits for every task to stop.
+    fn pause(&self, id: &str) -> Result<()> {
+        self.known(id)?;
+        Ok(self.rt.pause(id)?)
+    }
+
+    fn resume(&self, id: &str) -> Result<()> {
+        self.known(id)?;
+        Ok(self.rt.resume(id)?)
+    }
+
+    fn stats(&self, id: &str) -> Result<ContainerStats> {
+        self.known(id)?;
+        let s = self.rt.stats(id)?;
+        let mut r = ContainerStats::new();
+        r.memory_usage = s.memory_usage.unwrap_or(0);
+        r.memory_max_usage = s.memory_max_usage.unwrap_or(0);
+        r.memory_limit = s.memory_limit.unwrap_or(0);
+        r.oom_kills = s.oom_kills;
+        r.cpu_usage_ns = s.cpu_usage_ns.unwrap_or(0);
+        r.cpu_nr_periods = s.cpu_nr_periods.unwrap_or(0);
+        r.cpu_nr_throttled = s.cpu_nr_throttled.unwrap_or(0);
+        r.cpu_throttled_ns = s.cpu_throttled_ns.unwrap_or(0);
+        r.pids_current = s.pids_current.unwrap_or(0);
+        r.pids_limit = s.pids_limit.unwrap_or(0);
+        Ok(r)
+    }
+
     fn list(&self) -> ListContainersResponse {
         let g = self.lock();
         let mut out = ListContainersResponse::new();
@@ -679,6 +718,23 @@ impl AgentService for Agent {
             .map(|()| Empty::new())
             .map_err(Into::into)
     }
+    fn pause_container(&self, _: &ttrpc::TtrpcContext, req: ContainerRef) -> TResult<Empty> {
+        self.pause(&req.container_id)
+            .map(|()| Empty::new())
+            .map_err(Into::into)
+    }
+    fn resume_container(&self, _: &ttrpc::TtrpcContext, req: ContainerRef) -> TResult<Empty> {
+        self.resume(&req.container_id)
+            .map(|()| Empty::new())
+            .map_err(Into::into)
+    }
+    fn stats_container(
+        &self,
+        _: &ttrpc::TtrpcContext,
+        req: ContainerRef,
+    ) -> TResult<ContainerStats> {
+        self.stats(&req.container_id).map_err(Into::into)
+    }
     fn list_containers(
         &self,
         _: &ttrpc::TtrpcContext,
@@ -749,6 +805,9 @@ mod tests {
             a.remove("nope", true),
             Err(AgentError::NotFound(_))
         ));
+        assert!(matches!(a.pause("nope"), Err(AgentError::NotFound(_))));
+        assert!(matches!(a.resume("nope"), Err(AgentError::NotFound(_))));
+        assert!(matches!(a.stats("nope"), Err(AgentError::NotFound(_))));
         let mut req = CreateContainerRequest::new();
         req.container_id = "c".into();
         req.oci_spec = b"{not json".to_vec();

@@ -9,15 +9,23 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use containerd_shim::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest,
-    PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
-    StateResponse, Status, WaitRequest, WaitResponse,
+    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest,
+    PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status, WaitRequest,
+    WaitResponse,
 };
-use containerd_shim::protos::events::task::{TaskExecAdded, TaskExecStarted, TaskExit};
+use containerd_shim::protos::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat, Metrics, PidsStat, Throttle,
+};
+use containerd_shim::protos::events::task::{
+    TaskExecAdded, TaskExecStarted, TaskExit, TaskPaused, TaskResumed,
+};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::protobuf::{Message, MessageDyn};
 use containerd_shim::protos::topics::{
     TASK_EXEC_ADDED_EVENT_TOPIC, TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC,
+    TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC,
 };
 use containerd_shim::protos::ttrpc::{self, Code, Status as RpcStatus};
 use containerd_shim::protos::types::task::ProcessInfo;
@@ -86,6 +94,8 @@ struct Ctr {
     execs: HashMap<String, Proc>,
     /// Whether the shim mounted the bundle's rootfs (containerd's mounts).
     mounted: bool,
+    /// Frozen by Pause (the guest's cgroup freezer) until Resume.
+    paused: bool,
 }
 
 impl Ctr {
@@ -428,6 +438,7 @@ impl Service {
             init,
             execs: HashMap::new(),
             mounted: false,
+            paused: false,
         })
     }
 
@@ -520,6 +531,33 @@ impl Service {
         }
     }
 
+    /// The sandbox name of task `id`, whose own process runs and which
+    /// is paused or not as `paused` says.
+    fn running_name(&self, id: &str, paused: bool) -> Result<String, ttrpc::Error> {
+        let st = self.lock();
+        let c = st.containers.get(id).ok_or_else(|| Self::no_task(id))?;
+        if c.init.status != Status::RUNNING {
+            return Err(rpc(
+                Code::FAILED_PRECONDITION,
+                format!("task {id} is not running"),
+            ));
+        }
+        if c.paused != paused {
+            let is = if c.paused { "already" } else { "not" };
+            return Err(rpc(
+                Code::FAILED_PRECONDITION,
+                format!("task {id} is {is} paused"),
+            ));
+        }
+        Ok(c.name.clone())
+    }
+
+    fn set_paused(&self, id: &str, paused: bool) {
+        if let Some(c) = self.lock().containers.get_mut(id) {
+            c.paused = paused;
+        }
+    }
+
     fn sandbox_of(&self, id: &str) -> Result<Sandbox, ttrpc::Error> {
         self.lock().sandbox.clone().ok_or_else(|| Self::no_task(id))
     }
@@ -530,10 +568,10 @@ impl Service {
         let (name, spec, streams, files) = {
             let mut st = self.lock();
             let c = st.containers.get_mut(id).ok_or_else(|| Self::no_task(id))?;
-            if c.init.status != Status::RUNNING {
+            if c.init.status != Status::RUNNING || c.paused {
                 return Err(rpc(
                     Code::FAILED_PRECONDITION,
-                    format!("task {id} is not running"),
+                    format!("task {id} is not running (or paused)"),
                 ));
             }
             let name = c.name.clone();
@@ -687,10 +725,10 @@ impl Task for Service {
                     format!("process {} of task {} exists", req.exec_id, req.id),
                 ));
             }
-            if c.init.status != Status::RUNNING {
+            if c.init.status != Status::RUNNING || c.paused {
                 return Err(rpc(
                     Code::FAILED_PRECONDITION,
-                    format!("task {} is not running", req.id),
+                    format!("task {} is not running (or paused)", req.id),
                 ));
             }
         }
@@ -763,7 +801,12 @@ impl Task for Service {
             stderr: p.stderr.clone(),
             ..Default::default()
         };
-        r.status = p.status.into();
+        r.status = if req.exec_id.is_empty() && c.paused && p.status == Status::RUNNING {
+            Status::PAUSED
+        } else {
+            p.status
+        }
+        .into();
         if let Some((code, at)) = &p.exit {
             r.exit_status = *code;
             r.exited_at = Some(at.clone()).into();
@@ -792,7 +835,7 @@ impl Task for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        let name = {
+        let (name, paused) = {
             let st = self.lock();
             let c = st
                 .containers
@@ -821,7 +864,7 @@ impl Task for Service {
                 }
                 _ => {}
             }
-            c.name.clone()
+            (c.name.clone(), c.paused)
         };
         let sig =
             i32::try_from(req.signal).map_err(|_| rpc(Code::INVALID_ARGUMENT, "bad signal"))?;
@@ -829,7 +872,119 @@ impl Task for Service {
         // All the container's processes: only for its own process, as runc.
         let all = req.all && req.exec_id.is_empty();
         a.signal(&name, &req.exec_id, sig, all).map_err(failed)?;
+        // As runc does: a frozen task dies of SIGKILL only once thawed
+        // (cgroup v1's freezer), so a paused container is resumed.
+        if paused && sig == libc::SIGKILL {
+            match a.resume_container(&name) {
+                Ok(()) => self.set_paused(&req.id, false),
+                Err(e) => warn!("{}: thawing it after SIGKILL: {e}", req.id),
+            }
+        }
         Ok(Empty::new())
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        let name = self.running_name(&req.id, false)?;
+        let a = self.sandbox_of(&req.id)?.agent().map_err(failed)?;
+        a.pause_container(&name).map_err(failed)?;
+        self.set_paused(&req.id, true);
+        self.publish(
+            TASK_PAUSED_EVENT_TOPIC,
+            Box::new(TaskPaused {
+                container_id: req.id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(Empty::new())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        let name = self.running_name(&req.id, true)?;
+        let a = self.sandbox_of(&req.id)?.agent().map_err(failed)?;
+        a.resume_container(&name).map_err(failed)?;
+        self.set_paused(&req.id, false);
+        self.publish(
+            TASK_RESUMED_EVENT_TOPIC,
+            Box::new(TaskResumed {
+                container_id: req.id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(Empty::new())
+    }
+
+    /// The container's cgroup counters in the guest, as cgroup v1 metrics
+    /// (what containerd 1.6's `ctr task metrics` and CRI read).
+    fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let name = {
+            let st = self.lock();
+            let c = st
+                .containers
+                .get(&req.id)
+                .ok_or_else(|| Self::no_task(&req.id))?;
+            if c.init.status != Status::RUNNING {
+                return Err(rpc(
+                    Code::FAILED_PRECONDITION,
+                    format!("task {} is not running", req.id),
+                ));
+            }
+            c.name.clone()
+        };
+        let a = self.sandbox_of(&req.id)?.agent().map_err(failed)?;
+        let s = a.container_stats(&name).map_err(failed)?;
+        let m = Metrics {
+            pids: Some(PidsStat {
+                current: s.pids_current,
+                limit: s.pids_limit,
+                ..Default::default()
+            })
+            .into(),
+            cpu: Some(CPUStat {
+                usage: Some(CPUUsage {
+                    total: s.cpu_usage_ns,
+                    ..Default::default()
+                })
+                .into(),
+                throttling: Some(Throttle {
+                    periods: s.cpu_nr_periods,
+                    throttled_periods: s.cpu_nr_throttled,
+                    throttled_time: s.cpu_throttled_ns,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            memory: Some(MemoryStat {
+                usage: Some(MemoryEntry {
+                    usage: s.memory_usage,
+                    max: s.memory_max_usage,
+                    limit: s.memory_limit,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            memory_oom_control: Some(MemoryOomControl {
+                oom_kill: s.oom_kills,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let value = m
+            .write_to_bytes()
+            .map_err(|e| rpc(Code::INTERNAL, format!("encoding the metrics: {e}")))?;
+        Ok(StatsResponse {
+            stats: Some(Any {
+                type_url: "io.containerd.cgroups.v1.Metrics".into(),
+                value,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
