@@ -373,6 +373,17 @@ impl Cgroup {
                     }
                 }
                 enable_v2_controllers(root, rel, &needed)?;
+                // Memory and pids counted even without limits, as runc has
+                // them (stats, `ctr task metrics`); best effort, since a
+                // parent with processes of its own cannot delegate.
+                let available =
+                    fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+                let accounting: Vec<&str> = ["memory", "pids"]
+                    .into_iter()
+                    .filter(|c| !needed.contains(c))
+                    .filter(|c| available.split_whitespace().any(|a| a == *c))
+                    .collect();
+                let _ = enable_v2_controllers(root, rel, &accounting);
                 let dir = root.join(rel);
                 mkdir(&dir)?;
                 Cgroup {
