@@ -552,6 +552,26 @@ impl Service {
         Ok(c.name.clone())
     }
 
+    /// Freezes (`pause`) or thaws task `id`'s container in the guest,
+    /// then publishes `event`.
+    fn freeze(
+        &self,
+        id: &str,
+        pause: bool,
+        event: (&str, Box<dyn MessageDyn>),
+    ) -> TtrpcResult<Empty> {
+        let name = self.running_name(id, !pause)?;
+        let a = self.sandbox_of(id)?.agent().map_err(failed)?;
+        if pause {
+            a.pause_container(&name).map_err(failed)?;
+        } else {
+            a.resume_container(&name).map_err(failed)?;
+        }
+        self.set_paused(id, pause);
+        self.publish(event.0, event.1);
+        Ok(Empty::new())
+    }
+
     fn set_paused(&self, id: &str, paused: bool) {
         if let Some(c) = self.lock().containers.get_mut(id) {
             c.paused = paused;
@@ -884,33 +904,19 @@ impl Task for Service {
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
-        let name = self.running_name(&req.id, false)?;
-        let a = self.sandbox_of(&req.id)?.agent().map_err(failed)?;
-        a.pause_container(&name).map_err(failed)?;
-        self.set_paused(&req.id, true);
-        self.publish(
-            TASK_PAUSED_EVENT_TOPIC,
-            Box::new(TaskPaused {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        );
-        Ok(Empty::new())
+        let ev = TaskPaused {
+            container_id: req.id.clone(),
+            ..Default::default()
+        };
+        self.freeze(&req.id, true, (TASK_PAUSED_EVENT_TOPIC, Box::new(ev)))
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
-        let name = self.running_name(&req.id, true)?;
-        let a = self.sandbox_of(&req.id)?.agent().map_err(failed)?;
-        a.resume_container(&name).map_err(failed)?;
-        self.set_paused(&req.id, false);
-        self.publish(
-            TASK_RESUMED_EVENT_TOPIC,
-            Box::new(TaskResumed {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        );
-        Ok(Empty::new())
+        let ev = TaskResumed {
+            container_id: req.id.clone(),
+            ..Default::default()
+        };
+        self.freeze(&req.id, false, (TASK_RESUMED_EVENT_TOPIC, Box::new(ev)))
     }
 
     /// The container's cgroup counters in the guest, as cgroup v1 metrics
